@@ -1,0 +1,249 @@
+"""Configuration dataclasses shared by the engine, the CLI and the UI.
+
+Every config validates itself in ``__post_init__`` so that bad values are
+rejected where they enter (a form field, a preset file, a CLI flag) with a
+message a person can act on, instead of failing deep inside training.
+Configs round-trip through plain dicts / JSON; an unknown key is an error
+that names it, so a typo in a preset never silently does nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says which and what to do."""
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _from_dict(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed keys are {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except TypeError as exc:  # wrong types that __post_init__ did not catch
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+class _Serialisable:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str | None = None):
+        return _from_dict(cls, data, where or cls.__name__)
+
+
+TARGET_PRESETS = ("attention", "attention+mlp", "all-linear", "all-conv", "late-blocks")
+
+
+@dataclass
+class LoraConfig(_Serialisable):
+    """What LoRA adds to the frozen backbone.
+
+    ``targets`` is a preset name (see ``TARGET_PRESETS``), ``re:<regex>``
+    (full-match on the module name) or a comma-separated list of name
+    suffixes that must match at a ``.`` boundary.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str = "auto"
+    use_rslora: bool = False
+    train_norm: bool = False
+    train_bias: bool = False
+
+    def __post_init__(self):
+        _check(isinstance(self.rank, int) and 1 <= self.rank <= 1024,
+               f"LoRA rank must be a whole number from 1 to 1024, got {self.rank!r}")
+        _check(isinstance(self.alpha, (int, float)) and self.alpha > 0 and math.isfinite(self.alpha),
+               f"LoRA alpha must be a positive number, got {self.alpha!r}")
+        self.alpha = float(self.alpha)
+        _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+               f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        self.dropout = float(self.dropout)
+        _check(isinstance(self.targets, str) and self.targets.strip() != "",
+               "LoRA targets must be a preset name, 're:<regex>' or a list of layer-name suffixes")
+        self.targets = self.targets.strip()
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+
+WEIGHT_SOURCES = ("bundled", "hub", "file", "random")
+
+
+@dataclass
+class ModelConfig(_Serialisable):
+    """Which timm backbone and where its starting weights come from."""
+
+    name: str = "tf_efficientnet_lite0"
+    weights: str = "bundled"          # one of WEIGHT_SOURCES
+    weights_file: str | None = None   # for weights == "file"
+    image_size: int | None = None     # None: the model's own default resolution
+
+    def __post_init__(self):
+        _check(isinstance(self.name, str) and self.name.strip() != "", "model name must not be empty")
+        self.name = self.name.strip()
+        _check(self.weights in WEIGHT_SOURCES,
+               f"weights must be one of {', '.join(WEIGHT_SOURCES)}, got {self.weights!r}")
+        if self.weights == "file":
+            _check(bool(self.weights_file), "weights='file' needs weights_file: the path of a .safetensors/.pth file")
+        _check(self.image_size is None or (isinstance(self.image_size, int) and 32 <= self.image_size <= 1024),
+               f"image_size must be empty (model default) or a whole number from 32 to 1024, got {self.image_size!r}")
+
+
+AUGMENTATIONS = ("none", "light", "strong")
+
+
+@dataclass
+class DataConfig(_Serialisable):
+    """Where the images are and how they are split and augmented."""
+
+    source: str = ""
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    augmentation: str = "light"
+    cache_mb: int = 1024              # bound on decoded-image cache held in memory
+
+    def __post_init__(self):
+        _check(isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0,
+               f"validation fraction must be in [0, 1), got {self.val_fraction!r}")
+        self.val_fraction = float(self.val_fraction)
+        _check(isinstance(self.split_seed, int), f"split seed must be a whole number, got {self.split_seed!r}")
+        _check(self.augmentation in AUGMENTATIONS,
+               f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
+        _check(isinstance(self.cache_mb, int) and self.cache_mb >= 0,
+               f"cache_mb must be a whole number >= 0, got {self.cache_mb!r}")
+
+
+SWITCH = ("auto", "on", "off")
+
+
+@dataclass
+class TrainConfig(_Serialisable):
+    """How the optimiser runs. Speed levers are 'auto' | 'on' | 'off'."""
+
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    label_smoothing: float = 0.1
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    early_stop_patience: int = 0      # epochs without val improvement; 0 = off
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps
+    num_threads: int = 0              # 0: leave one core for the UI
+    checkpoint_minutes: float = 2.0
+    # speed levers (issue 7); each records what was actually used in config.json
+    mixed_precision: str = "auto"
+    channels_last: str = "auto"
+    compile: str = "off"
+    cache_frozen_prefix: str = "auto"
+
+    def __post_init__(self):
+        def whole(name, lo, hi):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+                   f"{name.replace('_', ' ')} must be a whole number from {lo} to {hi}, got {v!r}")
+        whole("epochs", 1, 10000)
+        whole("batch_size", 1, 4096)
+        whole("grad_accum", 1, 1024)
+        whole("early_stop_patience", 0, 10000)
+        whole("num_threads", 0, 1024)
+        _check(isinstance(self.seed, int), f"seed must be a whole number, got {self.seed!r}")
+        _check(isinstance(self.lr, (int, float)) and 0 < self.lr <= 10 and math.isfinite(self.lr),
+               f"learning rate must be a positive number (typical: 1e-4 to 1e-2), got {self.lr!r}")
+        self.lr = float(self.lr)
+        for name, lo, hi in (("weight_decay", 0, 10), ("warmup_fraction", 0, 0.9),
+                             ("label_smoothing", 0, 0.9), ("grad_clip", 0, 1e6),
+                             ("checkpoint_minutes", 0.01, 1e4)):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and lo <= v <= hi,
+                   f"{name.replace('_', ' ')} must be between {lo} and {hi}, got {v!r}")
+            setattr(self, name, float(v))
+        _check(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda", "mps")
+                                                 or self.device.startswith("cuda:")),
+               f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        for name in ("mixed_precision", "channels_last", "compile", "cache_frozen_prefix"):
+            _check(getattr(self, name) in SWITCH,
+                   f"{name} must be one of {', '.join(SWITCH)}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class RunConfig(_Serialisable):
+    """Everything needed to reproduce a run; written as config.json in its folder."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        for name, cls in (("model", ModelConfig), ("lora", LoraConfig),
+                          ("data", DataConfig), ("train", TrainConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, cls.from_dict(value, where=name))
+            elif not isinstance(value, cls):
+                raise ConfigError(f"{name} must be a {cls.__name__} or an object, got {type(value).__name__}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> "RunConfig":
+        return _from_dict(cls, data, where or "config")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+
+def load_preset(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    """Read ``presets/NAME.json``: ``{"name", "description", "config": {...}}``.
+
+    Returns the config and the preset's metadata (name, description).
+    Any part of ``config`` may be left out and takes its default.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"preset file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"preset {path.name} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset {path.name}: expected a JSON object")
+    allowed = {"name", "description", "config"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"preset {path.name}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                          f"allowed: name, description, config")
+    try:
+        config = RunConfig.from_dict(raw.get("config", {}), where=f"preset {path.name}")
+    except ConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    meta = {"name": raw.get("name", path.stem), "description": raw.get("description", "")}
+    return config, meta

