@@ -1,0 +1,124 @@
+"""The native adapter format: one self-describing ``adapter.safetensors``.
+
+The file holds only LoRA and head tensors; its safetensors metadata holds the
+JSON needed to rebuild the model (timm name, weights source, LoRA config, the
+exact wrapped layers, class names, data config, metrics). ``adapter.json``
+beside it repeats that JSON for people and tools. Reading never unpickles.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from .config import ConfigError, LoraConfig, ModelConfig
+from .lora import LoraError, adapter_state_dict, inject_lora, load_adapter_state_dict
+
+FORMAT = "lora_gui.adapter"
+VERSION = 1
+ADAPTER_FILE = "adapter.safetensors"
+META_FILE = "adapter.json"
+
+
+class AdapterError(ValueError):
+    """An adapter file is missing, damaged or does not fit; the message says which."""
+
+
+@dataclass
+class AdapterMeta:
+    model: ModelConfig
+    lora: LoraConfig
+    layers: list[str]
+    classes: list[str]
+    data_config: dict
+    base_seed: int = 0                 # seeds the base build, so 'random' weights rebuild identically
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        dc = {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()}
+        return {"format": FORMAT, "version": VERSION, "model": self.model.to_dict(), "lora": self.lora.to_dict(),
+                "layers": list(self.layers), "classes": list(self.classes), "data_config": dc,
+                "base_seed": self.base_seed, "metrics": self.metrics}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "AdapterMeta":
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise AdapterError("this file is not a lora_gui adapter (no lora_gui metadata inside)")
+        if raw.get("version", 0) > VERSION:
+            raise AdapterError(f"adapter format version {raw.get('version')} is newer than this lora_gui "
+                               f"understands ({VERSION}); update lora_gui")
+        try:
+            dc = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["data_config"].items()}
+            return cls(model=ModelConfig.from_dict(raw["model"], "adapter model"),
+                       lora=LoraConfig.from_dict(raw["lora"], "adapter lora"),
+                       layers=list(raw["layers"]), classes=list(raw["classes"]), data_config=dc,
+                       base_seed=int(raw.get("base_seed", 0)), metrics=dict(raw.get("metrics") or {}))
+        except (KeyError, TypeError, ConfigError) as exc:
+            raise AdapterError(f"adapter metadata is incomplete or invalid: {exc}") from None
+
+
+def save_adapter(model: nn.Module, meta: AdapterMeta, out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir/adapter.safetensors`` (+ ``adapter.json``) atomically; returns the file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(meta.to_dict(), indent=2)
+    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    tmp = out / (ADAPTER_FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"lora_gui": text})
+    os.replace(tmp, out / ADAPTER_FILE)
+    tmp_meta = out / (META_FILE + ".tmp")
+    tmp_meta.write_text(text)
+    os.replace(tmp_meta, out / META_FILE)
+    return out / ADAPTER_FILE
+
+
+def resolve_adapter_file(path: str | os.PathLike) -> Path:
+    """Accept the .safetensors file, its folder, or a run folder (best adapter, else last)."""
+    p = Path(path)
+    candidates = [p] if p.suffix == ".safetensors" else [p / ADAPTER_FILE, p / "best" / ADAPTER_FILE,
+                                                           p / "last" / ADAPTER_FILE]
+    for c in candidates:
+        if c.is_file():
+            return c
+    if p.suffix in (".pth", ".pt", ".bin", ".pkl", ".ckpt"):
+        raise AdapterError(f"{p.name}: adapters are read from .safetensors only (pickle files can run code)")
+    raise AdapterError(f"no adapter found at {p}: expected an {ADAPTER_FILE}, its folder, or a run folder")
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], AdapterMeta]:
+    file = resolve_adapter_file(path)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            raw = (f.metadata() or {}).get("lora_gui")
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterError(f"{file.name} is damaged or not a safetensors file ({exc})") from None
+    if raw is None:
+        raise AdapterError(f"{file.name} has no lora_gui metadata: it is not an adapter saved by lora_gui")
+    try:
+        meta = AdapterMeta.from_dict(json.loads(raw))
+    except json.JSONDecodeError:
+        raise AdapterError(f"{file.name}: its metadata is not valid JSON (damaged file?)") from None
+    return tensors, meta
+
+
+def build_from_adapter(tensors: dict[str, torch.Tensor], meta: AdapterMeta) -> nn.Module:
+    """Rebuild base + LoRA layout from metadata and load the tensors, refusing any mismatch."""
+    from .models import build_model
+    torch.manual_seed(meta.base_seed)
+    model = build_model(meta.model, len(meta.classes))
+    try:
+        inject_lora(model, meta.lora, meta.layers)
+    except (AttributeError, LoraError) as exc:
+        raise AdapterError(f"adapter layers do not exist in {meta.model.name}: {exc}") from None
+    try:
+        load_adapter_state_dict(model, tensors)
+    except LoraError as exc:
+        raise AdapterError(str(exc)) from None
+    return model.eval()
