@@ -171,6 +171,25 @@ def _create(name: str, **kwargs) -> nn.Module:
     return timm.create_model(name, **kwargs)
 
 
+def check_model_available(cfg: ModelConfig) -> None:
+    """Fail fast (ModelError) when the model or its weights can't be had, without building it."""
+    if not timm.is_model(cfg.name):
+        _create(cfg.name)  # raises with suggestions
+    if cfg.weights == "bundled" and cfg.name != BUNDLED_MODEL:
+        raise ModelError(f"bundled weights exist only for {BUNDLED_MODEL}; for {cfg.name} choose "
+                         "'hub', a local file, or 'random'")
+    if cfg.weights == "hub" and not (hub_cached(cfg.name) or hub_reachable()):
+        raise ModelError(_offline_message(cfg.name))
+    if cfg.weights == "file" and not Path(cfg.weights_file).is_file():
+        raise ModelError(f"weights file {cfg.weights_file} does not exist; pick an existing .safetensors or .pth file")
+
+
+def _offline_message(name: str) -> str:
+    return (f"pretrained weights for {name} are not in the local cache and the Hugging Face hub "
+            f"({HUB_HOST}) cannot be reached from this machine. Use the bundled backbone "
+            f"({BUNDLED_MODEL}, weights 'bundled'), pick a local weights file, or connect to the internet.")
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """A timm model with ``num_classes`` outputs and the chosen starting weights.
 
@@ -180,10 +199,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         raise ModelError("a classifier needs at least 2 classes")
     if cfg.weights == "hub":
         if not (hub_cached(cfg.name) or hub_reachable()):
-            raise ModelError(
-                f"pretrained weights for {cfg.name} are not in the local cache and the Hugging Face hub "
-                f"({HUB_HOST}) cannot be reached from this machine. Use the bundled backbone "
-                f"({BUNDLED_MODEL}, weights 'bundled'), pick a local weights file, or connect to the internet.")
+            raise ModelError(_offline_message(cfg.name))
         try:
             return _create(cfg.name, pretrained=True, num_classes=num_classes)
         except ModelError:

@@ -1,0 +1,170 @@
+"""Run folders: everything a training run leaves on disk, and how to read it back.
+
+    <workspace>/<run-id>/
+        config.json      what is needed to reproduce the run (written once, at start)
+        split.json       the exact train/val files, so a resume sees the same samples
+        metrics.csv      one row per step and per epoch, appended while training
+        status.json      status, message, best metric, timings (rewritten atomically)
+        train.log        human log, tracebacks included
+        checkpoint.pt    LoRA + head + optimizer + scheduler + RNG, atomically replaced
+        best/ last/      native adapters (adapter.safetensors + adapter.json)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+METRIC_FIELDS = ["kind", "epoch", "step", "loss", "lr", "images_per_s", "train_loss", "train_acc",
+                 "val_loss", "val_acc", "time"]
+FINAL_STATUSES = ("finished", "stopped", "failed")
+
+
+def new_run_id(prefix: str = "run") -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # paths -----------------------------------------------------------------
+    config_file = property(lambda self: self.path / "config.json")
+    split_file = property(lambda self: self.path / "split.json")
+    metrics_file = property(lambda self: self.path / "metrics.csv")
+    status_file = property(lambda self: self.path / "status.json")
+    log_file = property(lambda self: self.path / "train.log")
+    checkpoint_file = property(lambda self: self.path / "checkpoint.pt")
+    best_dir = property(lambda self: self.path / "best")
+    last_dir = property(lambda self: self.path / "last")
+
+    def create(self) -> "RunFolder":
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def exists(self) -> bool:
+        return self.config_file.is_file()
+
+    # json ------------------------------------------------------------------
+    def read_json(self, path: Path, default=None):
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return default
+
+    def read_config(self) -> dict:
+        raw = self.read_json(self.config_file)
+        if raw is None:
+            raise FileNotFoundError(f"{self.path} is not a run folder (no readable config.json)")
+        return raw
+
+    def read_status(self) -> dict:
+        return self.read_json(self.status_file, {}) or {}
+
+    def update_status(self, **fields) -> dict:
+        status = self.read_status()
+        status.update(fields)
+        write_json_atomic(self.status_file, status)
+        return status
+
+    def log(self, line: str) -> None:
+        with open(self.log_file, "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        try:
+            return self.log_file.read_text().splitlines()[-lines:]
+        except FileNotFoundError:
+            return []
+
+    # metrics ---------------------------------------------------------------
+    def append_metrics(self, rows: list[dict]) -> None:
+        new = not self.metrics_file.exists()
+        with open(self.metrics_file, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        try:
+            with open(self.metrics_file, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except FileNotFoundError:
+            return []
+        out = []
+        for r in rows:
+            if not r.get("kind"):
+                continue  # a line cut short by a kill
+            out.append({k: (r[k] if k == "kind" else _num(r.get(k))) for k in METRIC_FIELDS})
+        return out
+
+    def truncate_metrics(self, keep_step: int, keep_epoch: int) -> None:
+        """On resume, drop rows written after the checkpoint so none are duplicated."""
+        rows = [r for r in self.read_metrics()
+                if (r["kind"] == "step" and r["step"] is not None and r["step"] <= keep_step)
+                or (r["kind"] == "epoch" and r["epoch"] is not None and r["epoch"] <= keep_epoch)]
+        tmp = self.metrics_file.with_name("metrics.csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            w.writeheader()
+            w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+        os.replace(tmp, self.metrics_file)
+
+    # checkpoints -------------------------------------------------------------
+    def save_checkpoint(self, state: dict) -> None:
+        tmp = self.checkpoint_file.with_name("checkpoint.pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_file)  # a kill mid-write leaves the old checkpoint intact
+
+    def load_checkpoint(self) -> dict | None:
+        if not self.checkpoint_file.is_file():
+            return None
+        return torch.load(self.checkpoint_file, map_location="cpu", weights_only=True)
+
+    # summary for tables -------------------------------------------------------
+    def summary(self) -> dict:
+        cfg = self.read_json(self.config_file, {}) or {}
+        status = self.read_status()
+        run = cfg.get("config", {})
+        return {"run": self.path.name, "path": str(self.path),
+                "model": run.get("model", {}).get("name", "?"),
+                "rank": run.get("lora", {}).get("rank"),
+                "targets": run.get("lora", {}).get("targets"),
+                "classes": len(cfg.get("classes", [])),
+                "best_val_acc": status.get("best_val_acc"),
+                "duration_s": status.get("duration_s"),
+                "status": status.get("status", "unknown"),
+                "started": status.get("started", "")}
+
+
+def _num(v):
+    if v in (None, ""):
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        return None
+    return int(f) if f.is_integer() and "." not in str(v) else f
+
+
+def list_runs(workspace: str | os.PathLike) -> list[dict]:
+    """Run summaries, newest first. A folder without config.json is not a run."""
+    root = Path(workspace)
+    if not root.is_dir():
+        return []
+    runs = [RunFolder(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    rows = [r.summary() for r in runs]
+    return sorted(rows, key=lambda r: (r["started"] or "", r["run"]), reverse=True)

@@ -1,0 +1,369 @@
+"""The training loop behind ``TrainingJob``: data, model, optimiser, checkpoints.
+
+Determinism: the model is built after seeding, every epoch's order comes from
+its own generator (seed, epoch), and checkpoints carry the RNG states, so the
+same seed and data give the same metrics on CPU, and a resumed run continues
+the same sequence of batches.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import lora
+from .adapters import AdapterMeta, save_adapter
+from .data import DecodedCache, ImageDataset, Sample, build_transform, cache_max_side, load_dataset, split_dataset
+from .models import build_model, data_config
+from .train import StopRequested, TrainingFailed
+
+STEP_LOG_EVERY = 1
+
+
+def device_for(name: str) -> str:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingFailed(f"device {name!r} was asked for but no CUDA GPU is available; use device 'auto' or 'cpu'")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingFailed("device 'mps' was asked for but Apple's GPU is not available; use 'auto' or 'cpu'")
+    return name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def package_versions() -> dict:
+    import timm
+    out = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__}
+    try:
+        from importlib.metadata import version
+        out["lora_gui"] = version("lora_gui")
+    except Exception:
+        out["lora_gui"] = "source"
+    return out
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _samples_json(samples: list[Sample]) -> list[list]:
+    return [[s.path, s.label] for s in samples]
+
+
+class Trainer:
+    def __init__(self, job):
+        self.job = job
+        self.cfg = job.config
+        self.folder = job.run
+        self.device = job.device
+
+    # set-up ----------------------------------------------------------------------
+    def prepare(self) -> None:
+        cfg, run = self.cfg, self.folder
+        threads = cfg.train.num_threads or max(1, (os.cpu_count() or 2) - (1 if self.job.interactive else 0))
+        torch.set_num_threads(threads)
+        seed_everything(cfg.train.seed)
+        if self.job.resume:
+            saved = run.read_config()
+            self.classes = saved["classes"]
+            split = run.read_json(run.split_file)
+            self.train_samples = [Sample(p, l) for p, l in split["train"]]
+            self.val_samples = [Sample(p, l) for p, l in split["val"]]
+        else:
+            ds = self.job.dataset or load_dataset(cfg.data.source, self.job.workspace)
+            ds.report.raise_if_blocking()
+            self.classes = list(ds.classes)
+            self.train_samples, self.val_samples = split_dataset(ds, cfg.data.val_fraction, cfg.data.split_seed)
+        missing = [s.path for s in self.train_samples[:50] + self.val_samples[:50] if not os.path.isfile(s.path)]
+        if missing:
+            raise TrainingFailed(f"image files have gone missing (e.g. {missing[0]}); restore the data folder")
+
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg.model, len(self.classes))
+        self.layers = (run.read_config()["layers"] if self.job.resume else
+                       lora.inject_lora(self.model, cfg.lora))
+        if self.job.resume:
+            lora.inject_lora(self.model, cfg.lora, self.layers)
+        self.data_config = data_config(self.model, cfg.model.image_size)
+        self.speed = self._choose_levers()
+        self.model.to(self.device)
+        if self.speed["channels_last"]:
+            self.model.to(memory_format=torch.channels_last)
+
+        cache = DecodedCache(cfg.data.cache_mb * 2**20, cache_max_side(self.data_config)) if cfg.data.cache_mb else None
+        self.train_ds = ImageDataset(self.train_samples, build_transform(self.data_config, cfg.data.augmentation, True), cache)
+        self.val_ds = ImageDataset(self.val_samples, build_transform(self.data_config, "none", False), cache)
+        bs, accum = cfg.train.batch_size, cfg.train.grad_accum
+        self.batches_per_epoch = max(1, math.ceil(len(self.train_samples) / bs))
+        self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / accum))
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        warmup = int(cfg.train.warmup_fraction * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(self.total_steps, warmup))
+        self.scaler = torch.amp.GradScaler("cuda") if self.speed["mixed_precision"] == "fp16" else None
+
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best, self.bad_epochs = None, 0
+        self.acc = {"loss": 0.0, "correct": 0, "seen": 0}
+        self._pending_rows: list[dict] = []
+        if self.job.resume:
+            self._restore()
+        else:
+            self._write_config()
+        trainable, total = lora.count_parameters(self.model)
+        run.log(f"{len(self.train_samples)} train / {len(self.val_samples)} val images, {len(self.classes)} classes; "
+                f"{len(self.layers)} LoRA layers; {trainable:,} of {total:,} parameters trainable; "
+                f"device {self.device}, {threads} threads, speed {self.speed}")
+
+    def _choose_levers(self) -> dict:
+        t = self.cfg.train
+        cuda = self.device.startswith("cuda")
+        if t.mixed_precision == "off" or (t.mixed_precision == "auto" and not cuda):
+            amp = "off"
+        elif cuda:
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            amp = "bf16"  # forced on for CPU / MPS
+        is_cnn = not lora._inside_class(self.model, "Attention")
+        return {"mixed_precision": amp,
+                "channels_last": t.channels_last == "on" or (t.channels_last == "auto" and cuda and is_cnn),
+                "compile": False, "cache_frozen_prefix": False, "decoded_cache": self.cfg.data.cache_mb > 0,
+                "threads": torch.get_num_threads()}
+
+    def _write_config(self) -> None:
+        run = self.folder
+        run.path.joinpath("config.json").write_text(json.dumps({
+            "config": self.cfg.to_dict(), "classes": self.classes, "layers": self.layers,
+            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
+            "speed": self.speed, "device": self.device, "versions": package_versions(),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+        run.path.joinpath("split.json").write_text(json.dumps(
+            {"train": _samples_json(self.train_samples), "val": _samples_json(self.val_samples)}))
+
+    # checkpoints ---------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        self.folder.save_checkpoint({
+            "adapter": lora.adapter_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs, "acc": dict(self.acc),
+            "rng": rng_state(), "scaler": self.scaler.state_dict() if self.scaler else {}})
+        self.last_checkpoint = time.time()
+
+    def _restore(self) -> None:
+        state = self.folder.load_checkpoint()
+        if state is None:
+            raise TrainingFailed(f"{self.folder.path} has no checkpoint to resume from; start a new run instead")
+        lora.load_adapter_state_dict(self.model, state["adapter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.best, self.bad_epochs, self.acc = state["best"], state["bad_epochs"], state["acc"]
+        set_rng_state(state["rng"])
+        self.folder.truncate_metrics(keep_step=self.step, keep_epoch=self.epoch)
+        for row in self.folder.read_metrics():  # viewers see the whole run, not just this session
+            self.job.record(row)
+        self.folder.log(f"resumed at epoch {self.epoch + 1}, step {self.step}")
+
+    def _save_adapter(self, which: str, metrics: dict) -> None:
+        meta = AdapterMeta(self.cfg.model, self.cfg.lora, self.layers, self.classes, self.data_config,
+                           base_seed=self.cfg.train.seed, metrics=metrics)
+        save_adapter(self.model, meta, self.folder.path / which)
+
+    # the loop ----------------------------------------------------------------
+    def autocast(self):
+        amp = self.speed["mixed_precision"]
+        if amp == "off":
+            return nullcontext()
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return torch.autocast(self.device.split(":")[0], dtype=dtype)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.speed["channels_last"] else x
+
+    def _epoch_loader(self, epoch: int, skip_batches: int):
+        order = torch.randperm(len(self.train_ds), generator=torch.Generator().manual_seed(
+            self.cfg.train.seed * 100_003 + epoch)).tolist()
+        order = order[skip_batches * self.cfg.train.batch_size:]
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self.train_ds, order), batch_size=self.cfg.train.batch_size,
+            shuffle=False, num_workers=0, pin_memory=self.device.startswith("cuda"))
+
+    def run(self) -> None:
+        self.prepare()
+        try:
+            self._train()
+        except StopRequested:
+            # keep what was learned: roll back to the last optimizer step, save, then report 'stopped'
+            self.batch_in_epoch, self.acc = self._boundary
+            self._save_adapter("last", self._final_metrics())
+            self._flush_and_checkpoint()
+            raise
+
+    def _train(self) -> None:
+        job, cfg = self.job, self.cfg
+        self._boundary = (self.batch_in_epoch, dict(self.acc))
+        self.last_checkpoint = time.time()
+        session_start, session_step0 = time.time(), self.step
+        job.set_status("running", f"training on {self.device}")
+        while self.epoch < cfg.train.epochs:
+            self.model.train()
+            lora.train_mode(self.model)
+            accum, micro, tick = cfg.train.grad_accum, 0, time.time()
+            step_loss, step_images = 0.0, 0
+            self.optimizer.zero_grad(set_to_none=True)
+            for x, y in self._epoch_loader(self.epoch, self.batch_in_epoch):
+                job.check_controls()
+                x, y = self._to_device(x), y.to(self.device)
+                with self.autocast():
+                    logits = self.model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise TrainingFailed(f"the loss became {loss.item()} at step {self.step + 1}: training diverged. "
+                                         "Lower the learning rate (e.g. by 10x) and start again")
+                (self.scaler.scale(loss / accum) if self.scaler else loss / accum).backward()
+                self.acc["loss"] += loss.item() * len(y)
+                self.acc["correct"] += int((logits.argmax(1) == y).sum())
+                self.acc["seen"] += len(y)
+                step_loss += loss.item() * len(y)
+                step_images += len(y)
+                micro += 1
+                self.batch_in_epoch += 1
+                if micro % accum and self.batch_in_epoch < self.batches_per_epoch:
+                    continue
+                self._optimizer_step()
+                now = time.time()
+                lr = self.optimizer.param_groups[0]["lr"]
+                row = {"kind": "step", "epoch": self.epoch + 1, "step": self.step, "loss": step_loss / step_images,
+                       "lr": lr, "images_per_s": step_images / max(now - tick, 1e-9), "time": now}
+                job.record(row)
+                self._pending_rows.append(row)
+                self._boundary = (self.batch_in_epoch, dict(self.acc))
+                per_step = (now - session_start) / max(1, self.step - session_step0)
+                job.set_progress(self.epoch + 1, self.step, self.total_steps, per_step * (self.total_steps - self.step))
+                tick, step_loss, step_images = now, 0.0, 0
+                if now - self.last_checkpoint > cfg.train.checkpoint_minutes * 60:
+                    self._flush_and_checkpoint()
+            self._end_epoch()
+            if self._early_stop():
+                job.run.log(f"early stopping: no improvement for {cfg.train.early_stop_patience} epochs")
+                break
+        self._save_adapter("last", self._final_metrics())
+        self._flush_and_checkpoint()
+        best = self.best or {}
+        job.run.update_status(best_val_acc=best.get("val_acc"), best_epoch=best.get("epoch"))
+        job.set_status("finished", f"best validation accuracy "
+                       f"{best.get('val_acc', float('nan')):.1%} (epoch {best.get('epoch', '?')})"
+                       if best.get("val_acc") is not None else "finished")
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.train.grad_clip > 0:
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                           self.cfg.train.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def _flush_and_checkpoint(self) -> None:
+        # metrics first, then the checkpoint: after a kill, rows past the checkpoint are dropped on resume
+        self.folder.append_metrics(self._pending_rows)
+        self._pending_rows = []
+        self._checkpoint()
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        self.model.eval()
+        loader = torch.utils.data.DataLoader(self.val_ds, batch_size=self.cfg.train.batch_size, shuffle=False)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y in loader:
+            self.job.check_controls()
+            x, y = self._to_device(x), y.to(self.device)
+            with self.autocast():
+                logits = self.model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        return (loss_sum / seen, correct / seen) if seen else (float("nan"), float("nan"))
+
+    def _end_epoch(self) -> None:
+        val_loss, val_acc = self.evaluate() if self.val_samples else (None, None)
+        seen = max(1, self.acc["seen"])
+        row = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "train_loss": self.acc["loss"] / seen,
+               "train_acc": self.acc["correct"] / seen, "val_loss": val_loss, "val_acc": val_acc, "time": time.time()}
+        self.job.record(row)
+        self._pending_rows.append(row)
+        improved = self.best is None or (val_acc is not None and (val_acc, -val_loss) >
+                                         (self.best["val_acc"], -self.best["val_loss"]))
+        if improved:
+            self.best = {"epoch": self.epoch + 1, "val_acc": val_acc, "val_loss": val_loss}
+            self.bad_epochs = 0
+            self._save_adapter("best", dict(self.best, train_loss=row["train_loss"]))
+            self.job.run.update_status(best_val_acc=val_acc, best_epoch=self.epoch + 1)
+        else:
+            self.bad_epochs += 1
+        acc_txt = f"{val_acc:.1%}" if val_acc is not None else "n/a"
+        self.job.run.log(f"epoch {self.epoch + 1}/{self.cfg.train.epochs}: train loss {row['train_loss']:.4f}, "
+                         f"val loss {val_loss if val_loss is None else round(val_loss, 4)}, val acc {acc_txt}")
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.acc = {"loss": 0.0, "correct": 0, "seen": 0}
+        self._boundary = (0, dict(self.acc))
+        self._flush_and_checkpoint()
+
+    def _early_stop(self) -> bool:
+        p = self.cfg.train.early_stop_patience
+        return bool(p) and self.bad_epochs >= p and self.epoch < self.cfg.train.epochs
+
+    def _final_metrics(self) -> dict:
+        last = self.job._epoch_rows[-1] if self.job._epoch_rows else {}
+        return {k: last.get(k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")}
