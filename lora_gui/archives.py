@@ -166,7 +166,6 @@ def _extract_zip(path: Path, dest: Path, budget: _Budget) -> None:
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            budget.members += 1
             with zf.open(info) as src:
                 _write_member(src, target, budget, info.file_size)
 
@@ -183,7 +182,7 @@ class _CountingReader:
         return data
 
 
-def _extract_tar(path: Path, dest: Path, budget: _Budget, reader: _CountingReader) -> None:
+def _extract_tar(dest: Path, budget: _Budget, reader: _CountingReader) -> None:
     # Stream mode ("r|*") reads the archive once, front to back: members are
     # checked and written as they come, so a bomb stops at the first limit
     # instead of after decompressing everything just to list it.
@@ -195,6 +194,7 @@ def _extract_tar(path: Path, dest: Path, budget: _Budget, reader: _CountingReade
                 budget.refuse(f"member '{member.name}' is a link (links could point outside the workspace)")
             if not (member.isfile() or member.isdir()):
                 budget.refuse(f"member '{member.name}' is a device or special file")
+            budget.member(member.size if member.isfile() else 0)  # folders count as members too
             parts = safe_parts(member.name)
             if not parts:
                 continue
@@ -202,7 +202,6 @@ def _extract_tar(path: Path, dest: Path, budget: _Budget, reader: _CountingReade
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            budget.member(member.size)
             src = tf.extractfile(member)
             _write_member(src, target, budget, member.size)
 
@@ -242,7 +241,7 @@ def extract_archive(path: str | os.PathLike, workspace: str | os.PathLike,
                 raw.seek(0)
                 reader = _CountingReader(raw)
                 budget = _Budget(path.name, limits, lambda: reader.count)
-                _extract_tar(path, staging, budget, reader)
+                _extract_tar(staging, budget, reader)
         try:
             staging.rename(final)
         except OSError:  # another load of the same archive finished first
@@ -258,3 +257,47 @@ def extract_archive(path: str | os.PathLike, workspace: str | os.PathLike,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def place_uploads(files: list[str], relative_paths: list[str], dest: Path) -> list[tuple[str, str]]:
+    """Copy browser-dropped ``files`` to ``dest/<relative path>``; returns (path, reason) not placed.
+
+    Gradio keeps only base names, and stores byte-identical files once, so
+    when the lists don't pair up one to one, each relative path takes a file
+    with the same base name (several paths may share one stored file: they
+    had identical bytes, and the duplicate check reports them as such).
+    """
+    files = [str(f) for f in files]
+    rels = [str(r) for r in (relative_paths or [])]
+    base = lambda p: p.replace("\\", "/").rsplit("/", 1)[-1]  # noqa: E731
+    not_placed: list[tuple[str, str]] = []
+    if not rels:  # no folder info at all: keep them flat (a CSV among them still labels them)
+        pairs = [(base(f), f) for f in files]
+    elif len(rels) == len(files) and all(base(f) == base(r) for f, r in zip(files, rels)):
+        pairs = list(zip(rels, files))
+    else:
+        by_name: dict[str, str] = {}
+        for f in files:
+            by_name.setdefault(base(f), f)
+        pairs = [(r, by_name[base(r)]) for r in rels if base(r) in by_name]
+        not_placed += [(r, "not received from the browser") for r in rels if base(r) not in by_name]
+        used = {f for _, f in pairs}
+        not_placed += [(base(f), "could not be placed: its folder is unknown")
+                       for f in files if f not in used]
+    taken = set()
+    for rel, src in pairs:
+        parts = safe_parts(rel)
+        if not parts:
+            not_placed.append((rel, "unsafe path"))
+            continue
+        if parts in taken:
+            not_placed.append((rel, "listed twice"))
+            continue
+        taken.add(parts)
+        target = dest.joinpath(*parts)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+        except OSError as exc:
+            not_placed.append((rel, f"unreadable ({exc.strerror or exc})"))
+    return not_placed

@@ -92,9 +92,19 @@ def is_ignored(name: str) -> bool:
 
 
 def _walk(top: Path) -> list[Path]:
-    """All non-ignored files under ``top``, sorted, without following folder links."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(top):
+    """All non-ignored files under ``top``, sorted.
+
+    Folder links are followed (people link class folders together on their
+    own disk; archives and uploads never contain links), each real folder
+    once, so a link loop can't recurse forever.
+    """
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
         found += [Path(dirpath, f) for f in filenames if not is_ignored(f)]
     return sorted(found)
@@ -157,12 +167,16 @@ def _plan(root: Path, csv_file: Path | None):
     decoding; split_of: path -> "train"/"val" for split layouts.
     """
     candidates, skipped, split_of = [], [], {}
+    # a CSV given as the source labels only what it lists; one found in a
+    # folder source means the rest of that folder must be accounted for too
+    walk_rest = csv_file is None
     csv_file = csv_file or _labelled_csv(root)
     if csv_file is not None:
-        listed = {}
+        listed, mentioned = {}, set()
         for name, label in _read_csv(csv_file):
             parts = safe_parts(name)
             path = csv_file.parent.joinpath(*parts) if parts else None
+            mentioned.add(path)
             if path is None:
                 skipped.append((name, "unsafe path in CSV"))
             elif not label:
@@ -175,9 +189,9 @@ def _plan(root: Path, csv_file: Path | None):
             else:
                 listed[path] = label
                 candidates.append((path, label))
-        if csv_file.parent == root:  # a folder source: account for the rest of it too
+        if walk_rest:
             skipped += [(p, "not listed in CSV") for p in _walk(root)
-                        if p not in listed and p != csv_file and p.suffix.lower() != ".csv"]
+                        if p not in mentioned and p != csv_file and p.suffix.lower() != ".csv"]
         return candidates, skipped, split_of
     dirs, files = _entries(root)
     by_name = {d.name.lower(): d for d in dirs}
@@ -235,10 +249,11 @@ def build_dataset(root: Path, report_base: Path, csv_file: Path | None = None) -
         probes = list(pool.map(lambda c: probe_image(c[0]), candidates))
     report = ValidationReport(files=[FileReport(rel(p), "skipped", reason) for p, reason in skipped])
     first_with_hash: dict[str, str] = {}
-    used: list[tuple[Path, str]] = []
-    # sorted so the kept copy of a duplicate is the same on every run
-    # (and in a train/val layout it is the train copy, so val can't leak)
-    for (path, label), probe in sorted(zip(candidates, probes), key=lambda t: rel(t[0][0])):
+    used: list[tuple[Path, str]] = []  # stable order: train, then val, each by path
+    # sorted so the kept copy of a duplicate is the same on every run; in a
+    # train/val layout train comes first, so the val copy is the one dropped
+    order = sorted(zip(candidates, probes), key=lambda t: (split_of.get(t[0][0], "") == "val", rel(t[0][0])))
+    for (path, label), probe in order:
         r = rel(path)
         reason = probe.reason
         if not reason and probe.sha1 in first_with_hash:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset as TorchDataset
 
 
 class DataError(Exception):
@@ -29,10 +31,13 @@ class DataError(Exception):
 # PNG can claim gigapixels and exhaust memory when decoded.
 MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 8
+# Validation reads each file whole (to hash it); bigger files aren't photos.
+MAX_FILE_BYTES = 256 * 1024**2
 
 # Image.open only tries these plugins. Restricting it keeps hostile files away
-# from rarely used decoders (EPS would even start Ghostscript).
-PIL_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# from rarely used decoders (EPS would even start Ghostscript). The JPEG
+# plugin also opens multi-picture phone JPEGs, reported as format "MPO".
+PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 EXTENSION_FOR_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp",
                         "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif"}
 # Real images in formats we don't decode deserve a better reason than "not an image".
@@ -76,6 +81,9 @@ def probe_image(path: str | os.PathLike) -> ProbeResult:
     but costs a fraction of a full decode.
     """
     try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            return ProbeResult(reason=f"file too large ({size // 1024**2} MB)")
         data = Path(path).read_bytes()
     except OSError as exc:
         return ProbeResult(reason=f"unreadable ({exc.strerror or exc})")
@@ -87,8 +95,10 @@ def probe_image(path: str | os.PathLike) -> ProbeResult:
         if ext in _KNOWN_UNSUPPORTED:
             return ProbeResult(reason=f"unsupported image format ({ext}); convert it to jpg or png", sha1=digest)
         return ProbeResult(reason="not an image", sha1=digest)
-    except Image.DecompressionBombError:
-        return ProbeResult(reason="decompression bomb (too many pixels)", sha1=digest)
+    except Image.DecompressionBombError as exc:  # Pillow's own, far above our limit
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        return ProbeResult(reason=f"decompression bomb ({pixels[1] if pixels else 'too many'} pixels)",
+                           sha1=digest)
     except Exception:  # Pillow raises many types for broken headers
         return ProbeResult(reason="corrupt or truncated image", sha1=digest)
     result = ProbeResult(sha1=digest, size=im.size, format=im.format or "")
@@ -281,13 +291,7 @@ def build_transform(data_config: dict, augmentation: str, training: bool):
                             re_prob=0.25, hflip=0.5, **common)
 
 
-try:
-    from torch.utils.data import Dataset as _TorchDataset
-except ImportError:  # lets validation run where torch isn't installed (e.g. a CLI check)
-    _TorchDataset = object
-
-
-class ImageDataset(_TorchDataset):
+class ImageDataset(TorchDataset):
     """(tensor, label) pairs for a DataLoader; decodes through the cache when given."""
 
     def __init__(self, samples: list, transform, cache: DecodedCache | None = None):
