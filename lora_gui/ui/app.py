@@ -1,0 +1,103 @@
+"""The Gradio app: one tab per step, in the order a person goes.
+
+Each tab module has a ``build_*_tab(ctx)`` that lays out its widgets and
+wires its own events; ``AppContext`` carries what tabs share (the session
+state, the config fields, the tab strip). Handlers turn widget values into
+the engine's config objects and call the engine; no training code lives here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+
+from .session import Session  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+UI_DIR = Path(__file__).resolve().parent
+MAX_UPLOAD_MB = 500
+
+CSS = """
+.gradio-container {max-width: 1180px !important; margin: auto;}
+#lg-header {display: flex; align-items: center; gap: 14px;}
+#lg-header img {height: 44px; width: 44px;}
+#lg-header h1 {margin: 0; font-size: 1.6em;}
+#lg-header p {margin: 0; opacity: .75;}
+.lg-hint {opacity: .8; font-size: .92em;}
+#lg-progress .lg-bar {height: 12px; border-radius: 6px; background: var(--neutral-200); overflow: hidden;}
+.lg-hidden {display: none !important;}
+#lg-progress .lg-fill {height: 100%; background: var(--color-accent); transition: width .4s;}
+"""
+
+
+@dataclass
+class AppContext:
+    workspace: Path
+    session: gr.State
+    browser: gr.BrowserState
+    tabs: gr.Tabs
+    fields: dict = field(default_factory=dict)   # FIELD_NAMES -> component, filled by the Model and Train tabs
+    shared: dict = field(default_factory=dict)   # components one tab offers to others, by name
+
+
+def theme() -> gr.themes.Base:
+    # System fonts only: the stock themes load Google Fonts, and nothing may reach
+    # the internet unless the user asks.
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", neutral_hue="slate",
+                          font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
+                          font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
+
+
+def head_html() -> str:
+    """Scripts passed to launch(head=...): the folder-drop helper keeps sub-folder names."""
+    script = (UI_DIR / "folder_paths.js").read_text()
+    return f"<script>{script}</script>"
+
+
+def header_html() -> str:
+    logo = ASSETS / "logo.svg"
+    img = f"<img src='/gradio_api/file={logo}' alt='lora_gui logo'>" if logo.is_file() else ""
+    return (f"<div id='lg-header'>{img}<div><h1>lora_gui</h1>"
+            "<p>Teach a pretrained vision model your own image categories with LoRA: "
+            "pick data, train, test, download.</p></div></div>")
+
+
+def build_app(workspace: str | os.PathLike = "runs", data_path: str | None = None) -> gr.Blocks:
+    from . import data_tab, export_tab, model_tab, presets_tab, runs_tab, test_tab, train_tab
+    workspace = Path(workspace).resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    with gr.Blocks(title="lora_gui — LoRA for vision models") as demo:
+        gr.HTML(header_html())
+        session = gr.State(lambda: Session())
+        browser = gr.BrowserState({"job_id": None}, storage_key="lora_gui_job")
+        with gr.Tabs() as tabs:
+            ctx = AppContext(workspace, session, browser, tabs)
+            with gr.Tab("1 · Data", id="data") as ctx.shared["tab:data"]:
+                data_tab.build_data_tab(ctx, data_path)
+            with gr.Tab("2 · Model & LoRA", id="model") as ctx.shared["tab:model"]:
+                model_tab.build_model_tab(ctx)
+            with gr.Tab("3 · Train", id="train") as ctx.shared["tab:train"]:
+                train_tab.build_train_tab(ctx)
+            with gr.Tab("4 · Test", id="test") as ctx.shared["tab:test"]:
+                test_tab.build_test_tab(ctx)
+            with gr.Tab("5 · Export", id="export") as ctx.shared["tab:export"]:
+                export_tab.build_export_tab(ctx)
+            with gr.Tab("Runs", id="runs") as ctx.shared["tab:runs"]:
+                runs_tab.build_runs_tab(ctx)
+            with gr.Tab("Presets", id="presets") as ctx.shared["tab:presets"]:
+                presets_tab.build_presets_tab(ctx)
+        for hook in ctx.shared.get("on_load", []):
+            hook(demo)
+    demo.lora_ctx = ctx
+    return demo
+
+
+def launch_kwargs(workspace: Path) -> dict:
+    return {"theme": theme(), "css": CSS, "head": head_html(),
+            "allowed_paths": [str(ASSETS), str(Path(workspace).resolve())],
+            "max_file_size": f"{MAX_UPLOAD_MB}mb", "show_error": False}

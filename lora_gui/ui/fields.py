@@ -1,0 +1,62 @@
+"""Form fields <-> RunConfig. One table says which widget feeds which config key,
+so the Train button, the Presets tab and "save as preset" can never disagree.
+"""
+from __future__ import annotations
+
+from ..config import RunConfig
+
+# field name -> (config section, config key)
+FIELDS: dict[str, tuple[str, str]] = {
+    "model_name": ("model", "name"),
+    "weights": ("model", "weights"),
+    "weights_file": ("model", "weights_file"),
+    "image_size": ("model", "image_size"),
+    "rank": ("lora", "rank"),
+    "alpha": ("lora", "alpha"),
+    "dropout": ("lora", "dropout"),
+    "targets": ("lora", "targets"),
+    "train_norm": ("lora", "train_norm"),
+    "train_bias": ("lora", "train_bias"),
+    "use_rslora": ("lora", "use_rslora"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "seed": ("train", "seed"),
+    "augmentation": ("data", "augmentation"),
+    "val_fraction": ("data", "val_fraction"),
+}
+FIELD_NAMES = list(FIELDS)
+
+_INTS = {"image_size", "rank", "epochs", "batch_size", "seed"}
+_FLOATS = {"alpha", "dropout", "lr", "val_fraction"}
+
+
+def _clean(name: str, value):
+    """Gradio numbers arrive as floats (or None when emptied); the config wants ints."""
+    if name == "image_size" and value in (None, "", 0, "model default"):
+        return None
+    if name == "weights_file":
+        return value or None
+    if name in _INTS and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if name in _FLOATS and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def config_from_values(values: dict, source: str = "") -> RunConfig:
+    """Field values -> a validated RunConfig (ConfigError names the bad field)."""
+    d = RunConfig().to_dict()
+    for name, value in values.items():
+        section, key = FIELDS[name]
+        d[section][key] = _clean(name, value)
+    d["data"]["source"] = source
+    return RunConfig.from_dict(d)
+
+
+def values_from_config(cfg: RunConfig) -> dict:
+    d = cfg.to_dict()
+    out = {name: d[section][key] for name, (section, key) in FIELDS.items()}
+    if out["image_size"] is None:
+        out["image_size"] = 0
+    return out
