@@ -53,7 +53,7 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
         with gr.Tab("Folder"):
             gr.Markdown("Pick a folder of class folders (click the box), or drag one onto it.",
                         elem_classes="lg-hint")
-            folder = gr.File(file_count="directory", label="Folder of class folders", elem_id="lg-folder")
+            folder = gr.File(file_count="directory", label="Folder of class folders", elem_id="lg-folder", height=200)
             relpaths = gr.Textbox(elem_id="lg-relpaths", elem_classes="lg-hidden", show_label=False,
                                   container=False)
         with gr.Tab("Archive or CSV"):
@@ -120,10 +120,12 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     def resplit(session, vf):
         return (session, *dataset_outputs(session.dataset, session.dataset_label, vf))
 
-    example_btn.click(use_example, [ctx.session, val_fraction], [ctx.session, *outputs])
-    folder.upload(from_folder, [ctx.session, folder, relpaths, val_fraction], [ctx.session, *outputs])
-    archive.upload(from_archive, [ctx.session, archive, val_fraction], [ctx.session, *outputs])
-    path_btn.click(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs])
+    example_btn.click(use_example, [ctx.session, val_fraction], [ctx.session, *outputs], api_name="use_example")
+    folder.upload(from_folder, [ctx.session, folder, relpaths, val_fraction], [ctx.session, *outputs],
+                  api_name="load_folder")
+    archive.upload(from_archive, [ctx.session, archive, val_fraction], [ctx.session, *outputs],
+                   api_name="load_archive")
+    path_btn.click(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], api_name="load_path")
     path_box.submit(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs])
     val_fraction.release(resplit, [ctx.session, val_fraction], [ctx.session, *outputs])
     ctx.shared["show_dataset"] = (show, outputs)

@@ -44,9 +44,13 @@ def _clean(name: str, value):
     return value
 
 
-def config_from_values(values: dict, source: str = "") -> RunConfig:
-    """Field values -> a validated RunConfig (ConfigError names the bad field)."""
-    d = RunConfig().to_dict()
+def config_from_values(values: dict, source: str = "", base: RunConfig | None = None) -> RunConfig:
+    """Field values over ``base`` (the last applied preset, else defaults) -> a validated RunConfig.
+
+    Settings that no field shows (warmup, early stopping, ...) keep the base's value.
+    ConfigError names the bad field.
+    """
+    d = (base or RunConfig()).to_dict()
     for name, value in values.items():
         section, key = FIELDS[name]
         d[section][key] = _clean(name, value)

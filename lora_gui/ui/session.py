@@ -23,6 +23,8 @@ class Session:
     job_id: str | None = None
     test_source: str | None = None   # adapter/run path the Test tab uses
     test_model: object | None = None  # export.LoadedAdapter, cached
+    test_model_key: tuple | None = None  # (source, adapter file, mtime) of test_model
+    base_config: object | None = None    # RunConfig of the last applied preset; form fields override it
     event_index: int = 0             # how many job events the charts have drawn
 
     def class_builder(self, workspace: Path) -> ClassBuilder:
@@ -32,7 +34,7 @@ class Session:
 
     def use_test_source(self, path: str | None) -> None:
         if path != self.test_source:
-            self.test_source, self.test_model = path, None
+            self.test_source, self.test_model, self.test_model_key = path, None, None
 
     def job(self):
         from ..train import get_job

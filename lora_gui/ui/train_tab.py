@@ -87,7 +87,8 @@ def build_train_tab(ctx: AppContext) -> None:
         if running is not None and not running.snapshot(last_steps=0).done:
             raise gr.Error("A training is already running in this page: stop it first, or wait for it to end.")
         try:
-            cfg = config_from_values(dict(zip(FIELD_NAMES, values)), source=session.dataset.root)
+            cfg = config_from_values(dict(zip(FIELD_NAMES, values)), source=session.dataset.root,
+                                     base=session.base_config)
             check_model_available(cfg.model)
         except (ConfigError, ModelError) as exc:
             raise gr.Error(str(exc)) from None
@@ -128,10 +129,11 @@ def build_train_tab(ctx: AppContext) -> None:
 
     def wire(demo):
         inputs = [ctx.fields[n] for n in FIELD_NAMES]  # every tab has added its fields by now
-        start.click(start_job, [ctx.session, ctx.browser, *inputs], [ctx.session, ctx.browser, start, pause, resume, stop])
+        start.click(start_job, [ctx.session, ctx.browser, *inputs],
+                    [ctx.session, ctx.browser, start, pause, resume, stop], api_name="start_training")
     ctx.shared.setdefault("on_load", []).append(wire)
     for btn, action in ((pause, "pause"), (resume, "unpause"), (stop, "stop")):
-        btn.click(control(action), ctx.session, [start, pause, resume, stop])
+        btn.click(control(action), ctx.session, [start, pause, resume, stop], api_name=f"{action}_training")
     timer.tick(poll, [ctx.session, ctx.browser],
                [ctx.session, progress, loss_plot, acc_plot, lr_plot, log, start, pause, resume, stop],
-               show_progress="hidden")
+               show_progress="hidden", api_name="training_status")

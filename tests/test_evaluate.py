@@ -1,0 +1,140 @@
+"""Evaluation on a run's validation split: the numbers match a hand computation."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from lora_gui.adapters import AdapterMeta, save_adapter
+from lora_gui.config import LoraConfig, ModelConfig
+from lora_gui.evaluate import (EvalResult, confusion_figure, evaluate_run, find_run_dir,
+                               metrics_from_predictions, read_split)
+from lora_gui.images import DataError
+from lora_gui.lora import inject_lora
+from lora_gui.models import build_model, data_config
+from lora_gui.predict import load_adapter, predict
+
+CLASSES = ["ant", "bee", "cat"]
+
+
+@pytest.fixture
+def run_dir(tmp_path, make_image_folder):
+    """A run folder as training leaves it: config.json, split.json, best/adapter.safetensors."""
+    layout = {f"{c}/{i}.png": (40, 40) for c in CLASSES for i in range(5)}
+    images = make_image_folder(layout, "data")
+    run = tmp_path / "run-test"
+    torch.manual_seed(0)
+    cfg, lcfg = ModelConfig(name="resnet18", weights="random", image_size=32), LoraConfig(rank=4, targets="all-conv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg, len(CLASSES))
+    layers = inject_lora(model, lcfg)
+    with torch.no_grad():  # LoRA B starts at zero; give it weight so the adapter matters
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    meta = AdapterMeta(cfg, lcfg, layers, CLASSES, data_config(model, 32), base_seed=0)
+    save_adapter(model, meta, run / "best")
+    val = [[str(images / rel), CLASSES.index(rel.split("/")[0])] for rel in sorted(layout)]
+    (run / "split.json").write_text(json.dumps({"train": [], "val": val}))
+    (run / "config.json").write_text(json.dumps({"classes": CLASSES, "layers": layers}))
+    return run
+
+
+def _hand(run_dir):
+    """Predictions through the public predict(), then metrics by hand."""
+    val = json.loads((run_dir / "split.json").read_text())["val"]
+    loaded = load_adapter(run_dir)
+    preds = [CLASSES.index(r[0][0]) for r in predict(loaded, [p for p, _ in val], topk=1)]
+    return [label for _, label in val], preds
+
+
+def test_accuracy_and_matrix_match_hand_computation(run_dir):
+    true, pred = _hand(run_dir)
+    assert len(set(pred)) > 1 and pred != true   # a non-trivial case: some right, some wrong
+    result = evaluate_run(run_dir)
+    assert isinstance(result, EvalResult)
+    assert result.classes == CLASSES
+    assert result.accuracy == pytest.approx(sum(t == p for t, p in zip(true, pred)) / len(true))
+    assert result.total == sum(map(sum, result.confusion)) == len(true) == 15
+    for i in range(3):
+        for j in range(3):
+            assert result.confusion[i][j] == sum(t == i and p == j for t, p in zip(true, pred))
+    for i, row in enumerate(result.per_class):
+        tp = sum(t == i and p == i for t, p in zip(true, pred))
+        predicted, support = pred.count(i), true.count(i)
+        assert row["class"] == CLASSES[i] and row["support"] == support == 5
+        assert row["precision"] == pytest.approx(tp / predicted if predicted else 0.0)
+        assert row["recall"] == pytest.approx(tp / support)
+    wrong = [(t, p) for t, p in zip(true, pred) if t != p]
+    assert len(result.misclassified) == len(wrong)
+    probs = [m[3] for m in result.misclassified]
+    assert probs == sorted(probs, reverse=True) and all(0 < p <= 1 for p in probs)
+    for path, t, p, _ in result.misclassified:
+        assert t != p and path.endswith(".png") and f"/{t}/" in path
+
+
+def test_loaded_adapter_with_samples_and_class_names(run_dir):
+    loaded = load_adapter(run_dir)
+    val = read_split(run_dir)
+    by_name = [(p, CLASSES[label]) for p, label in val]
+    a = evaluate_run(loaded, samples=by_name, batch_size=4)
+    b = evaluate_run(loaded, run_dir=run_dir / "best" / "adapter.safetensors")
+    assert a.confusion == b.confusion == evaluate_run(run_dir).confusion
+
+
+def test_metrics_known_example():
+    # true: 0 0 0 1 1 2 ; pred: 0 0 1 1 2 2
+    acc, cm, rows = metrics_from_predictions([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], CLASSES)
+    assert acc == pytest.approx(4 / 6)
+    assert cm == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert [r["precision"] for r in rows] == pytest.approx([1.0, 0.5, 0.5])
+    assert [r["recall"] for r in rows] == pytest.approx([2 / 3, 0.5, 1.0])
+    assert rows[0]["f1"] == pytest.approx(0.8)
+    assert [r["support"] for r in rows] == [3, 2, 1]
+    _, _, rows = metrics_from_predictions([0, 1], [0, 0], CLASSES)  # never predicted, never present
+    assert rows[1]["precision"] == 0.0 and rows[2]["support"] == 0
+
+
+def test_missing_images_are_skipped_not_fatal(run_dir):
+    split = json.loads((run_dir / "split.json").read_text())
+    gone = split["val"][0][0]
+    (run_dir / "split.json").write_text(json.dumps({"train": [], "val": split["val"] + [[gone + ".gone.png", 0]]}))
+    result = evaluate_run(run_dir)
+    assert result.total == 15 and len(result.skipped) == 1 and "not found" in result.skipped[0][1]
+
+
+def test_refusals_name_the_problem(run_dir, tmp_path):
+    with pytest.raises(DataError, match="none of the 1 validation images"):
+        evaluate_run(run_dir, samples=[(str(tmp_path / "nope.png"), 0)])
+    with pytest.raises(DataError, match="out of range"):
+        evaluate_run(run_dir, samples=[(str(tmp_path / "x.png"), 7)])
+    with pytest.raises(DataError, match="not one of the model's classes"):
+        evaluate_run(run_dir, samples=[(str(tmp_path / "x.png"), "dog")])
+    (run_dir / "split.json").write_text(json.dumps({"train": [], "val": []}))
+    with pytest.raises(DataError, match="validation fraction"):
+        evaluate_run(run_dir)
+    (run_dir / "split.json").unlink()
+    assert find_run_dir(run_dir) is None
+    with pytest.raises(FileNotFoundError, match="no validation split"):
+        evaluate_run(run_dir)
+
+
+def test_other_run_classes_refused(run_dir):
+    cfg = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps(dict(cfg, classes=["x", "y", "z"])))
+    with pytest.raises(DataError, match="not those of run"):
+        evaluate_run(run_dir)
+
+
+def test_confusion_figure(run_dir):
+    result = evaluate_run(run_dir)
+    fig = confusion_figure(result)
+    heat = fig.data[0]
+    assert heat.type == "heatmap" and list(heat.x) == CLASSES and list(heat.y) == CLASSES
+    assert [list(r) for r in heat.z] == result.confusion
+    norm = confusion_figure(result, normalize=True).data[0]
+    assert all(abs(sum(r) - 1) < 1e-9 for r in norm.z)
+    assert f"{result.accuracy:.1%}" in fig.layout.title.text
