@@ -8,6 +8,8 @@ from ..export import ExportError
 from ..predict import BAD_INPUT
 
 ENGINE_ERRORS = BAD_INPUT + (ExportError,)
+# Internal UI events stay out of the public API (gradio_client, the 'Use via API' page).
+PRIVATE = {"api_visibility": "private"}
 
 
 def this_tab() -> gr.Tab | None:

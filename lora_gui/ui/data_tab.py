@@ -9,6 +9,7 @@ import gradio as gr
 from .. import data
 from ..archives import ArchiveLimits
 from .app import MAX_UPLOAD_MB, AppContext
+from .common import PRIVATE
 
 LIMITS = ArchiveLimits()
 LIMITS_TEXT = (f"Uploads up to {MAX_UPLOAD_MB} MB each. Archives: at most {LIMITS.max_members:,} files and "
@@ -126,12 +127,12 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     archive.upload(from_archive, [ctx.session, archive, val_fraction], [ctx.session, *outputs],
                    api_name="load_archive")
     path_btn.click(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], api_name="load_path")
-    path_box.submit(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs])
-    val_fraction.release(resplit, [ctx.session, val_fraction], [ctx.session, *outputs])
+    path_box.submit(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], **PRIVATE)
+    val_fraction.release(resplit, [ctx.session, val_fraction], [ctx.session, *outputs], **PRIVATE)
     ctx.shared["show_dataset"] = (show, outputs)
     if data_path:
         ctx.shared.setdefault("on_load", []).append(
-            lambda demo: demo.load(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs]))
+            lambda demo: demo.load(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], **PRIVATE))
 
 
 def build_class_builder(ctx: AppContext) -> None:
@@ -205,12 +206,14 @@ def build_class_builder(ctx: AppContext) -> None:
         session.class_builder(ws).delete_class(cls)
         return state(session)
 
-    add_btn.click(add, [ctx.session, new_name], [ctx.session, current, counts, new_name])
-    new_name.submit(add, [ctx.session, new_name], [ctx.session, current, counts, new_name])
-    files.upload(add_files, [ctx.session, current, files], [ctx.session, current, counts, files])
-    snap_btn.click(add_snapshot, [ctx.session, current, cam], [ctx.session, current, counts])
-    rename_btn.click(rename, [ctx.session, current, rename_to], [ctx.session, current, counts, rename_to])
-    delete_btn.click(delete, [ctx.session, current], [ctx.session, current, counts])
+    add_btn.click(add, [ctx.session, new_name], [ctx.session, current, counts, new_name], api_name="add_class")
+    new_name.submit(add, [ctx.session, new_name], [ctx.session, current, counts, new_name], **PRIVATE)
+    files.upload(add_files, [ctx.session, current, files], [ctx.session, current, counts, files],
+                 api_name="add_class_images")
+    snap_btn.click(add_snapshot, [ctx.session, current, cam], [ctx.session, current, counts], api_name="add_snapshot")
+    rename_btn.click(rename, [ctx.session, current, rename_to], [ctx.session, current, counts, rename_to],
+                     api_name="rename_class")
+    delete_btn.click(delete, [ctx.session, current], [ctx.session, current, counts], api_name="delete_class")
 
     def use(session, vf):
         show, _ = ctx.shared["show_dataset"]
@@ -221,5 +224,5 @@ def build_class_builder(ctx: AppContext) -> None:
 
     def wire_use(demo):
         _, outputs = ctx.shared["show_dataset"]
-        use_btn.click(use, [ctx.session, ctx.fields["val_fraction"]], [ctx.session, *outputs])
+        use_btn.click(use, [ctx.session, ctx.fields["val_fraction"]], [ctx.session, *outputs], api_name="use_classes")
     ctx.shared.setdefault("on_load", []).append(wire_use)

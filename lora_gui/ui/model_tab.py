@@ -12,6 +12,7 @@ import torch
 from .. import lora, models
 from ..config import ConfigError, LoraConfig
 from .app import AppContext
+from .common import PRIVATE
 
 TARGET_CHOICES = [
     ("auto (recommended for this model)", "auto"),
@@ -162,17 +163,17 @@ def build_model_tab(ctx: AppContext) -> None:
 
     summary_inputs = [ctx.session, model_name, targets, rank, train_norm, train_bias]
     for comp in (model_name, targets, train_norm, train_bias):
-        comp.change(refresh, summary_inputs, [count, layers])
-    rank.release(refresh, summary_inputs, [count, layers])
-    model_name.change(on_model, [model_name, weights], [note, weights])
-    search.submit(do_search, search, found)
-    found.change(pick, found, model_name)
-    weights.change(on_weights, weights, [weights_upload, weights_file])
-    weights_upload.upload(upload_weights, weights_upload, weights_file)
+        comp.change(refresh, summary_inputs, [count, layers], **PRIVATE)
+    rank.release(refresh, summary_inputs, [count, layers], **PRIVATE)
+    model_name.change(on_model, [model_name, weights], [note, weights], **PRIVATE)
+    search.submit(do_search, search, found, api_name="search_models")
+    found.change(pick, found, model_name, **PRIVATE)
+    weights.change(on_weights, weights, [weights_upload, weights_file], **PRIVATE)
+    weights_upload.upload(upload_weights, weights_upload, weights_file, api_name="upload_weights")
     prev_rank = gr.State(8)
-    rank.release(alpha_follows_rank, [rank, alpha, prev_rank], alpha).then(lambda r: r, rank, prev_rank)
+    rank.release(alpha_follows_rank, [rank, alpha, prev_rank], alpha, **PRIVATE).then(lambda r: r, rank, prev_rank, **PRIVATE)
     def wire(demo):
-        demo.load(refresh, summary_inputs, [count, layers])
-        ctx.shared["tab:model"].select(refresh, summary_inputs, [count, layers])  # class count may have changed
+        demo.load(refresh, summary_inputs, [count, layers], **PRIVATE)
+        ctx.shared["tab:model"].select(refresh, summary_inputs, [count, layers], **PRIVATE)  # class count may have changed
     ctx.shared.setdefault("on_load", []).append(wire)
     ctx.shared["refresh_layers"] = (refresh, summary_inputs, [count, layers])
