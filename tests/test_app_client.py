@@ -1,0 +1,81 @@
+"""The app's public endpoints through gradio_client, against the real launched server."""
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.timeout(400)
+
+FIELD_VALUES = {  # FIELD_NAMES order, as the form would send them
+    "model_name": "tf_efficientnet_lite0", "weights": "bundled", "weights_file": "", "image_size": 96,
+    "rank": 4, "alpha": 8, "dropout": 0.0, "targets": "auto", "train_norm": False, "train_bias": False,
+    "use_rslora": False, "epochs": 2, "batch_size": 16, "lr": 0.002, "seed": 0, "augmentation": "light",
+    "val_fraction": 0.2,
+}
+
+
+@pytest.fixture
+def client(app_server):
+    from gradio_client import Client
+    return Client(app_server[0], analytics_enabled=False, verbose=False)
+
+
+def _values():
+    from lora_gui.ui.fields import FIELD_NAMES
+    return [FIELD_VALUES[n] for n in FIELD_NAMES]
+
+
+def test_endpoints_train_predict_export(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    summary, *_ = client.predict(0.2, api_name="/use_example")
+    assert "120 images used in 4 classes" in summary
+
+    client.predict({"job_id": None}, *_values(), api_name="/start_training")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        progress, *_ = client.predict({"job_id": None}, api_name="/training_status")
+        if progress and any(f"data-status='{s}'" in progress for s in ("finished", "failed", "stopped")):
+            break
+        time.sleep(1)
+    assert "data-status='finished'" in progress, progress
+
+    # A second start while nothing runs is fine; a bad value is refused with its reason.
+    bad = dict(FIELD_VALUES, lr=-1)
+    from lora_gui.ui.fields import FIELD_NAMES
+    with pytest.raises(AppError, match="learning rate"):
+        client.predict({"job_id": None}, *[bad[n] for n in FIELD_NAMES], api_name="/start_training")
+
+    label, _ = client.predict(handle_file(str(REPO / "assets/example/sneaker/00.png")), api_name="/predict")
+    assert label["label"] == "sneaker", label
+    assert abs(sum(c["confidence"] for c in label["confidences"]) - 1) < 0.02
+
+    summary_md, table, *_ = client.predict(api_name="/evaluate")
+    assert "ccuracy" in summary_md
+
+    file_path, code, _ = client.predict("merged", api_name="/export")
+    with zipfile.ZipFile(file_path) as z:
+        names = [Path(n).name for n in z.namelist()]
+        labels = json.loads(next(z.read(n) for n in z.namelist() if n.endswith("labels.json")))
+    assert "model.safetensors" in " ".join(names) and labels == ["bag", "sneaker", "t-shirt", "trouser"]
+    assert "load_state_dict" in code
+
+    runs = client.predict(None, [], api_name="/list_runs")
+    assert any("tf_efficientnet_lite0" in json.dumps(r) for r in runs[:1]), runs[:1]
+
+
+def test_errors_reach_the_client_as_messages(client):
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match="Choose a dataset first"):
+        client.predict({"job_id": None}, *_values(), api_name="/start_training")
+    with pytest.raises(AppError, match="does not exist"):
+        client.predict("/no/such/folder", 0.2, api_name="/load_path")
+    with pytest.raises(AppError, match="Train a model first"):
+        from gradio_client import handle_file
+        client.predict(handle_file(str(REPO / "assets/example/bag/00.png")), api_name="/predict")
