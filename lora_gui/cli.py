@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -41,6 +42,19 @@ def summary_table(epoch_rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# flag -> (config section, key); every one overrides the preset when given
+CONFIG_FLAGS = (("targets", "lora", "targets"), ("rank", "lora", "rank"), ("alpha", "lora", "alpha"),
+                ("dropout", "lora", "dropout"), ("epochs", "train", "epochs"),
+                ("batch_size", "train", "batch_size"), ("lr", "train", "lr"),
+                ("weight_decay", "train", "weight_decay"), ("warmup_fraction", "train", "warmup_fraction"),
+                ("label_smoothing", "train", "label_smoothing"), ("grad_accum", "train", "grad_accum"),
+                ("grad_clip", "train", "grad_clip"), ("patience", "train", "early_stop_patience"),
+                ("seed", "train", "seed"), ("device", "train", "device"), ("threads", "train", "num_threads"),
+                ("checkpoint_minutes", "train", "checkpoint_minutes"),
+                ("image_size", "model", "image_size"), ("augmentation", "data", "augmentation"),
+                ("val_fraction", "data", "val_fraction"))
+
+
 def build_config(args):
     """Preset (if any) first, then each flag given on the command line overrides it."""
     from .config import RunConfig, load_preset
@@ -50,20 +64,17 @@ def build_config(args):
     if args.data:
         d["data"]["source"] = str(Path(args.data).expanduser().resolve())
     if args.model:
+        if not args.weights and args.model != d["model"]["name"]:
+            # another model than the preset's: its weights come from where that model's are
+            d["model"]["weights"] = "bundled" if args.model == BUNDLED_MODEL else "hub"
+            d["model"]["weights_file"] = None
         d["model"]["name"] = args.model
-        if not args.weights and args.model != BUNDLED_MODEL:
-            d["model"]["weights"] = "hub"
     if args.weights:
         if args.weights in ("bundled", "hub", "random"):
             d["model"]["weights"], d["model"]["weights_file"] = args.weights, None
         else:
             d["model"]["weights"], d["model"]["weights_file"] = "file", str(Path(args.weights).resolve())
-    for flag, section, key in (("targets", "lora", "targets"), ("rank", "lora", "rank"), ("alpha", "lora", "alpha"),
-                               ("dropout", "lora", "dropout"), ("epochs", "train", "epochs"),
-                               ("batch_size", "train", "batch_size"), ("lr", "train", "lr"),
-                               ("seed", "train", "seed"), ("device", "train", "device"),
-                               ("image_size", "model", "image_size"), ("augmentation", "data", "augmentation"),
-                               ("val_fraction", "data", "val_fraction")):
+    for flag, section, key in CONFIG_FLAGS:
         value = getattr(args, flag)
         if value is not None:
             d[section][key] = value
@@ -72,51 +83,87 @@ def build_config(args):
     return RunConfig.from_dict(d)
 
 
+def _json_safe(value):
+    """JSON without NaN/Infinity (not valid JSON): non-finite numbers become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _bad_input(message) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def cmd_train(args) -> int:
+    from .runs import RunFolder
     from .train import TrainingJob, preflight, user_errors
     try:
         if args.resume:
+            run = RunFolder(args.resume)
+            if not run.exists():
+                return _bad_input(f"{args.resume} is not a run folder (no config.json): nothing to resume")
+            given = [f"--{flag.replace('_', '-')}" for flag, _, _ in CONFIG_FLAGS if getattr(args, flag) is not None]
+            given += [f"--{f}" for f in ("data", "model", "weights", "preset", "out") if getattr(args, f)]
+            if given:
+                print(f"note: --resume continues with the run's saved config; ignoring {', '.join(given)}",
+                      file=sys.stderr)
             job = TrainingJob.resume_run(args.resume)
         else:
             cfg = build_config(args)
             if not cfg.data.source:
-                raise ValueError("--data is required: a folder of class folders, an archive or a CSV")
+                return _bad_input("--data is required: a folder of class folders, an archive or a CSV")
+            if args.out and RunFolder(args.out).exists():
+                return _bad_input(f"{args.out} already holds a run; continue it with --resume {args.out}, "
+                                  "or give --out a new folder")
             workspace = Path(args.out).parent if args.out else Path(args.workspace)
             dataset = preflight(cfg, str(workspace))
             if not args.json:
                 print(dataset.report.summary(), file=sys.stderr)
             job = TrainingJob(cfg, workspace=str(workspace), run_dir=args.out, dataset=dataset)
-    except (*user_errors(), ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (*user_errors(), ValueError, FileNotFoundError, FileExistsError) as exc:
+        return _bad_input(exc)
     job.start()
     tty = sys.stderr.isatty()
-    last = ""
+    last_line, last_print, last_status = "", 0.0, ""
     try:
-        while not job.wait(0.5):
+        while not job.wait(0.25 if tty else 0.5):
+            if args.json:
+                continue
             snap = job.snapshot(last_steps=1)
             line = progress_line(snap) if snap.status == "running" else f"{snap.status}: {snap.message}"
-            if not args.json and line != last and (tty or snap.step != getattr(cmd_train, "_last_step", -1)):
-                print(("\r" if tty else "") + line, end="" if tty else "\n", file=sys.stderr, flush=True)
-                cmd_train._last_step = snap.step
-                last = line
+            now = time.time()
+            # a terminal gets a live bar; a log file a line per status change and every few seconds
+            due = line != last_line if tty else (snap.status != last_status or now - last_print >= 5.0)
+            if due:
+                print(("\r\033[K" if tty else "") + line, end="" if tty else "\n", file=sys.stderr, flush=True)
+                last_line, last_print, last_status = line, now, snap.status
     except KeyboardInterrupt:
         print("\nstopping (the adapter so far is kept) ...", file=sys.stderr)
         job.stop()
         job.wait()
     snap = job.snapshot()
-    if tty and not args.json:
-        print(file=sys.stderr)
+    if not args.json and snap.total_steps:
+        # the bar as training left it (a log may not have had a line since the last few steps)
+        print(("\r\033[K" if tty else "") + progress_line(snap), file=sys.stderr, flush=True)
     if args.json:
         final = snap.epoch_rows[-1] if snap.epoch_rows else {}
-        print(json.dumps({"status": snap.status, "message": snap.message, "run_dir": snap.run_dir,
-                          "epochs": snap.epoch_rows, "final": final,
-                          "best_val_acc": job.run.read_status().get("best_val_acc")}, indent=2))
+        print(json.dumps(_json_safe({
+            "status": snap.status, "message": snap.message, "run_dir": snap.run_dir,
+            "steps": snap.step, "total_steps": snap.total_steps, "epochs": snap.epoch_rows, "final": final,
+            "best_val_acc": job.run.read_status().get("best_val_acc"),
+            "best_epoch": job.run.read_status().get("best_epoch")}), indent=2, allow_nan=False))
     else:
         if snap.epoch_rows:
             print(summary_table(snap.epoch_rows))
         print(f"{snap.status}: {snap.message}\nrun folder: {snap.run_dir}")
     if snap.status == "failed":
+        if not args.json:
+            print(f"error: {snap.message}", file=sys.stderr)
         return 2 if job.failure_kind == "input" else 1
     return 0
 
@@ -166,8 +213,10 @@ def cmd_models(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lora_gui", description=(
         "Fine-tune timm vision models with LoRA on your own labelled images. "
-        "Run `python app.py` for the browser app; these commands use the same engine."))
-    sub = p.add_subparsers(dest="command", required=True)
+        "Run `python app.py` for the browser app; these commands use the same engine. "
+        "Exit codes: 0 done, 2 bad input (the message says what), 1 training failed."),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a LoRA adapter (progress bar, then a summary table)",
                        description="Train a LoRA adapter. Flags override the preset's values.")
@@ -182,16 +231,28 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="passes over the training images (default 3)")
     t.add_argument("--batch-size", type=int, help="images per step (default 16)")
     t.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    t.add_argument("--warmup-fraction", type=float, help="share of steps with a linear warm-up before the "
+                                                         "cosine decay (default 0.05)")
+    t.add_argument("--label-smoothing", type=float, help="label smoothing of the cross-entropy (default 0.1)")
+    t.add_argument("--grad-accum", type=int, help="batches per optimizer step (gradient accumulation, default 1)")
+    t.add_argument("--grad-clip", type=float, help="clip the gradient norm to this; 0 = off (default 1.0)")
+    t.add_argument("--patience", type=int, help="early stopping: epochs without validation improvement "
+                                                "before stopping; 0 = off (default)")
     t.add_argument("--image-size", type=int, help="square input resolution (default: the model's own)")
     t.add_argument("--augmentation", choices=["none", "light", "strong"], help="training augmentation")
     t.add_argument("--val-fraction", type=float, help="share of images held out for validation (default 0.2)")
     t.add_argument("--seed", type=int, help="random seed: same seed and data give the same metrics on CPU")
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    t.add_argument("--threads", type=int, help="CPU threads for training; 0 = all cores (default)")
+    t.add_argument("--checkpoint-minutes", type=float, help="checkpoint at least this often, besides every "
+                                                            "epoch (default 2; minimum 0.01)")
     t.add_argument("--preset", help="presets/NAME.json to start from")
     t.add_argument("--out", help="run folder to create (default: a new folder under --workspace)")
     t.add_argument("--workspace", default="runs", help="where run folders go (default ./runs)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    t.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
+    t.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout "
+                                                       "(no progress output)")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("runs", help="list the runs in a workspace")
@@ -215,6 +276,9 @@ def parser() -> argparse.ArgumentParser:
         add_predict_parser(sub)
     except ImportError:
         pass
+    # `python -m lora_gui --help` documents every command and every flag, not just the command names
+    p.epilog = "commands and their flags:\n\n" + "\n".join(
+        f"{'=' * 8} {name} {'=' * 8}\n{cmd.format_help()}" for name, cmd in sub.choices.items())
     return p
 
 

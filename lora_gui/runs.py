@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -22,16 +23,24 @@ import torch
 METRIC_FIELDS = ["kind", "epoch", "step", "loss", "lr", "images_per_s", "train_loss", "train_acc",
                  "val_loss", "val_acc", "time"]
 FINAL_STATUSES = ("finished", "stopped", "failed")
+_STATUS_LOCK = threading.Lock()  # status.json is updated from the job thread and from controls
 
 
 def new_run_id(prefix: str = "run") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
 
 
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+def write_json_atomic(path: Path, data, sort_keys: bool = True) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=sort_keys, default=str))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 class RunFolder:
@@ -72,9 +81,10 @@ class RunFolder:
         return self.read_json(self.status_file, {}) or {}
 
     def update_status(self, **fields) -> dict:
-        status = self.read_status()
-        status.update(fields)
-        write_json_atomic(self.status_file, status)
+        with _STATUS_LOCK:
+            status = self.read_status()
+            status.update(fields)
+            write_json_atomic(self.status_file, status)
         return status
 
     def log(self, line: str) -> None:
@@ -88,15 +98,28 @@ class RunFolder:
             return []
 
     # metrics ---------------------------------------------------------------
-    def append_metrics(self, rows: list[dict]) -> None:
-        new = not self.metrics_file.exists()
+    def append_metrics(self, rows: list[dict], sync: bool = True) -> None:
+        """Append rows; ``sync=False`` leaves the fsync to the next checkpoint
+        (a killed process loses nothing that was flushed; only power loss could)."""
+        new = not self.metrics_file.exists() or self.metrics_file.stat().st_size == 0
         with open(self.metrics_file, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
             if new:
                 w.writeheader()
-            w.writerows(rows)
+            w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
+
+    def sync_metrics(self) -> None:
+        try:
+            fd = os.open(self.metrics_file, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def read_metrics(self) -> list[dict]:
         try:
@@ -106,8 +129,8 @@ class RunFolder:
             return []
         out = []
         for r in rows:
-            if not r.get("kind"):
-                continue  # a line cut short by a kill
+            if r.get("kind") not in ("step", "epoch") or r.get("time") in (None, "") or None in r:
+                continue  # a line cut short by a kill (or two torn lines run together)
             out.append({k: (r[k] if k == "kind" else _num(r.get(k))) for k in METRIC_FIELDS})
         return out
 
@@ -121,12 +144,17 @@ class RunFolder:
             w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
             w.writeheader()
             w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.metrics_file)
 
     # checkpoints -------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
         tmp = self.checkpoint_file.with_name("checkpoint.pt.tmp")
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.checkpoint_file)  # a kill mid-write leaves the old checkpoint intact
 
     def load_checkpoint(self) -> dict | None:

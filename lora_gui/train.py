@@ -54,6 +54,11 @@ class DeviceQueue:
                 line.remove(job)
             self._cond.notify_all()
 
+    def waiting(self, device: str) -> int:
+        """How many jobs are in line for ``device`` (the running one included)."""
+        with self._cond:
+            return len(self._lines.get(device, []))
+
     def position(self, job: "TrainingJob") -> int | None:
         """0 while the job holds the device, N when N jobs are ahead of it."""
         with self._cond:
@@ -115,7 +120,10 @@ class TrainingJob:
                  dataset=None, interactive: bool = False, resume: bool = False, queue: DeviceQueue = DEVICE_QUEUE):
         self.config = config
         self.workspace = Path(workspace)
-        self.run = RunFolder(run_dir or self.workspace / new_run_id()).create()
+        run = RunFolder(run_dir or self.workspace / new_run_id())
+        if not resume and run.exists():
+            raise FileExistsError(f"{run.path} already holds a run; resume it, or train into a new folder")
+        self.run = run.create()
         self.id = self.run.path.name
         self.dataset = dataset
         self.interactive = interactive
@@ -133,6 +141,8 @@ class TrainingJob:
         self._epoch_rows: list[dict] = []
         self._events: list[dict] = []
         self._thread: threading.Thread | None = None
+        self._paused_s = 0.0  # time spent paused, left out of the ETA
+        self._earlier_s = 0.0  # training time of the sessions before a resume
         self.device = "cpu"
         self.failure_kind = ""  # 'input' (bad data/model/config) or 'training'
         with _JOBS_LOCK:
@@ -142,7 +152,11 @@ class TrainingJob:
     def resume_run(cls, run_dir: str, **kwargs) -> "TrainingJob":
         """A job that continues the run in ``run_dir`` from its last checkpoint."""
         run = RunFolder(run_dir)
-        config = RunConfig.from_dict(run.read_config()["config"], where=f"{run.config_file}")
+        raw = run.read_config()
+        if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
+            raise ValueError(f"{run.config_file} has no training configuration (damaged, or not made by "
+                             "lora_gui): this run cannot be resumed")
+        config = RunConfig.from_dict(raw["config"], where=f"{run.config_file}")
         return cls(config, workspace=str(run.path.parent), run_dir=str(run.path), resume=True, **kwargs)
 
     # control -------------------------------------------------------------------
@@ -156,25 +170,45 @@ class TrainingJob:
         self._stop.set()
         self._unpaused.set()
         with self._lock:
-            if self._status in ("running", "paused"):
+            changed = self._status in ("running", "paused")
+            if changed:
                 self._set("stopping", "stopping after the current batch")
+        if changed:
+            self._write_status("stopping", "stopping after the current batch")
 
     def pause(self) -> None:
         with self._lock:
-            if self._status == "running":
+            changed = self._status == "running"
+            if changed:
                 self._unpaused.clear()
                 self._set("paused", "paused; press Resume to continue")
+        if changed:
+            self._write_status("paused", "paused; press Resume to continue")
 
     def unpause(self) -> None:
         with self._lock:
-            if self._status == "paused":
+            changed = self._status == "paused"
+            if changed:
                 self._set("running", "training")
         self._unpaused.set()
+        if changed:
+            self._write_status("running", "training")
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end (or ``timeout``); True once the job is over.
+
+        True means the thread has finished too, so everything it writes to the
+        run folder (status.json, train.log) is on disk."""
         if self._thread is not None:
             self._thread.join(timeout)
+            return not self._thread.is_alive()
         return self.status in FINAL_STATUSES
+
+    def _write_status(self, status: str, message: str) -> None:
+        try:
+            self.run.update_status(status=status, message=message)
+        except OSError:
+            pass  # the in-memory status is what viewers poll; the file catches up later
 
     # state for the loop and the viewers -----------------------------------------
     @property
@@ -192,7 +226,12 @@ class TrainingJob:
         self._events.append({"kind": "status", "status": status, "message": message, "time": time.time()})
 
     def set_status(self, status: str, message: str) -> None:
+        message = _one_line(message)
         with self._lock:
+            if status == "running" and self._status in ("paused", "stopping"):
+                # the loop reporting progress must not undo a pause or stop asked for meanwhile
+                status = self._status
+                message = self._message
             self._set(status, message)
         self.run.update_status(status=status, message=message)
         self.run.log(f"[{status}] {message}")
@@ -214,53 +253,89 @@ class TrainingJob:
     def check_controls(self) -> None:
         """Called by the loop between batches: honours pause and stop."""
         if not self._unpaused.is_set():
+            t0 = time.time()
             self._unpaused.wait()
+            with self._lock:
+                self._paused_s += time.time() - t0
         if self._stop.is_set():
             raise StopRequested
 
-    def snapshot(self, last_steps: int = 2000) -> JobSnapshot:
+    @property
+    def paused_seconds(self) -> float:
         with self._lock:
-            return JobSnapshot(self.id, str(self.run.path), self._status, self._message, self._epoch,
-                               self.config.train.epochs, self._step, self._total, self._eta,
-                               self.queue.position(self) if self._status == "queued" else None,
-                               list(self._step_rows[-last_steps:]), list(self._epoch_rows),
-                               self.run.log_tail(12))
+            return self._paused_s
+
+    def snapshot(self, last_steps: int = 2000) -> JobSnapshot:
+        log = self.run.log_tail(12)  # file I/O outside the lock
+        with self._lock:
+            queued = self._status == "queued"
+            snap = JobSnapshot(self.id, str(self.run.path), self._status, self._message, self._epoch,
+                               self.config.train.epochs, self._step, self._total, self._eta, None,
+                               list(self._step_rows[-last_steps:]) if last_steps > 0 else [],
+                               list(self._epoch_rows), log)
+        if queued:
+            snap.queue_position = self.queue.position(self)
+        return snap
 
     # the thread ------------------------------------------------------------------
     def _main(self) -> None:
-        from .training_loop import Trainer, device_for
         started = time.time()
+        acquired = False
         try:
-            self.device = device_for(self.config.train.device)
-        except TrainingFailed as exc:
-            self.failure_kind = "input"
-            self.set_status("failed", str(exc))
-            return
-        self.run.update_status(started=time.strftime("%Y-%m-%d %H:%M:%S"))
-        self.set_status("queued", "waiting for the device" if self.queue.position(self) else "starting")
-        if not self.queue.acquire(self.device, self):
-            self.set_status("stopped", "stopped before it started")
-            return
-        try:
+            from .training_loop import Trainer, device_for
+            try:
+                self.device = device_for(self.config.train.device)
+            except TrainingFailed as exc:
+                self.failure_kind = "input"
+                self.set_status("failed", str(exc))
+                return
+            now = time.strftime("%Y-%m-%d %H:%M:%S")
+            previous = self.run.read_status()
+            self._earlier_s = float(previous.get("duration_s") or 0.0) if self.resume else 0.0
+            # a resumed run keeps when it first started (runs are listed by it) and adds up its time
+            self.run.update_status(**({"resumed": now} if self.resume and previous.get("started")
+                                      else {"started": now}))
+            ahead = self.queue.waiting(self.device)
+            self.set_status("queued", f"waiting for the device ({ahead} job(s) ahead)" if ahead else "starting")
+            if not self.queue.acquire(self.device, self):
+                self.set_status("stopped", "stopped before it started")
+                return
+            acquired = True
             self.set_status("running", "preparing data and model")
             Trainer(self).run()
         except StopRequested:
             self.set_status("stopped", "stopped by request; the adapter so far is saved in last/")
         except TrainingFailed as exc:
-            self.run.log(traceback.format_exc())
-            self.failure_kind = "training"
-            self.set_status("failed", str(exc))
+            self._fail("training", str(exc))
         except user_errors() as exc:
-            self.run.log(traceback.format_exc())
-            self.failure_kind = "input"
-            self.set_status("failed", str(exc))
-        except Exception as exc:  # never a silent death: one line for people, the traceback in the log
-            self.run.log(traceback.format_exc())
-            self.failure_kind = "training"
-            self.set_status("failed", _human_message(exc))
+            self._fail("input", str(exc))
+        except BaseException as exc:  # never a silent death: one line for people, the traceback in the log
+            self._fail("training", _human_message(exc))
         finally:
-            self.queue.release(self.device, self)
-            self.run.update_status(duration_s=round(time.time() - started, 1))
+            if acquired:
+                self.queue.release(self.device, self)
+            if self.device.startswith("cuda"):
+                try:
+                    import torch
+                    torch.cuda.empty_cache()
+                except Exception:
+                    pass
+            try:
+                self.run.update_status(duration_s=round(self._earlier_s + time.time() - started, 1))
+            except OSError:
+                pass
+
+    def _fail(self, kind: str, message: str) -> None:
+        try:
+            self.run.log(traceback.format_exc())
+        except OSError:
+            pass
+        self.failure_kind = kind
+        try:
+            self.set_status("failed", message)
+        except OSError:  # the run folder itself is gone or full: viewers still see the failure
+            with self._lock:
+                self._set("failed", _one_line(message))
 
 
 def user_errors() -> tuple[type, ...]:
@@ -282,6 +357,15 @@ def preflight(config: RunConfig, workspace: str):
     dataset = load_dataset(config.data.source, workspace)
     dataset.report.raise_if_blocking()
     return dataset
+
+
+def _one_line(message: str) -> str:
+    """Status messages are one line: multi-line errors keep their gist, the log keeps the rest."""
+    lines = [ln.strip(" -") for ln in str(message).strip().splitlines() if ln.strip(" -")]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    head = lines[0].rstrip(":")
+    return f"{head}: {'; '.join(lines[1:])}"[:500]
 
 
 def _human_message(exc: BaseException) -> str:

@@ -7,7 +7,6 @@ the same sequence of batches.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -23,9 +22,14 @@ from . import lora
 from .adapters import AdapterMeta, save_adapter
 from .data import DecodedCache, ImageDataset, Sample, build_transform, cache_max_side, load_dataset, split_dataset
 from .models import build_model, data_config
+from .runs import write_json_atomic
 from .train import StopRequested, TrainingFailed
 
 STEP_LOG_EVERY = 1
+# A cross-entropy this far above where training started is not learning any more but
+# diverging (a fresh head starts near ln(classes)); a NaN would follow a few steps later.
+DIVERGED_FACTOR = 100.0
+DIVERGED_MIN_LOSS = 100.0
 
 
 def device_for(name: str) -> str:
@@ -89,6 +93,23 @@ def _samples_json(samples: list[Sample]) -> list[list]:
     return [[s.path, s.label] for s in samples]
 
 
+def _loader(dataset, batch_size: int, pin: bool):
+    # A DataLoader draws its base seed from the global torch RNG each time it is
+    # iterated unless it has its own generator. That draw would shift the random
+    # augmentations of a resumed run against an uninterrupted one, so give it one.
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                                       pin_memory=pin, generator=torch.Generator().manual_seed(0))
+
+
+def _diverged_message(loss: float, step: int, updated: bool) -> str:
+    what = f"{loss:.3g}" if math.isfinite(loss) else str(loss)
+    if not updated:  # no optimizer step yet: the learning rate cannot be the cause
+        return (f"the loss is {what} at step {step}, before any weight update: the starting weights or the "
+                "images give non-finite values (a damaged weights file?); with mixed precision on, try it off")
+    return (f"the loss became {what} at step {step}: training diverged. "
+            "Lower the learning rate (e.g. by 10x) and start again")
+
+
 class Trainer:
     def __init__(self, job):
         self.job = job
@@ -146,7 +167,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.best, self.bad_epochs = None, 0
         self.acc = {"loss": 0.0, "correct": 0, "seen": 0}
-        self._pending_rows: list[dict] = []
+        self.first_loss: float | None = None
         if self.job.resume:
             self._restore()
         else:
@@ -172,28 +193,34 @@ class Trainer:
                 "threads": torch.get_num_threads()}
 
     def _write_config(self) -> None:
+        # split first: a folder with a config.json is a run, and a run must be resumable
         run = self.folder
-        run.path.joinpath("config.json").write_text(json.dumps({
+        write_json_atomic(run.split_file, {"train": _samples_json(self.train_samples),
+                                           "val": _samples_json(self.val_samples)})
+        write_json_atomic(run.config_file, {
             "config": self.cfg.to_dict(), "classes": self.classes, "layers": self.layers,
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
             "speed": self.speed, "device": self.device, "versions": package_versions(),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
-        run.path.joinpath("split.json").write_text(json.dumps(
-            {"train": _samples_json(self.train_samples), "val": _samples_json(self.val_samples)}))
+            "created": time.strftime("%Y-%m-%d %H:%M:%S")}, sort_keys=False)
 
     # checkpoints ---------------------------------------------------------------
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, rng: dict | None = None) -> None:
         self.folder.save_checkpoint({
             "adapter": lora.adapter_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs, "acc": dict(self.acc),
-            "rng": rng_state(), "scaler": self.scaler.state_dict() if self.scaler else {}})
+            "first_loss": self.first_loss, "rng": rng or rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler else {}})
         self.last_checkpoint = time.time()
 
     def _restore(self) -> None:
         state = self.folder.load_checkpoint()
         if state is None:
-            raise TrainingFailed(f"{self.folder.path} has no checkpoint to resume from; start a new run instead")
+            # killed before the first checkpoint: the state right after set-up *is* the start of
+            # the run (same seed, same split, same layers), so begin again from step 0
+            self.folder.truncate_metrics(keep_step=0, keep_epoch=0)
+            self.folder.log("no checkpoint yet: starting the run again from the beginning")
+            return
         lora.load_adapter_state_dict(self.model, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -201,6 +228,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.best, self.bad_epochs, self.acc = state["best"], state["bad_epochs"], state["acc"]
+        self.first_loss = state.get("first_loss")
         set_rng_state(state["rng"])
         self.folder.truncate_metrics(keep_step=self.step, keep_epoch=self.epoch)
         for row in self.folder.read_metrics():  # viewers see the whole run, not just this session
@@ -228,69 +256,83 @@ class Trainer:
         order = torch.randperm(len(self.train_ds), generator=torch.Generator().manual_seed(
             self.cfg.train.seed * 100_003 + epoch)).tolist()
         order = order[skip_batches * self.cfg.train.batch_size:]
-        return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.train_ds, order), batch_size=self.cfg.train.batch_size,
-            shuffle=False, num_workers=0, pin_memory=self.device.startswith("cuda"))
+        return _loader(torch.utils.data.Subset(self.train_ds, order), self.cfg.train.batch_size,
+                       self.device.startswith("cuda"))
 
     def run(self) -> None:
         self.prepare()
         try:
             self._train()
         except StopRequested:
-            # keep what was learned: roll back to the last optimizer step, save, then report 'stopped'
-            self.batch_in_epoch, self.acc = self._boundary
+            # keep what was learned: roll back to the last optimizer step (the micro-batches of
+            # an unfinished accumulation are dropped, with the random numbers they used), save,
+            # then report 'stopped'
+            self.batch_in_epoch, self.acc, rng = self._boundary
             self._save_adapter("last", self._final_metrics())
-            self._flush_and_checkpoint()
+            self._flush_and_checkpoint(rng=rng)
             raise
+
+    def _mark_boundary(self) -> None:
+        """Remember where the last optimizer step left off, for a stop between steps."""
+        self._boundary = (self.batch_in_epoch, dict(self.acc), rng_state())
 
     def _train(self) -> None:
         job, cfg = self.job, self.cfg
-        self._boundary = (self.batch_in_epoch, dict(self.acc))
+        self._mark_boundary()
         self.last_checkpoint = time.time()
-        session_start, session_step0 = time.time(), self.step
+        session_start, session_step0, paused0 = time.time(), self.step, job.paused_seconds
+        job.set_progress(min(self.epoch + 1, cfg.train.epochs), self.step, self.total_steps, None)
         job.set_status("running", f"training on {self.device}")
+        accum = cfg.train.grad_accum
         while self.epoch < cfg.train.epochs:
+            if self._early_stop():  # checked here too, so resuming an early-stopped run stays stopped
+                job.run.log(f"early stopping: no improvement for {cfg.train.early_stop_patience} epochs")
+                break
             self.model.train()
             lora.train_mode(self.model)
-            accum, micro, tick = cfg.train.grad_accum, 0, time.time()
+            micro, tick = 0, time.time()
             step_loss, step_images = 0.0, 0
             self.optimizer.zero_grad(set_to_none=True)
-            for x, y in self._epoch_loader(self.epoch, self.batch_in_epoch):
-                job.check_controls()
+            batches = iter(self._epoch_loader(self.epoch, self.batch_in_epoch))
+            while True:
+                job.check_controls()  # before the next batch is even decoded: stop/pause act at once
+                try:
+                    x, y = next(batches)
+                except StopIteration:
+                    break
                 x, y = self._to_device(x), y.to(self.device)
                 with self.autocast():
                     logits = self.model(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise TrainingFailed(f"the loss became {loss.item()} at step {self.step + 1}: training diverged. "
-                                         "Lower the learning rate (e.g. by 10x) and start again")
+                value = loss.item()
+                self._check_loss(value)
                 (self.scaler.scale(loss / accum) if self.scaler else loss / accum).backward()
-                self.acc["loss"] += loss.item() * len(y)
+                self.acc["loss"] += value * len(y)
                 self.acc["correct"] += int((logits.argmax(1) == y).sum())
                 self.acc["seen"] += len(y)
-                step_loss += loss.item() * len(y)
+                step_loss += value * len(y)
                 step_images += len(y)
                 micro += 1
                 self.batch_in_epoch += 1
                 if micro % accum and self.batch_in_epoch < self.batches_per_epoch:
                     continue
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 self._optimizer_step()
                 now = time.time()
-                lr = self.optimizer.param_groups[0]["lr"]
                 row = {"kind": "step", "epoch": self.epoch + 1, "step": self.step, "loss": step_loss / step_images,
                        "lr": lr, "images_per_s": step_images / max(now - tick, 1e-9), "time": now}
-                job.record(row)
-                self._pending_rows.append(row)
-                self._boundary = (self.batch_in_epoch, dict(self.acc))
-                per_step = (now - session_start) / max(1, self.step - session_step0)
-                job.set_progress(self.epoch + 1, self.step, self.total_steps, per_step * (self.total_steps - self.step))
-                tick, step_loss, step_images = now, 0.0, 0
+                self._emit(row)
+                self._mark_boundary()
+                active = now - session_start - (job.paused_seconds - paused0)
+                per_step = active / max(1, self.step - session_step0)
+                job.set_progress(self.epoch + 1, self.step, self.total_steps,
+                                 max(0.0, per_step * (self.total_steps - self.step)))
+                tick, step_loss, step_images = time.time(), 0.0, 0
                 if now - self.last_checkpoint > cfg.train.checkpoint_minutes * 60:
                     self._flush_and_checkpoint()
             self._end_epoch()
-            if self._early_stop():
-                job.run.log(f"early stopping: no improvement for {cfg.train.early_stop_patience} epochs")
-                break
+        if self.step >= self.total_steps:
+            job.set_progress(cfg.train.epochs, self.step, self.total_steps, 0.0)
         self._save_adapter("last", self._final_metrics())
         self._flush_and_checkpoint()
         best = self.best or {}
@@ -298,6 +340,20 @@ class Trainer:
         job.set_status("finished", f"best validation accuracy "
                        f"{best.get('val_acc', float('nan')):.1%} (epoch {best.get('epoch', '?')})"
                        if best.get("val_acc") is not None else "finished")
+
+    def _check_loss(self, value: float) -> None:
+        step = self.step + 1
+        if not math.isfinite(value):
+            raise TrainingFailed(_diverged_message(value, step, updated=self.step > 0))
+        if self.first_loss is None:
+            self.first_loss = value
+        elif value > max(DIVERGED_MIN_LOSS, DIVERGED_FACTOR * self.first_loss):
+            raise TrainingFailed(_diverged_message(value, step, updated=self.step > 0))
+
+    def _emit(self, row: dict) -> None:
+        """A metrics row goes to viewers and to metrics.csv at once (fsynced at the next checkpoint)."""
+        self.job.record(row)
+        self.folder.append_metrics([row], sync=False)
 
     def _optimizer_step(self) -> None:
         if self.cfg.train.grad_clip > 0:
@@ -314,16 +370,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
-    def _flush_and_checkpoint(self) -> None:
-        # metrics first, then the checkpoint: after a kill, rows past the checkpoint are dropped on resume
-        self.folder.append_metrics(self._pending_rows)
-        self._pending_rows = []
-        self._checkpoint()
+    def _flush_and_checkpoint(self, rng: dict | None = None) -> None:
+        # metrics (appended as they came) made durable first, then the checkpoint: after a kill,
+        # rows past the checkpoint are dropped on resume
+        self.folder.sync_metrics()
+        self._checkpoint(rng)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         self.model.eval()
-        loader = torch.utils.data.DataLoader(self.val_ds, batch_size=self.cfg.train.batch_size, shuffle=False)
+        loader = _loader(self.val_ds, self.cfg.train.batch_size, self.device.startswith("cuda"))
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in loader:
             self.job.check_controls()
@@ -340,10 +396,10 @@ class Trainer:
         seen = max(1, self.acc["seen"])
         row = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "train_loss": self.acc["loss"] / seen,
                "train_acc": self.acc["correct"] / seen, "val_loss": val_loss, "val_acc": val_acc, "time": time.time()}
-        self.job.record(row)
-        self._pending_rows.append(row)
-        improved = self.best is None or (val_acc is not None and (val_acc, -val_loss) >
-                                         (self.best["val_acc"], -self.best["val_loss"]))
+        self._emit(row)
+        # without validation images there is nothing to compare: the latest epoch is the best one
+        improved = (self.best is None or val_acc is None or self.best.get("val_acc") is None
+                    or (val_acc, -val_loss) > (self.best["val_acc"], -self.best["val_loss"]))
         if improved:
             self.best = {"epoch": self.epoch + 1, "val_acc": val_acc, "val_loss": val_loss}
             self.bad_epochs = 0
@@ -357,13 +413,14 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         self.acc = {"loss": 0.0, "correct": 0, "seen": 0}
-        self._boundary = (0, dict(self.acc))
+        self._mark_boundary()
         self._flush_and_checkpoint()
 
     def _early_stop(self) -> bool:
         p = self.cfg.train.early_stop_patience
-        return bool(p) and self.bad_epochs >= p and self.epoch < self.cfg.train.epochs
+        return bool(p) and bool(self.val_samples) and self.bad_epochs >= p and self.epoch < self.cfg.train.epochs
 
     def _final_metrics(self) -> dict:
-        last = self.job._epoch_rows[-1] if self.job._epoch_rows else {}
+        with self.job._lock:
+            last = dict(self.job._epoch_rows[-1]) if self.job._epoch_rows else {}
         return {k: last.get(k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")}
