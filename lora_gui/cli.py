@@ -240,7 +240,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, help="early stopping: epochs without validation improvement "
                                                 "before stopping; 0 = off (default)")
     t.add_argument("--image-size", type=int, help="square input resolution (default: the model's own)")
-    t.add_argument("--augmentation", choices=["none", "light", "strong"], help="training augmentation")
+    t.add_argument("--augmentation", choices=["none", "flip", "light", "strong"],
+                   help="training augmentation (default flip: fastest, lets the frozen prefix be cached)")
     t.add_argument("--val-fraction", type=float, help="share of images held out for validation (default 0.2)")
     t.add_argument("--seed", type=int, help="random seed: same seed and data give the same metrics on CPU")
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")

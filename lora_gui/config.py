@@ -113,7 +113,7 @@ class ModelConfig(_Serialisable):
                f"image_size must be empty (model default) or a whole number from 32 to 1024, got {self.image_size!r}")
 
 
-AUGMENTATIONS = ("none", "light", "strong")
+AUGMENTATIONS = ("none", "flip", "light", "strong")
 
 
 @dataclass
@@ -123,7 +123,7 @@ class DataConfig(_Serialisable):
     source: str = ""
     val_fraction: float = 0.2
     split_seed: int = 0
-    augmentation: str = "light"
+    augmentation: str = "flip"          # flip: cheap, and lets a frozen prefix be cached
     cache_mb: int = 1024              # bound on decoded-image cache held in memory
 
     def __post_init__(self):

@@ -271,17 +271,21 @@ def cache_max_side(data_config: dict, margin: float = 1.15) -> int:
 def build_transform(data_config: dict, augmentation: str, training: bool):
     """timm's transform for the model's own data config (size, mean, std, crop).
 
-    ``none`` gives the eval transform even for training; ``light`` adds mild
-    random crops and flips, gentle on small datasets; ``strong`` adds
+    ``none`` gives the eval transform even for training; ``flip`` mirrors the
+    eval-transformed image half the time (deterministic up to the mirror, so
+    the frozen part of a model can be computed once per view); ``light`` adds
+    mild random crops and flips, gentle on small datasets; ``strong`` adds
     RandAugment and random erasing, timm's ImageNet recipe.
     """
     from timm.data import create_transform
-    if augmentation not in ("none", "light", "strong"):
-        raise ValueError(f"augmentation must be none, light or strong, got {augmentation!r}")
+    if augmentation not in ("none", "flip", "light", "strong"):
+        raise ValueError(f"augmentation must be none, flip, light or strong, got {augmentation!r}")
     common = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
               if data_config.get(k) is not None}
     if not training or augmentation == "none":
         return create_transform(is_training=False, **common)
+    if augmentation == "flip":
+        return _TensorHFlip(create_transform(is_training=False, **common))
     common.pop("crop_pct", None)
     common.pop("crop_mode", None)  # eval-only options; training crops randomly
     if augmentation == "light":
@@ -289,6 +293,22 @@ def build_transform(data_config: dict, augmentation: str, training: bool):
                                 color_jitter=None, auto_augment=None, re_prob=0.0, **common)
     return create_transform(is_training=True, auto_augment="rand-m9-mstd0.5", color_jitter=0.4,
                             re_prob=0.25, hflip=0.5, **common)
+
+
+class _TensorHFlip:
+    """The eval transform, then a horizontal mirror with probability 1/2 (flip after
+    crop, so both views are exactly what the prefix cache stores)."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, im):
+        import torch
+        x = self.base(im)
+        return x.flip(-1) if torch.rand(()) < 0.5 else x
+
+    def __repr__(self) -> str:
+        return f"TensorHFlip({self.base!r})"
 
 
 class ImageDataset(TorchDataset):

@@ -8,6 +8,7 @@ state dict maps onto PEFT's layout by renaming keys only.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import re
@@ -157,14 +158,26 @@ class LayerInfo:
     reason: str = ""   # why it cannot be wrapped
 
 
+# Subclasses whose forward computes exactly F.linear / F.conv2d of their own weight
+# (up to input padding that a 1x1 kernel never needs); any other subclass may transform
+# its weight (e.g. weight standardisation), so a merged LoRA would not equal the unmerged one.
+_PLAIN_LINEAR = ("Linear",)
+_PLAIN_CONV = ("Conv2d", "Conv2dSame", "Conv2dSameExport")
+
+
 def _skip_reason(model: nn.Module, name: str, module: nn.Module) -> str:
+    cls = type(module).__name__
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             return "grouped/depthwise conv (not supported by LoRA wrappers)"
         if module.padding_mode != "zeros" or module.dilation != (1, 1):
             return "dilated or non-zero-padded conv"
-        if type(module).__name__ == "Conv2dSame" and module.kernel_size != (1, 1):
+        if cls in ("Conv2dSame", "Conv2dSameExport") and module.kernel_size != (1, 1):
             return "TF-style dynamic 'same' padding"
+        if cls not in _PLAIN_CONV and type(module).forward is not nn.Conv2d.forward:
+            return f"{cls} transforms its weight in forward (e.g. weight standardisation); LoRA could not be merged"
+    elif cls not in _PLAIN_LINEAR and type(module).forward is not nn.Linear.forward:
+        return f"{cls} has its own forward; LoRA could not be merged exactly"
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     if _reads_weight_directly(parent, child) and not hasattr(parent, "qkv_bias_separate"):
@@ -172,27 +185,46 @@ def _skip_reason(model: nn.Module, name: str, module: nn.Module) -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=None)
+def _forward_source(cls: type) -> str:
+    try:
+        return inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return ""
+
+
 def _reads_weight_directly(parent: nn.Module, child: str) -> bool:
     # EVA, BEiT and Swin-V2 call F.linear(x, self.qkv.weight, ...) which would skip LoRA.
-    try:
-        src = inspect.getsource(type(parent).forward)
-    except (OSError, TypeError):
-        return False
-    return f"self.{child}.weight" in src
+    return f"self.{child}.weight" in _forward_source(type(parent))
+
+
+def _base_of(model: nn.Module, name: str) -> nn.Module:
+    """The original layer at ``name``: the module itself, or a wrapper's ``base_layer``."""
+    m = model.get_submodule(name)
+    return m.base_layer if isinstance(m, LoraLayer) else m
 
 
 def list_layers(model: nn.Module) -> list[LayerInfo]:
-    """Every Linear / Conv2d outside the head, with whether LoRA can wrap it."""
+    """Every Linear / Conv2d outside the head, with whether LoRA can wrap it.
+
+    On a model that already has LoRA, wrapped layers are listed under their own
+    name (as the layer they wrap), never as their base_layer / lora_A / lora_B parts.
+    """
     heads = head_modules(model)
     rows = []
+    wrappers: list[str] = []
     for name, m in model.named_modules():
-        if isinstance(m, LoraLayer) or not isinstance(m, (nn.Linear, nn.Conv2d)) or _in(name, heads):
+        if _in(name, heads) or _in(name, wrappers):
             continue
-        if ".base_layer" in name or name.endswith("lora_A") or name.endswith("lora_B"):
+        if isinstance(m, LoraLayer):
+            wrappers.append(name)
+            base, reason = m.base_layer, ""
+        elif isinstance(m, (nn.Linear, nn.Conv2d)):
+            base, reason = m, _skip_reason(model, name, m)
+        else:
             continue
-        reason = _skip_reason(model, name, m)
-        rows.append(LayerInfo(name, type(m).__name__, "x".join(map(str, m.weight.shape)),
-                              sum(p.numel() for p in m.parameters(recurse=False)), not reason, reason))
+        rows.append(LayerInfo(name, type(base).__name__, "x".join(map(str, base.weight.shape)),
+                              sum(p.numel() for p in base.parameters(recurse=False)), not reason, reason))
     return rows
 
 
@@ -205,6 +237,21 @@ def _inside_class(model: nn.Module, pattern: str) -> list[str]:
     return [n for n, m in model.named_modules() if n and rx.search(type(m).__name__)]
 
 
+def _innermost_inside_class(model: nn.Module, pattern: str) -> list[str]:
+    """Like ``_inside_class`` but only the innermost matches: a block class that merely
+    contains an attention module (``AttentionBlock``, MaxViT's ``PartitionAttentionCl``)
+    would otherwise drag its MLP into the "attention" preset."""
+    names = _inside_class(model, pattern)
+    return [n for n in names if not any(o.startswith(n + ".") for o in names)]
+
+
+# Attention modules by class name: timm's "...Attention" classes, plus the transformer
+# attentions named "...Attn" (CaiT, XCiT, Twins, CoaT). Conv-style "...Attn" gates
+# (CBAM's ChannelAttn/SpatialAttn, SplitAttn, SelectiveKernelAttn, ...) are not attention blocks.
+_ATTENTION = (r"Attention|^(ClassAttn|TalkingHeadAttn|CrossCovarianceAttn|GlobalSubSampleAttn"
+              r"|LocallyGroupedAttn|FactorAttnConvRelPosEnc)$")
+_MLP = "Mlp|SwiGLU|FeedForward"
+
 _BLOCK_CLASS = re.compile(r"Block|Bottleneck|InvertedResidual|DepthwiseSeparable|EdgeResidual")
 
 
@@ -216,19 +263,24 @@ def _block_prefixes(model: nn.Module) -> list[str]:
     return [n for n in names if not any(o != n and o.startswith(n + ".") for o in names)]
 
 
-def preset_targets(model: nn.Module, preset: str) -> list[str]:
-    layers = [l for l in list_layers(model)]
+def preset_targets(model: nn.Module, preset: str, layers: list[LayerInfo] | None = None) -> list[str]:
+    layers = list_layers(model) if layers is None else layers
     if preset == "auto":
-        preset = "attention+mlp" if _inside_class(model, "Attention") else "late-blocks"
+        # transformers: attention + MLP; CNNs (or attention models whose blocks LoRA cannot wrap): late blocks
+        chosen = preset_targets(model, "attention+mlp", layers) if _inside_class(model, _ATTENTION) else []
+        by_name = {l.name: l for l in layers}
+        if any(by_name[n].wrappable for n in chosen):
+            return chosen
+        preset = "late-blocks"
     if preset in ("attention", "attention+mlp"):
-        scopes = _inside_class(model, "Attention")
+        scopes = _innermost_inside_class(model, _ATTENTION)
         if preset == "attention+mlp":
-            scopes += _inside_class(model, "Mlp|SwiGLU|FeedForward")
+            scopes += _innermost_inside_class(model, _MLP)
         chosen = [l.name for l in layers if _in(l.name, scopes)]
     elif preset == "all-linear":
-        chosen = [l.name for l in layers if l.type != "Conv2d" and not l.type.startswith("Conv")]
+        chosen = [l.name for l in layers if isinstance(_base_of(model, l.name), nn.Linear)]
     elif preset == "all-conv":
-        chosen = [l.name for l in layers if l.type.startswith("Conv")]
+        chosen = [l.name for l in layers if isinstance(_base_of(model, l.name), nn.Conv2d)]
     elif preset == "late-blocks":
         # The last third of the blocks, plus any layer after them (e.g. conv_head):
         # the early layers' features transfer as they are, and a frozen prefix can be cached.
@@ -264,7 +316,7 @@ def resolve_targets(model: nn.Module, targets: str) -> tuple[list[str], list[tup
         suffixes = [s.strip() for s in spec.split(",") if s.strip()]
         picked = [l for l in layers if any(l.name == s or l.name.endswith("." + s) for s in suffixes)]
     else:
-        names = set(preset_targets(model, spec))
+        names = set(preset_targets(model, spec, layers))
         picked = [l for l in layers if l.name in names]
     wrap = [l.name for l in picked if l.wrappable]
     skipped = [(l.name, l.reason) for l in picked if not l.wrappable]
@@ -295,18 +347,44 @@ def inject_lora(model: nn.Module, cfg: LoraConfig, layer_names: list[str] | None
         raise LoraError("this model already has LoRA layers; build a fresh model instead of injecting twice")
     if layer_names is None:
         layer_names, _ = resolve_targets(model, cfg.targets)
+    else:
+        _check_layer_names(model, layer_names)
     for p in model.parameters():
         p.requires_grad_(False)
     for name in layer_names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
+        restore = {}
         if hasattr(parent, "qkv_bias_separate") and _reads_weight_directly(parent, child):
-            parent.qkv_bias_separate = True  # same maths, but now goes through the wrapper
+            # EVA: qkv = F.linear(x, self.qkv.weight, q/k/v bias) would bypass the wrapper;
+            # the separate-bias path computes the same through self.qkv(x)
+            restore["qkv_bias_separate"] = parent.qkv_bias_separate
+            parent.qkv_bias_separate = True
         cls = LoraLinear if isinstance(base, nn.Linear) else LoraConv2d
-        setattr(parent, child, cls(base, cfg.rank, cfg.alpha, cfg.dropout, cfg.use_rslora))
+        wrapper = cls(base, cfg.rank, cfg.alpha, cfg.dropout, cfg.use_rslora)
+        wrapper.parent_restore = restore  # put back by remove_lora
+        setattr(parent, child, wrapper)
     set_trainable(model, cfg)
     return list(layer_names)
+
+
+def _check_layer_names(model: nn.Module, layer_names: list[str]) -> None:
+    """Explicit layer names (e.g. from an adapter's metadata) must be wrappable candidates."""
+    if len(set(layer_names)) != len(layer_names):
+        dup = next(n for n in layer_names if layer_names.count(n) > 1)
+        raise LoraError(f"layer {dup!r} is listed twice")
+    rows = {l.name: l for l in list_layers(model)}
+    heads = head_modules(model)
+    for name in layer_names:
+        if _in(name, heads):
+            raise LoraError(f"layer {name!r} is part of the classifier head, which is trained in full; "
+                            "LoRA does not wrap it")
+        row = rows.get(name)
+        if row is None:
+            raise LoraError(f"{type(model).__name__} has no Linear/Conv2d layer named {name!r}")
+        if not row.wrappable:
+            raise LoraError(f"layer {name!r} cannot take LoRA: {row.reason}")
 
 
 def _is_norm(m: nn.Module) -> bool:
@@ -334,7 +412,8 @@ def train_mode(model: nn.Module) -> nn.Module:
     holds no frozen buffers) would not reproduce the trained model."""
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+        if (isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+                and not any(p.requires_grad for p in m.parameters())):
             m.eval()
     return model
 
@@ -356,32 +435,42 @@ def remove_lora(model: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer.base_layer)
+        for attr, value in getattr(layer, "parent_restore", {}).items():
+            setattr(parent, attr, value)
     return model
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only what training changed: LoRA tensors, the head (with its buffers),
-    and any norm/bias parameters that were trained."""
+    and any norm/bias parameters that were trained, with the buffers of the
+    modules they belong to (a trained BatchNorm's running statistics change too,
+    since ``train_mode`` leaves it in training mode)."""
     if any(l.merged for _, l in lora_layers(model)):
         raise LoraError("unmerge the model before saving its adapter")
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}
+    for mname, m in model.named_modules():
+        if any(p.requires_grad for p in m.parameters(recurse=False)):
+            keep.update(f"{mname}.{b}" if mname else b for b, _ in m.named_buffers(recurse=False))
     heads = head_modules(model)
     full = model.state_dict()
     return {k: v.detach().clone() for k, v in full.items()
-            if k in trainable or _in(k.rsplit(".", 1)[0], heads) or ".lora_" in k}
+            if k in keep or _in(k.rsplit(".", 1)[0], heads) or ".lora_" in k}
 
 
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load an adapter onto a model with the same LoRA layout; refuses any mismatch by name."""
     expected = adapter_state_dict(model)
     missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(model.state_dict()))
+    extra = sorted(set(state) - set(expected))
     if missing or extra:
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]}")
         if extra:
-            parts.append(f"{len(extra)} unexpected tensor(s), e.g. {extra[0]}")
+            own = model.state_dict()
+            frozen = [k for k in extra if k in own]
+            what = (" (frozen base tensors are not part of an adapter)" if frozen == extra else "")
+            parts.append(f"{len(extra)} unexpected tensor(s), e.g. {(frozen or extra)[0]}{what}")
         raise LoraError("adapter does not fit this model: " + "; ".join(parts))
     own = model.state_dict()
     for k, v in state.items():
@@ -403,7 +492,7 @@ def estimate_trainable(model: nn.Module, cfg: LoraConfig) -> dict:
     names, skipped = resolve_targets(model, cfg.targets)
     lora = 0
     for n in names:
-        m = model.get_submodule(n)
+        m = _base_of(model, n)
         if isinstance(m, nn.Linear):
             lora += cfg.rank * (m.in_features + m.out_features)
         else:

@@ -7,6 +7,8 @@ key names). Those map one-to-one onto timm's ``tf_efficientnet_lite0`` — not
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import re
 import socket
@@ -109,31 +111,76 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise ModelError(f"weights file {path.name}: use .safetensors (preferred) or .pth/.pt/.bin")
 
 
+def _strip_prefix(state: dict[str, torch.Tensor], own: dict) -> dict[str, torch.Tensor]:
+    """Checkpoints saved from DataParallel / torch.compile prefix every key."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> None:
-    """Strict load of the backbone; classifier tensors may be left out or have another class count."""
+    """Strict load of the backbone; classifier tensors may be left out or have another class count.
+
+    Any other difference (missing, unexpected or differently shaped tensors) is a
+    ModelError naming the first few, never a raw load_state_dict traceback.
+    """
     from .lora import classifier_names
     heads = classifier_names(model)
     own = model.state_dict()
-    state = {k: v for k, v in state.items()
-             if not any(k.startswith(h + ".") for h in heads) or (k in own and own[k].shape == v.shape)}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not any(k.startswith(h + ".") for h in heads)]
-    if missing or result.unexpected_keys:
-        sample = (missing or result.unexpected_keys)[:3]
-        raise ModelError(f"{source} weights do not fit {name}: {len(missing)} missing and "
-                         f"{len(result.unexpected_keys)} unexpected tensors (e.g. {', '.join(sample)}); "
-                         "is it the right model name?")
+    state = _strip_prefix(dict(state), own)
+    if "_conv_stem.weight" in state and name.split(".")[0] == BUNDLED_MODEL:
+        state = lukemelas_to_timm(state, model)  # EfficientNet-PyTorch naming, as in the bundled file
+
+    def is_head(k: str) -> bool:
+        return any(k.startswith(h + ".") for h in heads)
+
+    state = {k: v for k, v in state.items() if not is_head(k) or (k in own and own[k].shape == v.shape)}
+    missing = [k for k in own if k not in state and not is_head(k) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} tensor(s) of another shape (e.g. {k}: {tuple(state[k].shape)} in the "
+                         f"file, {tuple(own[k].shape)} in {name})")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:2])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})")
+        raise ModelError(f"{source} weights do not fit {name}: " + "; ".join(parts)
+                         + ". Are they the weights of another architecture? Pick the matching model name.")
+    model.load_state_dict(state, strict=False)
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false", "no", "off")
+
+
+def _probe_address() -> tuple[str, int]:
+    """Where a connection has to get through: the HTTPS proxy if one is set, else the hub
+    endpoint (HF_ENDPOINT, e.g. a mirror; huggingface.co by default)."""
+    from urllib.parse import urlsplit
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:
+        u = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if u.hostname:
+            return u.hostname, u.port or 8080
+    u = urlsplit(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
+    return u.hostname or HUB_HOST, u.port or (80 if u.scheme == "http" else 443)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Quick check before timm's own retries (which take ~50 s when offline)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if _offline_env():
         return False
     result = []
+    address = _probe_address()
 
     def probe():
         try:
-            with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            with socket.create_connection(address, timeout=timeout):
                 result.append(True)
         except OSError:
             pass
@@ -163,12 +210,100 @@ def weights_availability(name: str) -> str:
     return "cached" if hub_cached(name) else "needs network"
 
 
-def _create(name: str, **kwargs) -> nn.Module:
-    if name not in timm.list_models() and not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+def _suggest(name: str, limit: int = 5) -> list[str]:
+    """Close timm model names: a few that start with it, typo fixes, then names containing it."""
+    base = name.split(".")[0].strip().lower()
+    names = timm.list_models()
+    out: list[str] = []
+    starts = [n for n in names if base and n.startswith(base)]
+    for n in (starts[:3] + difflib.get_close_matches(base, names, n=limit, cutoff=0.6)
+              + starts + [n for n in names if base and base in n]
+              + difflib.get_close_matches(base, names, n=limit, cutoff=0.4)):
+        if n not in out:
+            out.append(n)
+    return out[:limit]
+
+
+def check_model_name(name: str) -> None:
+    """A ModelError with suggestions when timm has no model of this name (tags like ``.a1_in1k`` allowed)."""
+    if not timm.is_model(name):
+        close = _suggest(name)
+        hint = f" Did you mean: {', '.join(close)}?" if close else " Search the model list for a name."
         raise ModelError(f"timm has no model named {name!r}.{hint}")
+
+
+def _create(name: str, **kwargs) -> nn.Module:
+    check_model_name(name)
     return timm.create_model(name, **kwargs)
+
+
+def _hub_id(name: str) -> str | None:
+    cfg = timm.models.get_pretrained_cfg(name)
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
+def has_pretrained_weights(name: str) -> bool:
+    """Whether timm knows pretrained weights (hub, URL or file) for this name."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    return cfg is not None and bool(getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None)
+                                    or getattr(cfg, "file", None))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _hub_preflight(hub_id: str, timeout: float = 5.0) -> str:
+    """One metadata request for the weights, no retries: '' when the hub answers, else why not.
+
+    The socket probe only shows that a TCP connection opens; a proxy, captive portal or an
+    outage would still send timm into huggingface_hub's retry loop (~50 s) without this.
+    """
+    try:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        try:
+            from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+        except ImportError:  # older huggingface_hub
+            from huggingface_hub.utils import EntryNotFoundError, RepositoryNotFoundError
+    except ImportError:
+        return ""
+    kwargs = {"timeout": timeout}
+    if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters:
+        kwargs["retry_on_errors"] = False
+    result: list[str] = []
+
+    def probe():
+        try:
+            get_hf_file_metadata(hf_hub_url(hub_id, "model.safetensors"), **kwargs)
+            result.append("")
+        except EntryNotFoundError:
+            result.append("")  # no safetensors file: timm falls back to pytorch_model.bin
+        except RepositoryNotFoundError as exc:
+            result.append(f"the hub refused {hub_id} ({_first_line(exc)})")
+        except Exception as exc:  # network, TLS, proxy, 5xx
+            result.append(_first_line(exc))
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
+    return result[0] if result else f"the hub did not answer within {timeout:.0f} s"
+
+
+def _hub_problem(name: str) -> str:
+    """'' when hub weights for ``name`` can be had (cached, or the hub answers), else the message."""
+    if not has_pretrained_weights(name):
+        return (f"timm has no pretrained weights for {name}. Use the bundled backbone ({BUNDLED_MODEL}, "
+                "weights 'bundled'), pick a local weights file, or start from random weights.")
+    if hub_cached(name):
+        return ""
+    if not hub_reachable():
+        return _offline_message(name)
+    hub_id = _hub_id(name)
+    why = _hub_preflight(hub_id) if hub_id else ""
+    if why:
+        return (f"could not fetch pretrained weights for {name} from the Hugging Face hub: {why}. "
+                f"Use the bundled backbone ({BUNDLED_MODEL}, weights 'bundled') or pick a local weights file.")
+    return ""
 
 
 def check_model_available(cfg: ModelConfig) -> None:
@@ -178,15 +313,16 @@ def check_model_available(cfg: ModelConfig) -> None:
     if cfg.weights == "bundled" and cfg.name != BUNDLED_MODEL:
         raise ModelError(f"bundled weights exist only for {BUNDLED_MODEL}; for {cfg.name} choose "
                          "'hub', a local file, or 'random'")
-    if cfg.weights == "hub" and not (hub_cached(cfg.name) or hub_reachable()):
-        raise ModelError(_offline_message(cfg.name))
+    if cfg.weights == "hub" and (problem := _hub_problem(cfg.name)):
+        raise ModelError(problem)
     if cfg.weights == "file" and not Path(cfg.weights_file).is_file():
         raise ModelError(f"weights file {cfg.weights_file} does not exist; pick an existing .safetensors or .pth file")
 
 
 def _offline_message(name: str) -> str:
+    why = "HF_HUB_OFFLINE is set" if _offline_env() else f"{_probe_address()[0]} cannot be reached from this machine"
     return (f"pretrained weights for {name} are not in the local cache and the Hugging Face hub "
-            f"({HUB_HOST}) cannot be reached from this machine. Use the bundled backbone "
+            f"cannot be used ({why}). Use the bundled backbone "
             f"({BUNDLED_MODEL}, weights 'bundled'), pick a local weights file, or connect to the internet.")
 
 
@@ -198,15 +334,17 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if num_classes < 2:
         raise ModelError("a classifier needs at least 2 classes")
     if cfg.weights == "hub":
-        if not (hub_cached(cfg.name) or hub_reachable()):
-            raise ModelError(_offline_message(cfg.name))
+        check_model_name(cfg.name)
+        if problem := _hub_problem(cfg.name):
+            raise ModelError(problem)
         try:
             return _create(cfg.name, pretrained=True, num_classes=num_classes)
         except ModelError:
             raise
         except Exception as exc:
-            raise ModelError(f"could not fetch pretrained weights for {cfg.name}: "
-                             f"{str(exc).splitlines()[0][:200]}. Use the bundled backbone or a local file.") from None
+            raise ModelError(f"could not fetch pretrained weights for {cfg.name}: {_first_line(exc)}. "
+                             f"Use the bundled backbone ({BUNDLED_MODEL}, weights 'bundled') or a local "
+                             "weights file.") from None
     if cfg.weights == "bundled":
         if cfg.name != BUNDLED_MODEL:
             raise ModelError(f"bundled weights exist only for {BUNDLED_MODEL}; for {cfg.name} choose "

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(400)
 FIELD_VALUES = {  # FIELD_NAMES order, as the form would send them
     "model_name": "tf_efficientnet_lite0", "weights": "bundled", "weights_file": "", "image_size": 96,
     "rank": 4, "alpha": 8, "dropout": 0.0, "targets": "auto", "train_norm": False, "train_bias": False,
-    "use_rslora": False, "epochs": 2, "batch_size": 16, "lr": 0.002, "seed": 0, "augmentation": "light",
+    "use_rslora": False, "epochs": 2, "batch_size": 16, "lr": 0.002, "seed": 0, "augmentation": "flip",
     "val_fraction": 0.2,
 }
 

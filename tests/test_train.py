@@ -128,7 +128,8 @@ def evaluate_adapter(adapter_dir: Path, run: RunFolder) -> tuple[float, float, t
 # --------------------------------------------------------------------------- #
 
 def test_run_events_metrics_config_and_adapters(data_dir, tmp_path):
-    cfg = make_config(data_dir)
+    # fp32, so the adapters' re-evaluation below (fp32) must reproduce the logged metrics exactly
+    cfg = make_config(data_dir, mixed_precision="off")
     job = run_job(cfg, tmp_path)
     snap = job.snapshot()
     assert snap.status == "finished", snap.message
@@ -209,7 +210,7 @@ def test_adapter_logits_match_the_trained_model(data_dir, tmp_path, monkeypatch)
     assert job.status == "finished", job.message
     trained = trainers[0].model.eval()
     _, _, rebuilt_logits = evaluate_adapter(job.run.path / "last", job.run)
-    ds = trainers[0].val_ds
+    ds = trainers[0].batches.val_ds   # augmentation "light": the image path, not the prefix cache
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     with torch.no_grad():
         own = trained(x)

@@ -58,8 +58,10 @@ def build_train_tab(ctx: AppContext) -> None:
         batch_size = gr.Slider(1, 128, value=16, step=1, label="Batch size", info="smaller uses less memory")
         lr = gr.Number(value=1e-3, label="Learning rate", info="1e-3 suits LoRA; lower it if loss jumps")
     with gr.Row():
-        augmentation = gr.Radio([("none", "none"), ("light", "light"), ("strong", "strong")], value="light",
-                                label="Augmentation", info="random crops/flips (light) or RandAugment (strong)")
+        augmentation = gr.Radio([("none", "none"), ("flip", "flip"), ("light", "light"), ("strong", "strong")],
+                                value="flip", label="Augmentation",
+                                info="flip: mirror images (fastest: the frozen part is computed once); "
+                                     "light: random crops too; strong: RandAugment")
         image_size = gr.Dropdown(SIZES, value=0, label="Resolution", info="smaller trains faster")
         seed = gr.Number(value=0, precision=0, label="Seed", info="same seed + data = same result")
     ctx.fields.update(epochs=epochs, batch_size=batch_size, lr=lr, augmentation=augmentation,

@@ -1,0 +1,135 @@
+"""Where training batches come from: decoded images, or cached frozen-prefix outputs.
+
+Both sources give the same interface to the loop: ``train_epoch(epoch, skip)``
+yields (inputs, labels) in the epoch's seeded order (``skip`` batches already
+done, for resume), ``val()`` the validation batches, ``forward(model, x)`` the
+logits. ``make_batches`` picks the cached source when the frozen prefix can be
+computed once: a deterministic training transform ('none' or 'flip'), a
+boundary that reproduces the full model exactly, and a cache that fits its
+memory bound. Otherwise it says why, and training decodes images as usual.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from . import prefix_cache
+from .data import DecodedCache, ImageDataset, build_transform, cache_max_side
+
+CACHEABLE_AUGMENTATIONS = ("none", "flip")
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def _loader(dataset, batch_size: int, pin: bool):
+    # A DataLoader draws its base seed from the global torch RNG each time it is
+    # iterated unless it has its own generator. That draw would shift the random
+    # augmentations of a resumed run against an uninterrupted one, so give it one.
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                                       pin_memory=pin, generator=torch.Generator().manual_seed(0))
+
+
+class ImageBatches:
+    """Decode (through the decoded-image cache), transform, feed the whole model."""
+
+    cached = False
+
+    def __init__(self, trainer):
+        cfg, dc = trainer.cfg, trainer.data_config
+        cache = DecodedCache(cfg.data.cache_mb * 2**20, cache_max_side(dc)) if cfg.data.cache_mb else None
+        self.train_ds = ImageDataset(trainer.train_samples, build_transform(dc, cfg.data.augmentation, True), cache)
+        self.val_ds = ImageDataset(trainer.val_samples, build_transform(dc, "none", False), cache)
+        self.batch_size, self.seed = cfg.train.batch_size, cfg.train.seed
+        self.pin = trainer.device.startswith("cuda")
+        self.to_device = trainer._to_device
+
+    def train_epoch(self, epoch: int, skip_batches: int):
+        order = _order(len(self.train_ds), self.seed, epoch)[skip_batches * self.batch_size:]
+        for x, y in _loader(torch.utils.data.Subset(self.train_ds, order), self.batch_size, self.pin):
+            yield x, y
+
+    def val(self):
+        yield from _loader(self.val_ds, self.batch_size, self.pin)
+
+    def forward(self, model, x):
+        return model(self.to_device(x))
+
+
+class CachedBatches:
+    """Inputs of the first trainable block, computed once per image (and per flip view)."""
+
+    cached = True
+
+    def __init__(self, trainer, plan: prefix_cache.PrefixPlan, train_cache: torch.Tensor, val_cache: torch.Tensor):
+        self.plan, self.train_cache, self.val_cache = plan, train_cache, val_cache   # train: (views, N, ...)
+        self.train_labels = torch.tensor([s.label for s in trainer.train_samples])
+        self.val_labels = torch.tensor([s.label for s in trainer.val_samples])
+        self.batch_size, self.seed, self.device = trainer.cfg.train.batch_size, trainer.cfg.train.seed, trainer.device
+        size = trainer.data_config["input_size"]
+        self.dummy_shape = tuple(size)
+
+    def train_epoch(self, epoch: int, skip_batches: int):
+        n = len(self.train_labels)
+        order = torch.tensor(_order(n, self.seed, epoch), dtype=torch.long)
+        views = torch.randint(0, self.train_cache.shape[0], (n,), generator=torch.Generator().manual_seed(
+            self.seed * 7_919 + epoch))  # a flip view per image per epoch, reproducible on resume
+        for start in range(skip_batches * self.batch_size, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.train_cache[views[idx], idx], self.train_labels[idx]
+
+    def val(self):
+        for start in range(0, len(self.val_labels), self.batch_size):
+            yield self.val_cache[start:start + self.batch_size], self.val_labels[start:start + self.batch_size]
+
+    def forward(self, model, x):
+        x = x.to(self.device, non_blocking=True)
+        with self.plan.feeding(model) as feed:
+            feed(x)
+            # the frozen front is stubbed out; this input only carries the batch size
+            return model(torch.zeros((x.shape[0], *self.dummy_shape), device=self.device))
+
+
+def _compute(trainer, plan, samples, flip_views: bool) -> torch.Tensor:
+    ds = ImageDataset(samples, build_transform(trainer.data_config, "none", False))
+    views = [[] for _ in range(2 if flip_views else 1)]
+    trainer.model.eval()
+    for x, _ in _loader(ds, 32, False):
+        trainer.job.check_controls()
+        x = trainer._to_device(x)
+        with trainer.autocast():
+            views[0].append(plan.capture(trainer.model, x).cpu())
+            if flip_views:
+                views[1].append(plan.capture(trainer.model, x.flip(-1)).cpu())
+    return torch.stack([torch.cat(v) for v in views])
+
+
+def make_batches(trainer):
+    """(batch source, why not cached or '')."""
+    cfg = trainer.cfg
+    lever = cfg.train.cache_frozen_prefix
+    if lever == "off":
+        return ImageBatches(trainer), "off in the config"
+    if cfg.data.augmentation not in CACHEABLE_AUGMENTATIONS:
+        return ImageBatches(trainer), f"augmentation '{cfg.data.augmentation}' changes images every epoch"
+    probe = ImageDataset((trainer.train_samples + trainer.val_samples)[:4],
+                         build_transform(trainer.data_config, "none", False))
+    example = trainer._to_device(torch.stack([probe[i][0] for i in range(len(probe))]))
+    plan = prefix_cache.plan(trainer.model, example, trainer.autocast)
+    if plan.reason:
+        return ImageBatches(trainer), plan.reason
+    flip = cfg.data.augmentation == "flip"
+    dtype = example.dtype if trainer.speed["mixed_precision"] == "off" else torch.bfloat16
+    need = plan.bytes_per_sample(dtype) * (len(trainer.train_samples) * (2 if flip else 1) + len(trainer.val_samples))
+    budget = cfg.data.cache_mb * 2**20
+    if need > budget:
+        return ImageBatches(trainer), f"the cache would need {need / 2**20:.0f} MB, over cache_mb={cfg.data.cache_mb}"
+    started = time.time()
+    train_cache = _compute(trainer, plan, trainer.train_samples, flip)
+    val_cache = _compute(trainer, plan, trainer.val_samples, False)[0] if trainer.val_samples else torch.empty(0)
+    trainer.folder.log(f"frozen prefix cached at {plan.boundary}: {train_cache.shape[1]} train x "
+                       f"{train_cache.shape[0]} view(s) + {len(trainer.val_samples)} val in "
+                       f"{time.time() - started:.1f} s ({(train_cache.nbytes + val_cache.nbytes) / 2**20:.0f} MB)")
+    return CachedBatches(trainer, plan, train_cache, val_cache), ""
