@@ -25,6 +25,15 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # True is an int to Python, not to a person
+
+
+def _flags(obj, *names: str) -> None:
+    for name in names:
+        _check(isinstance(getattr(obj, name), bool), f"{name} must be true or false, got {getattr(obj, name)!r}")
+
+
 def _from_dict(cls, data: dict[str, Any], where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
@@ -73,7 +82,7 @@ class LoraConfig(_Serialisable):
     train_bias: bool = False
 
     def __post_init__(self):
-        _check(isinstance(self.rank, int) and 1 <= self.rank <= 1024,
+        _check(_whole(self.rank) and 1 <= self.rank <= 1024,
                f"LoRA rank must be a whole number from 1 to 1024, got {self.rank!r}")
         _check(isinstance(self.alpha, (int, float)) and self.alpha > 0 and math.isfinite(self.alpha),
                f"LoRA alpha must be a positive number, got {self.alpha!r}")
@@ -84,6 +93,7 @@ class LoraConfig(_Serialisable):
         _check(isinstance(self.targets, str) and self.targets.strip() != "",
                "LoRA targets must be a preset name, 're:<regex>' or a list of layer-name suffixes")
         self.targets = self.targets.strip()
+        _flags(self, "use_rslora", "train_norm", "train_bias")
 
     @property
     def scaling(self) -> float:
@@ -130,10 +140,11 @@ class DataConfig(_Serialisable):
         _check(isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0,
                f"validation fraction must be in [0, 1), got {self.val_fraction!r}")
         self.val_fraction = float(self.val_fraction)
-        _check(isinstance(self.split_seed, int), f"split seed must be a whole number, got {self.split_seed!r}")
+        _check(_whole(self.split_seed), f"split seed must be a whole number, got {self.split_seed!r}")
         _check(self.augmentation in AUGMENTATIONS,
                f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
-        _check(isinstance(self.cache_mb, int) and self.cache_mb >= 0,
+        _check(isinstance(self.source, str), f"data source must be a path, got {self.source!r}")
+        _check(_whole(self.cache_mb) and self.cache_mb >= 0,
                f"cache_mb must be a whole number >= 0, got {self.cache_mb!r}")
 
 
@@ -173,7 +184,7 @@ class TrainConfig(_Serialisable):
         whole("grad_accum", 1, 1024)
         whole("early_stop_patience", 0, 10000)
         whole("num_threads", 0, 1024)
-        _check(isinstance(self.seed, int), f"seed must be a whole number, got {self.seed!r}")
+        _check(_whole(self.seed), f"seed must be a whole number, got {self.seed!r}")
         _check(isinstance(self.lr, (int, float)) and 0 < self.lr <= 10 and math.isfinite(self.lr),
                f"learning rate must be a positive number (typical: 1e-4 to 1e-2), got {self.lr!r}")
         self.lr = float(self.lr)
