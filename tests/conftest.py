@@ -18,6 +18,24 @@ def _write_image(path: Path, size: tuple[int, int]) -> None:
     Image.fromarray(pixels).save(path)
 
 
+COLOURS = [(220, 40, 40), (40, 190, 60), (50, 60, 220)]
+
+
+def write_colour_folder(root: Path, per_class: int = 8, side: int = 40, classes: int = 3) -> Path:
+    """``classes`` folders of noisy solid-colour PNGs (distinct per class, never duplicates)."""
+    for c in range(classes):
+        for i in range(per_class):
+            rng = np.random.default_rng(1000 * c + i)
+            base = np.array(COLOURS[c % len(COLOURS)])[None, None, :]
+            if c >= len(COLOURS):  # extra classes: stripes
+                base = np.where((np.arange(side) // 4 % 2)[:, None, None] == 1, base, 255 - base)
+            pixels = np.clip(base + rng.integers(-40, 40, (side, side, 3)), 0, 255).astype(np.uint8)
+            path = root / f"class_{c}" / f"{i:02d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+    return root
+
+
 @pytest.fixture
 def make_image_folder(tmp_path):
     """Write small real images: ``make_image_folder({"cat/1.png": (16, 16)}, "set")``.

@@ -15,11 +15,10 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import write_colour_folder
 from lora_gui import cli
 from lora_gui.config import ConfigError, RunConfig, load_preset
 from lora_gui.runs import RunFolder
@@ -29,22 +28,9 @@ warnings.filterwarnings("ignore", message=".*random weights.*")
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "presets").glob("*.json"))
-COLOURS = [(220, 40, 40), (40, 190, 60), (50, 60, 220)]
 # a small real model, one thread (so runs are reproducible and the box stays usable)
 SMALL = ["--model", "resnet18", "--weights", "random", "--image-size", "32", "--rank", "4", "--alpha", "8",
          "--batch-size", "4", "--lr", "0.003", "--val-fraction", "0.25", "--seed", "5", "--threads", "1"]
-
-
-def write_colour_folder(root: Path, per_class: int = 8, side: int = 40, classes: int = 3) -> Path:
-    for c in range(classes):
-        for i in range(per_class):
-            rng = np.random.default_rng(1000 * c + i)
-            pixels = np.clip(np.array(COLOURS[c])[None, None, :] + rng.integers(-40, 40, (side, side, 3)),
-                             0, 255).astype(np.uint8)
-            path = root / f"class_{c}" / f"{i:02d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path)
-    return root
 
 
 @pytest.fixture(scope="module")

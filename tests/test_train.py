@@ -11,11 +11,9 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from lora_gui import lora
 from lora_gui.adapters import build_from_adapter, read_adapter
@@ -24,27 +22,10 @@ from lora_gui.data import DecodedCache, ImageDataset, Sample, build_transform, c
 from lora_gui.runs import RunFolder, list_runs
 from lora_gui.train import DeviceQueue, TrainingJob
 from lora_gui import training_loop
+from conftest import write_colour_folder
 from lora_gui.training_loop import Trainer, cosine_with_warmup
 
 warnings.filterwarnings("ignore", message=".*random weights.*")
-
-COLOURS = [(220, 40, 40), (40, 190, 60), (50, 60, 220)]
-
-
-def write_colour_folder(root: Path, per_class: int = 8, side: int = 40, classes: int = 3) -> Path:
-    """``classes`` folders of noisy solid-colour PNGs (distinct per class, never duplicates)."""
-    for c in range(classes):
-        for i in range(per_class):
-            rng = np.random.default_rng(1000 * c + i)
-            base = np.array(COLOURS[c % len(COLOURS)])[None, None, :]
-            if c >= len(COLOURS):  # extra classes: stripes
-                base = np.where((np.arange(side) // 4 % 2)[:, None, None] == 1, base, 255 - base)
-            pixels = np.clip(base + rng.integers(-40, 40, (side, side, 3)), 0, 255).astype(np.uint8)
-            path = root / f"class_{c}" / f"{i:02d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path)
-    return root
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:

@@ -14,9 +14,8 @@ import gradio as gr
 import pandas as pd
 
 from ..evaluate import confusion_figure, evaluate_run, find_run_dir
-from ..export import ExportError
 from ..images import load_rgb
-from ..predict import BAD_INPUT, LoadedAdapter, load_adapter, locate, predict
+from ..predict import LoadedAdapter, load_adapter, locate, predict
 from ..runs import RunFolder
 from .common import ENGINE_ERRORS, failure, this_tab
 
