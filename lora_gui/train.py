@@ -141,6 +141,7 @@ class TrainingJob:
         self._epoch_rows: list[dict] = []
         self._events: list[dict] = []
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()  # set as the thread's last act (see wait)
         self._paused_s = 0.0  # time spent paused, left out of the ETA
         self._earlier_s = 0.0  # training time of the sessions before a resume
         self.device = "cpu"
@@ -200,8 +201,9 @@ class TrainingJob:
         True means the thread has finished too, so everything it writes to the
         run folder (status.json, train.log) is on disk."""
         if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
+            # an Event, not Thread.join: a join interrupted by Ctrl-C leaves the thread looking finished
+            # to every later join (CPython), and the CLI would exit mid-stop, before the checkpoint
+            return self._done.wait(timeout)
         return self.status in FINAL_STATUSES
 
     def _write_status(self, status: str, message: str) -> None:
@@ -324,6 +326,7 @@ class TrainingJob:
                 self.run.update_status(duration_s=round(self._earlier_s + time.time() - started, 1))
             except OSError:
                 pass
+            self._done.set()
 
     def _fail(self, kind: str, message: str) -> None:
         try:
