@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import distributed
 from .config import RunConfig
 from .runs import FINAL_STATUSES, RunFolder, new_run_id
 
@@ -120,8 +121,10 @@ class TrainingJob:
                  dataset=None, interactive: bool = False, resume: bool = False, queue: DeviceQueue = DEVICE_QUEUE):
         self.config = config
         self.workspace = Path(workspace)
-        run = RunFolder(run_dir or self.workspace / new_run_id())
-        if not resume and run.exists():
+        # [ddp] under torchrun only rank 0 writes the folder (and only it may refuse an existing one:
+        # the others would race with its config.json)
+        run = distributed.run_folder(run_dir or self.workspace / new_run_id())
+        if not resume and distributed.context().is_main and run.exists():
             raise FileExistsError(f"{run.path} already holds a run; resume it, or train into a new folder")
         self.run = run.create()
         self.id = self.run.path.name
@@ -286,7 +289,7 @@ class TrainingJob:
         try:
             from .training_loop import Trainer, device_for
             try:
-                self.device = device_for(self.config.train.device)
+                self.device = distributed.local_device(device_for(self.config.train.device))
             except TrainingFailed as exc:
                 self.failure_kind = "input"
                 self.set_status("failed", str(exc))
@@ -373,6 +376,8 @@ def _one_line(message: str) -> str:
 
 def _human_message(exc: BaseException) -> str:
     import torch
+    if distributed.context().enabled and distributed.is_peer_failure(exc):  # [ddp] e.g. in DDP's backward
+        return distributed.PEER_LOST.format(run=distributed._RUN_DIR)
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
         return ("ran out of memory; use a smaller batch size or a lower resolution "
                 "(see train.log for details)")
