@@ -1,7 +1,7 @@
 """Where training batches come from: decoded images, or cached frozen-prefix outputs.
 
 Both sources give the same interface to the loop: ``train_epoch(epoch, skip)``
-yields (inputs, labels) in the epoch's seeded order (``skip`` batches already
+yields (inputs, labels) in the epoch's seeded order (``skip`` samples already
 done, for resume), ``val()`` the validation batches, ``forward(model, x)`` the
 logits. ``make_batches`` picks the cached source when the frozen prefix can be
 computed once: a deterministic training transform ('none' or 'flip'), a
@@ -20,7 +20,8 @@ from .data import DecodedCache, ImageDataset, build_transform, cache_max_side
 CACHEABLE_AUGMENTATIONS = ("none", "flip")
 
 
-def _order(n: int, seed: int, epoch: int) -> list[int]:
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The epoch's shuffled order: its own generator, so a resume (or another rank) gets the same."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
 
 
@@ -32,6 +33,16 @@ def _loader(dataset, batch_size: int, pin: bool):
                                        pin_memory=pin, generator=torch.Generator().manual_seed(0))
 
 
+def decoded_cache(trainer, max_bytes: int | None = None) -> DecodedCache | None:
+    """The decoder every path shares: images pre-shrunk the same way, so the prefix cache
+    sees exactly the pixels the uncached path would (``max_bytes=0``: shrink, keep nothing)."""
+    cfg = trainer.cfg
+    if not cfg.data.cache_mb:
+        return None
+    return DecodedCache(cfg.data.cache_mb * 2**20 if max_bytes is None else max_bytes,
+                        cache_max_side(trainer.data_config))
+
+
 class ImageBatches:
     """Decode (through the decoded-image cache), transform, feed the whole model."""
 
@@ -39,15 +50,15 @@ class ImageBatches:
 
     def __init__(self, trainer):
         cfg, dc = trainer.cfg, trainer.data_config
-        cache = DecodedCache(cfg.data.cache_mb * 2**20, cache_max_side(dc)) if cfg.data.cache_mb else None
+        cache = decoded_cache(trainer)
         self.train_ds = ImageDataset(trainer.train_samples, build_transform(dc, cfg.data.augmentation, True), cache)
         self.val_ds = ImageDataset(trainer.val_samples, build_transform(dc, "none", False), cache)
         self.batch_size, self.seed = cfg.train.batch_size, cfg.train.seed
         self.pin = trainer.device.startswith("cuda")
         self.to_device = trainer._to_device
 
-    def train_epoch(self, epoch: int, skip_batches: int):
-        order = _order(len(self.train_ds), self.seed, epoch)[skip_batches * self.batch_size:]
+    def train_epoch(self, epoch: int, skip_samples: int):
+        order = epoch_order(len(self.train_ds), self.seed, epoch)[skip_samples:]
         for x, y in _loader(torch.utils.data.Subset(self.train_ds, order), self.batch_size, self.pin):
             yield x, y
 
@@ -71,12 +82,12 @@ class CachedBatches:
         size = trainer.data_config["input_size"]
         self.dummy_shape = tuple(size)
 
-    def train_epoch(self, epoch: int, skip_batches: int):
+    def train_epoch(self, epoch: int, skip_samples: int):
         n = len(self.train_labels)
-        order = torch.tensor(_order(n, self.seed, epoch), dtype=torch.long)
+        order = torch.tensor(epoch_order(n, self.seed, epoch), dtype=torch.long)
         views = torch.randint(0, self.train_cache.shape[0], (n,), generator=torch.Generator().manual_seed(
             self.seed * 7_919 + epoch))  # a flip view per image per epoch, reproducible on resume
-        for start in range(skip_batches * self.batch_size, n, self.batch_size):
+        for start in range(skip_samples, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             yield self.train_cache[views[idx], idx], self.train_labels[idx]
 
@@ -93,7 +104,7 @@ class CachedBatches:
 
 
 def _compute(trainer, plan, samples, flip_views: bool) -> torch.Tensor:
-    ds = ImageDataset(samples, build_transform(trainer.data_config, "none", False))
+    ds = ImageDataset(samples, build_transform(trainer.data_config, "none", False), decoded_cache(trainer, 0))
     views = [[] for _ in range(2 if flip_views else 1)]
     trainer.model.eval()
     for x, _ in _loader(ds, 32, False):
@@ -112,10 +123,12 @@ def make_batches(trainer):
     lever = cfg.train.cache_frozen_prefix
     if lever == "off":
         return ImageBatches(trainer), "off in the config"
+    if trainer.dist.enabled:
+        return ImageBatches(trainer), "not used under torchrun (each rank decodes its own images)"
     if cfg.data.augmentation not in CACHEABLE_AUGMENTATIONS:
         return ImageBatches(trainer), f"augmentation '{cfg.data.augmentation}' changes images every epoch"
     probe = ImageDataset((trainer.train_samples + trainer.val_samples)[:4],
-                         build_transform(trainer.data_config, "none", False))
+                         build_transform(trainer.data_config, "none", False), decoded_cache(trainer, 0))
     example = trainer._to_device(torch.stack([probe[i][0] for i in range(len(probe))]))
     plan = prefix_cache.plan(trainer.model, example, trainer.autocast)
     if plan.reason:

@@ -59,7 +59,8 @@ def build_config(args):
     """Preset (if any) first, then each flag given on the command line overrides it."""
     from .config import RunConfig, load_preset
     from .models import BUNDLED_MODEL
-    cfg = load_preset(args.preset)[0] if args.preset else RunConfig()
+    cfg = (RunConfig.from_dict(_read_config_json(args.config_json), where="--config-json") if args.config_json
+           else load_preset(args.preset)[0] if args.preset else RunConfig())
     d = cfg.to_dict()
     if args.data:
         d["data"]["source"] = str(Path(args.data).expanduser().resolve())
@@ -83,6 +84,29 @@ def build_config(args):
     return RunConfig.from_dict(d)
 
 
+def _read_config_json(value: str) -> dict:
+    """--config-json: a RunConfig as JSON text, or the path of a file holding it."""
+    from .config import ConfigError
+    try:
+        text = value if value.lstrip().startswith("{") else Path(value).read_text()
+        return json.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"--config-json: no such file {value}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config-json is not valid JSON: {exc}") from None
+
+
+def _requested_device(args) -> str:
+    """The device the run will ask for, to pick the process group's backend before anything else."""
+    try:
+        if args.resume:
+            from .runs import RunFolder
+            return RunFolder(args.resume).read_config()["config"]["train"]["device"]
+        return build_config(args).train.device
+    except Exception:
+        return args.device or "auto"  # the error is reported properly further on
+
+
 def _json_safe(value):
     """JSON without NaN/Infinity (not valid JSON): non-finite numbers become null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -100,16 +124,29 @@ def _bad_input(message) -> int:
 
 
 def cmd_train(args) -> int:
-    from .runs import RunFolder
-    from .train import TrainingJob, preflight, user_errors
+    from . import distributed
+    # [ddp] under torchrun (WORLD_SIZE > 1) join the process group first; otherwise nothing happens
+    ctx = distributed.init_from_env(_requested_device(args), args.dist_timeout)
+    try:
+        return _train(args, ctx)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args, ctx) -> int:
+    from . import distributed
+    from .runs import RunFolder, new_run_id
+    from .train import TrainingFailed, TrainingJob, preflight, user_errors
+    quiet = not ctx.is_main  # [ddp] ranks other than 0 print only their own errors
     try:
         if args.resume:
             run = RunFolder(args.resume)
             if not run.exists():
                 return _bad_input(f"{args.resume} is not a run folder (no config.json): nothing to resume")
             given = [f"--{flag.replace('_', '-')}" for flag, _, _ in CONFIG_FLAGS if getattr(args, flag) is not None]
-            given += [f"--{f}" for f in ("data", "model", "weights", "preset", "out") if getattr(args, f)]
-            if given:
+            given += [f"--{f.replace('_', '-')}" for f in ("data", "model", "weights", "preset", "config_json", "out")
+                      if getattr(args, f)]
+            if given and not quiet:
                 print(f"note: --resume continues with the run's saved config; ignoring {', '.join(given)}",
                       file=sys.stderr)
             job = TrainingJob.resume_run(args.resume)
@@ -117,22 +154,30 @@ def cmd_train(args) -> int:
             cfg = build_config(args)
             if not cfg.data.source:
                 return _bad_input("--data is required: a folder of class folders, an archive or a CSV")
-            if args.out and RunFolder(args.out).exists():
+            if args.out and ctx.is_main and RunFolder(args.out).exists():
                 return _bad_input(f"{args.out} already holds a run; continue it with --resume {args.out}, "
                                   "or give --out a new folder")
             workspace = Path(args.out).parent if args.out else Path(args.workspace)
+            run_dir = args.out
+            if ctx.enabled:  # [ddp] one folder for all ranks: rank 0's choice
+                run_dir = distributed.broadcast_object(args.out or str(workspace / new_run_id()))
             dataset = preflight(cfg, str(workspace))
-            if not args.json:
+            if not args.json and not quiet:
                 print(dataset.report.summary(), file=sys.stderr)
-            job = TrainingJob(cfg, workspace=str(workspace), run_dir=args.out, dataset=dataset)
+            job = TrainingJob(cfg, workspace=str(workspace), run_dir=run_dir, dataset=dataset)
     except (*user_errors(), ValueError, FileNotFoundError, FileExistsError) as exc:
         return _bad_input(exc)
+    except TrainingFailed as exc:  # [ddp] another rank failed before training began
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if ctx.enabled:  # [ddp] when torchrun tears the job down, rank 0 says so in status.json
+        distributed.on_torchrun_teardown(job)
     job.start()
     tty = sys.stderr.isatty()
     last_line, last_print, last_status = "", 0.0, ""
     try:
         while not job.wait(0.25 if tty else 0.5):
-            if args.json:
+            if args.json or quiet:
                 continue
             snap = job.snapshot(last_steps=1)
             line = progress_line(snap) if snap.status == "running" else f"{snap.status}: {snap.message}"
@@ -143,10 +188,19 @@ def cmd_train(args) -> int:
                 print(("\r\033[K" if tty else "") + line, end="" if tty else "\n", file=sys.stderr, flush=True)
                 last_line, last_print, last_status = line, now, snap.status
     except KeyboardInterrupt:
-        print("\nstopping (the adapter so far is kept) ...", file=sys.stderr)
+        if ctx.enabled:  # [ddp] torchrun passes Ctrl-C on again; one stop (at the same step on all ranks) is enough
+            import signal
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not quiet:
+            print("\nstopping (the adapter so far is kept) ...", file=sys.stderr)
         job.stop()
         job.wait()
     snap = job.snapshot()
+    if quiet:
+        if snap.status == "failed":
+            print(f"error (rank {ctx.rank}): {snap.message}", file=sys.stderr)
+            return 2 if job.failure_kind == "input" else 1
+        return 0
     if not args.json and snap.total_steps:
         # the bar as training left it (a log may not have had a line since the last few steps)
         print(("\r\033[K" if tty else "") + progress_line(snap), file=sys.stderr, flush=True)
@@ -249,6 +303,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-minutes", type=float, help="checkpoint at least this often, besides every "
                                                             "epoch (default 2; minimum 0.01)")
     t.add_argument("--preset", help="presets/NAME.json to start from")
+    t.add_argument("--config-json", metavar="JSON_OR_FILE", help="a full run configuration (as in a run's "
+                   "config.json 'config', or RunConfig JSON) to start from instead of a preset; flags override it")
+    t.add_argument("--dist-timeout", type=float, metavar="SECONDS", help="under torchrun: how long a collective "
+                   "waits for a silent process before the job fails (default 60, or $LORA_GUI_DIST_TIMEOUT)")
     t.add_argument("--out", help="run folder to create (default: a new folder under --workspace)")
     t.add_argument("--workspace", default="runs", help="where run folders go (default ./runs)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")

@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import distributed
 from .config import RunConfig
 from .runs import FINAL_STATUSES, RunFolder, new_run_id
 
@@ -120,8 +121,10 @@ class TrainingJob:
                  dataset=None, interactive: bool = False, resume: bool = False, queue: DeviceQueue = DEVICE_QUEUE):
         self.config = config
         self.workspace = Path(workspace)
-        run = RunFolder(run_dir or self.workspace / new_run_id())
-        if not resume and run.exists():
+        # [ddp] under torchrun only rank 0 writes the folder (and only it may refuse an existing one:
+        # the others would race with its config.json)
+        run = distributed.run_folder(run_dir or self.workspace / new_run_id())
+        if not resume and distributed.context().is_main and run.exists():
             raise FileExistsError(f"{run.path} already holds a run; resume it, or train into a new folder")
         self.run = run.create()
         self.id = self.run.path.name
@@ -141,6 +144,7 @@ class TrainingJob:
         self._epoch_rows: list[dict] = []
         self._events: list[dict] = []
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()  # set as the thread's last act (see wait)
         self._paused_s = 0.0  # time spent paused, left out of the ETA
         self._earlier_s = 0.0  # training time of the sessions before a resume
         self.device = "cpu"
@@ -200,8 +204,9 @@ class TrainingJob:
         True means the thread has finished too, so everything it writes to the
         run folder (status.json, train.log) is on disk."""
         if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
+            # an Event, not Thread.join: a join interrupted by Ctrl-C leaves the thread looking finished
+            # to every later join (CPython), and the CLI would exit mid-stop, before the checkpoint
+            return self._done.wait(timeout)
         return self.status in FINAL_STATUSES
 
     def _write_status(self, status: str, message: str) -> None:
@@ -284,7 +289,7 @@ class TrainingJob:
         try:
             from .training_loop import Trainer, device_for
             try:
-                self.device = device_for(self.config.train.device)
+                self.device = distributed.local_device(device_for(self.config.train.device))
             except TrainingFailed as exc:
                 self.failure_kind = "input"
                 self.set_status("failed", str(exc))
@@ -324,6 +329,7 @@ class TrainingJob:
                 self.run.update_status(duration_s=round(self._earlier_s + time.time() - started, 1))
             except OSError:
                 pass
+            self._done.set()
 
     def _fail(self, kind: str, message: str) -> None:
         try:
@@ -370,6 +376,8 @@ def _one_line(message: str) -> str:
 
 def _human_message(exc: BaseException) -> str:
     import torch
+    if distributed.context().enabled and distributed.is_peer_failure(exc):  # [ddp] e.g. in DDP's backward
+        return distributed.PEER_LOST.format(run=distributed._RUN_DIR)
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
         return ("ran out of memory; use a smaller batch size or a lower resolution "
                 "(see train.log for details)")

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import lora
+from . import distributed, lora
 from .adapters import AdapterMeta, save_adapter
-from .batches import make_batches
+from .batches import _loader, epoch_order, make_batches
 from .data import Sample, load_dataset, split_dataset
 from .models import build_model, data_config
 from .runs import write_json_atomic
@@ -121,6 +121,9 @@ class Trainer:
         self.cfg = job.config
         self.folder = job.run
         self.device = job.device
+        self.dist = distributed.context()  # [ddp] a world of one outside torchrun
+        self.ddp: distributed.DDPHelper | None = None
+        self.epoch_start = 0  # [ddp] samples of this epoch done before a resume at another world size
 
     # set-up ----------------------------------------------------------------------
     def prepare(self) -> None:
@@ -154,19 +157,23 @@ class Trainer:
         self.model.to(self.device)
         if self.speed["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
+        if self.dist.enabled:  # [ddp] DistributedDataParallel over the trainable tensors
+            self.ddp = distributed.DDPHelper(self)
 
         self.batches, why_not = make_batches(self)
         self.speed["cache_frozen_prefix"] = self.batches.cached
         if why_not:
             self.speed["cache_frozen_prefix_note"] = why_not
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum
-        self.batches_per_epoch = max(1, math.ceil(len(self.train_samples) / bs))
+        self.batches_per_epoch = max(1, math.ceil(len(self.train_samples) / (bs * self.dist.world)))
         self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / accum))
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         warmup = int(cfg.train.warmup_fraction * self.total_steps)
+        self.warmup_steps = warmup
+        self.schedule = {"total": self.total_steps, "warmup": warmup, "knots": []}  # [ddp] see distributed
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(self.total_steps, warmup))
         self.scaler = torch.amp.GradScaler("cuda") if self.speed["mixed_precision"] == "fp16" else None
 
@@ -204,23 +211,39 @@ class Trainer:
     def _write_config(self) -> None:
         # split first: a folder with a config.json is a run, and a run must be resumable
         run = self.folder
+        if not self.dist.is_main:  # [ddp] only rank 0 writes
+            return
         write_json_atomic(run.split_file, {"train": _samples_json(self.train_samples),
                                            "val": _samples_json(self.val_samples)})
         write_json_atomic(run.config_file, {
             "config": self.cfg.to_dict(), "classes": self.classes, "layers": self.layers,
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
             "speed": self.speed, "device": self.device, "versions": package_versions(),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S")}, sort_keys=False)
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            **({"distributed": {"world_size": self.dist.world, "backend": self.dist.backend,
+                                "global_batch": self.dist.world * self.cfg.train.batch_size}}
+               if self.dist.enabled else {})}, sort_keys=False)
 
     # checkpoints ---------------------------------------------------------------
     def _checkpoint(self, rng: dict | None = None) -> None:
+        rng = rng or rng_state()
         self.folder.save_checkpoint({
             "adapter": lora.adapter_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs, "acc": dict(self.acc),
-            "first_loss": self.first_loss, "rng": rng or rng_state(),
-            "scaler": self.scaler.state_dict() if self.scaler else {}})
+            "first_loss": self.first_loss, "rng": rng,
+            "scaler": self.scaler.state_dict() if self.scaler else {}, **self._position(rng)})
         self.last_checkpoint = time.time()
+
+    def _position(self, rng: dict) -> dict:
+        """[ddp] Where the run is in world-size-free terms (samples), for a resume with any world size."""
+        bs, world = self.cfg.train.batch_size, self.dist.world
+        done = min(len(self.train_samples), self.epoch_start + self.batch_in_epoch * bs * world)
+        out = {"world_size": world, "epoch_start": self.epoch_start, "samples_in_epoch": done,
+               "total_steps": self.total_steps, "schedule": self.schedule}
+        if self.ddp:
+            out.update(self.ddp.checkpoint_fields(rng))
+        return out
 
     def _restore(self) -> None:
         state = self.folder.load_checkpoint()
@@ -238,13 +261,19 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.best, self.bad_epochs, self.acc = state["best"], state["bad_epochs"], state["acc"]
         self.first_loss = state.get("first_loss")
-        set_rng_state(state["rng"])
+        rng = distributed.resume_position(self, state)  # [ddp] same or another world size
+        if rng is not None:
+            set_rng_state(rng)
+        else:  # a rank the saved run did not have
+            seed_everything(distributed.rank_seed(self.cfg.train.seed, self.dist.rank, self.step))
         self.folder.truncate_metrics(keep_step=self.step, keep_epoch=self.epoch)
         for row in self.folder.read_metrics():  # viewers see the whole run, not just this session
             self.job.record(row)
         self.folder.log(f"resumed at epoch {self.epoch + 1}, step {self.step}")
 
     def _save_adapter(self, which: str, metrics: dict) -> None:
+        if not self.dist.is_main:  # [ddp] only rank 0 writes
+            return
         meta = AdapterMeta(self.cfg.model, self.cfg.lora, self.layers, self.classes, self.data_config,
                            base_seed=self.cfg.train.seed, metrics=metrics)
         save_adapter(self.model, meta, self.folder.path / which)
@@ -260,6 +289,14 @@ class Trainer:
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.speed["channels_last"] else x
+
+    def _epoch_batches(self, epoch: int, skip_batches: int):
+        """This epoch's (inputs, labels), ``skip_batches`` already done (resume)."""
+        bs = self.cfg.train.batch_size
+        if self.ddp:  # [ddp] this rank's slice of each global batch
+            order = epoch_order(len(self.train_samples), self.cfg.train.seed, epoch)
+            return self.ddp.epoch_loader(order, self.epoch_start + skip_batches * bs * self.dist.world)
+        return self.batches.train_epoch(epoch, self.epoch_start + skip_batches * bs)
 
     def run(self) -> None:
         self.prepare()
@@ -295,29 +332,37 @@ class Trainer:
             micro, tick = 0, time.time()
             step_loss, step_images = 0.0, 0
             self.optimizer.zero_grad(set_to_none=True)
-            batches = iter(self.batches.train_epoch(self.epoch, self.batch_in_epoch))
+            batches = iter(self._epoch_batches(self.epoch, self.batch_in_epoch))
+            epoch_batches = distributed.epoch_batches(len(self.train_samples), self.epoch_start, self.dist.world,
+                                                      cfg.train.batch_size)
             while True:
-                job.check_controls()  # before the next batch is even decoded: stop/pause act at once
+                # before the next batch is even decoded: stop/pause act at once ([ddp]: at the next step)
+                self.ddp.controls(act=True) if self.ddp else job.check_controls()
                 try:
                     x, y = next(batches)
                 except StopIteration:
                     break
                 y = y.to(self.device)
-                with self.autocast():
-                    logits = self.batches.forward(self.model, x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
-                value = loss.item()
-                self._check_loss(value)
-                (self.scaler.scale(loss / accum) if self.scaler else loss / accum).backward()
-                self.acc["loss"] += value * len(y)
-                self.acc["correct"] += int((logits.argmax(1) == y).sum())
-                self.acc["seen"] += len(y)
-                step_loss += value * len(y)
-                step_images += len(y)
+                if self.ddp:  # [ddp] forward/backward on this rank's slice; its sums are reduced at the step
+                    self.ddp.micro_batch(self._to_device(x), y, accum)
+                else:
+                    with self.autocast():
+                        logits = self.batches.forward(self.model, x)
+                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
+                    value = loss.item()
+                    self._check_loss(value)
+                    (self.scaler.scale(loss / accum) if self.scaler else loss / accum).backward()
+                    self.acc["loss"] += value * len(y)
+                    self.acc["correct"] += int((logits.argmax(1) == y).sum())
+                    self.acc["seen"] += len(y)
+                    step_loss += value * len(y)
+                    step_images += len(y)
                 micro += 1
                 self.batch_in_epoch += 1
-                if micro % accum and self.batch_in_epoch < self.batches_per_epoch:
+                if micro % accum and self.batch_in_epoch < epoch_batches:
                     continue
+                if self.ddp:  # [ddp] one all-reduce: the step's loss/accuracy sums, checkpoint and stop flags
+                    step_loss, step_images = self.ddp.end_step(cfg.train.checkpoint_minutes * 60)
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 self._optimizer_step()
                 now = time.time()
@@ -330,7 +375,8 @@ class Trainer:
                 job.set_progress(self.epoch + 1, self.step, self.total_steps,
                                  max(0.0, per_step * (self.total_steps - self.step)))
                 tick, step_loss, step_images = time.time(), 0.0, 0
-                if now - self.last_checkpoint > cfg.train.checkpoint_minutes * 60:
+                if (self.ddp.checkpoint_due if self.ddp else  # [ddp] rank 0's clock decides for all
+                        now - self.last_checkpoint > cfg.train.checkpoint_minutes * 60):
                     self._flush_and_checkpoint()
             self._end_epoch()
         if self.step >= self.total_steps:
@@ -381,15 +427,22 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         self.model.eval()
+        if self.ddp:  # [ddp] each rank its share (the image path: no prefix cache under torchrun)
+            val = _loader(self.ddp.val_subset(self.batches.val_ds), self.cfg.train.batch_size,
+                          self.device.startswith("cuda"))
+        else:
+            val = self.batches.val()
         loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in self.batches.val():
-            self.job.check_controls()
+        for x, y in val:
+            self.ddp.controls(act=False) if self.ddp else self.job.check_controls()
             y = y.to(self.device)
             with self.autocast():
                 logits = self.batches.forward(self.model, x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
+        if self.ddp:  # [ddp] the sums over all ranks
+            loss_sum, correct, seen = self.ddp.reduce_eval(loss_sum, correct, seen)
         return (loss_sum / seen, correct / seen) if seen else (float("nan"), float("nan"))
 
     def _end_epoch(self) -> None:
@@ -413,6 +466,7 @@ class Trainer:
                          f"val loss {val_loss if val_loss is None else round(val_loss, 4)}, val acc {acc_txt}")
         self.epoch += 1
         self.batch_in_epoch = 0
+        self.epoch_start = 0
         self.acc = {"loss": 0.0, "correct": 0, "seen": 0}
         self._mark_boundary()
         self._flush_and_checkpoint()
