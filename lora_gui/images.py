@@ -133,7 +133,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _shrink(im: Image.Image, max_side: int | None) -> Image.Image:
+def shrink(im: Image.Image, max_side: int | None) -> Image.Image:
     """Resize so the shorter side is at most ``max_side`` (never enlarge)."""
     if not max_side or min(im.size) <= max_side:
         return im
@@ -172,7 +172,7 @@ def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Imag
                 im = ImageOps.exif_transpose(im)
             except Exception:
                 pass  # malformed EXIF: the pixels are still fine, just unrotated
-            return _shrink(to_rgb(im), max_side)
+            return shrink(to_rgb(im), max_side)
         except DataError:
             raise
         except Exception as exc:

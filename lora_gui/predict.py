@@ -27,7 +27,7 @@ from torch import nn
 
 from .adapters import ADAPTER_FILE, AdapterError, AdapterMeta, build_from_adapter, read_adapter, resolve_adapter_file
 from .config import ConfigError
-from .images import DataError, build_transform, load_rgb, to_rgb
+from .images import DataError, build_transform, cache_max_side, load_rgb, shrink, to_rgb
 from .lora import LoraError, adapter_state_dict, classifier_names, inject_lora, merge_lora
 from .models import ModelError
 
@@ -258,9 +258,12 @@ def predict(loaded: LoadedAdapter, images: list, topk: int = 5,
     if not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk must be a whole number >= 1, got {topk!r}")
     k = min(topk, len(loaded.classes))
+    # decoded and pre-shrunk exactly as training and evaluation decode, so the same file
+    # gets the same probabilities here as in the validation metrics
+    max_side = cache_max_side(loaded.meta.data_config) if loaded.meta is not None else None
     results = []
     for start in range(0, len(images), batch_size):
-        chunk = [to_rgb(im) if isinstance(im, Image.Image) else load_rgb(im)
+        chunk = [shrink(to_rgb(im), max_side) if isinstance(im, Image.Image) else load_rgb(im, max_side)
                  for im in images[start:start + batch_size]]
         batch = torch.stack([loaded.transform(im) for im in chunk]).to(loaded.device)
         with torch.inference_mode():
