@@ -59,6 +59,15 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def describe_levers(speed: dict) -> str:
+    """The speed levers in use, in a few words for the log."""
+    used = [speed["mixed_precision"] if speed["mixed_precision"] != "off" else "fp32"]
+    used += [name.replace("_", " ") for name in ("channels_last", "compile") if speed.get(name)]
+    used.append("frozen prefix cached" if speed.get("cache_frozen_prefix")
+                else f"no prefix cache ({speed.get('cache_frozen_prefix_note', 'off')})")
+    return ", ".join(used)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -188,7 +197,7 @@ class Trainer:
         trainable, total = lora.count_parameters(self.model)
         run.log(f"{len(self.train_samples)} train / {len(self.val_samples)} val images, {len(self.classes)} classes; "
                 f"{len(self.layers)} LoRA layers; {trainable:,} of {total:,} parameters trainable; "
-                f"device {self.device}, {threads} threads, speed {self.speed}")
+                f"device {self.device}, {threads} threads; {describe_levers(self.speed)}")
 
     def _choose_levers(self) -> dict:
         t = self.cfg.train
