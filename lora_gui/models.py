@@ -232,8 +232,16 @@ def check_model_name(name: str) -> None:
         raise ModelError(f"timm has no model named {name!r}.{hint}")
 
 
-def _create(name: str, **kwargs) -> nn.Module:
+def _create(name: str, image_size: int | None = None, **kwargs) -> nn.Module:
+    """timm.create_model; a fixed-size model (ViT, DeiT, EVA, Swin) is built for ``image_size``
+    (timm resamples pretrained position embeddings); CNNs take any size and ignore it."""
     check_model_name(name)
+    if image_size:
+        try:
+            return timm.create_model(name, img_size=image_size, **kwargs)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
     return timm.create_model(name, **kwargs)
 
 
@@ -338,7 +346,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         if problem := _hub_problem(cfg.name):
             raise ModelError(problem)
         try:
-            return _create(cfg.name, pretrained=True, num_classes=num_classes)
+            return _create(cfg.name, cfg.image_size, pretrained=True, num_classes=num_classes)
         except ModelError:
             raise
         except Exception as exc:
@@ -355,7 +363,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         if num_classes != model.num_classes:
             model.reset_classifier(num_classes)
         return model
-    model = _create(cfg.name, pretrained=False, num_classes=num_classes)
+    model = _create(cfg.name, cfg.image_size, pretrained=False, num_classes=num_classes)
     if cfg.weights == "file":
         _load_into(model, load_weights_file(cfg.weights_file), cfg.name, f"file {Path(cfg.weights_file).name}")
     else:
