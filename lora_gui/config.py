@@ -201,6 +201,9 @@ class TrainConfig(_Serialisable):
         for name in ("mixed_precision", "channels_last", "compile", "cache_frozen_prefix"):
             _check(getattr(self, name) in SWITCH,
                    f"{name} must be one of {', '.join(SWITCH)}, got {getattr(self, name)!r}")
+        # torch.compile measured ~0.8x a step on CPU but its compile time outweighed that on small
+        # datasets; the engine does not apply it yet, so 'on' is refused rather than ignored.
+        _check(self.compile != "on", "compile='on' is not supported yet: leave it 'auto' or 'off'")
 
 
 @dataclass
