@@ -76,6 +76,7 @@ def _predictor(run_dir: Path, device: str):
 
 
 def run(spec: dict) -> dict:
+    import lora_gui.training_loop  # noqa: F401  imported before the clock starts, as for the reference
     from lora_gui.train import preflight
     device = resolve_device(spec["device"])
     workspace = Path(spec["workspace"])
@@ -112,7 +113,7 @@ def run(spec: dict) -> dict:
         "train_wall_s": wall,
         "end_to_end_images_per_s": (len(rows) * spec["batch_size"] if limit else epochs * spec["n_train"]) / wall, "dataset_load_s": dataset_load_s, "baseline_rss_mb": baseline, **memory,
         "layers": saved.get("layers"), "levers": saved.get("speed", {}), "engine_device": saved.get("device"),
-        "status": snap.status, "duration_s": status.get("duration_s"),
+        "status": snap.status, "duration_s": status.get("duration_s"), "engine_log": _log_lines(job),
     }
     if hasattr(torch, "get_num_threads"):
         result["threads"] = (saved.get("speed") or {}).get("threads", torch.get_num_threads())
@@ -134,6 +135,16 @@ def run(spec: dict) -> dict:
     if not spec.get("keep_runs"):
         shutil.rmtree(workspace, ignore_errors=True)
     return result
+
+
+def _log_lines(job) -> list[str]:
+    """The run log's lines about the speed levers (e.g. how long the frozen-prefix cache took)."""
+    try:
+        text = (job.run.path / "train.log").read_text()
+    except OSError:
+        return []
+    keys = ("prefix", "speed", "bf16", "channels_last", "compile", "LoRA layers")
+    return [ln for ln in text.splitlines() if any(k in ln for k in keys)][:6]
 
 
 def _rebuild(spec: dict, layers):
@@ -183,6 +194,16 @@ def _optional(name: str):
         return importlib.import_module(name)
     except ImportError:
         return None
+
+
+def _op_table(prof, gpu: bool) -> str:
+    keys = ("self_device_time_total", "self_cuda_time_total") if gpu else ()
+    for key in (*keys, "self_cpu_time_total"):  # the GPU column's name changed across torch versions
+        try:
+            return prof.key_averages().table(sort_by=key, row_limit=15)
+        except (KeyError, AttributeError, RuntimeError, ValueError):
+            continue
+    return ""
 
 
 def profile(spec: dict) -> dict:
@@ -274,8 +295,7 @@ def profile(spec: dict) -> dict:
             from torch.profiler import ProfilerActivity, schedule
             from torch.profiler import profile as torch_profile
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.startswith("cuda") else [])
-            table = lambda p: ops.__setitem__("table", p.key_averages().table(  # noqa: E731
-                sort_by="self_cuda_time_total" if len(acts) > 1 else "self_cpu_time_total", row_limit=15))
+            table = lambda p: ops.__setitem__("table", _op_table(p, gpu=len(acts) > 1))  # noqa: E731
             # off while the phases are timed, then on for 3 steps
             with torch_profile(activities=acts, schedule=schedule(wait=limit, warmup=1, active=3),
                                on_trace_ready=table) as prof:

@@ -176,6 +176,13 @@ def _mem(r: dict) -> float | None:
     return r.get("peak_cuda_mb", r.get("peak_rss_mb"))
 
 
+def _added(r: dict) -> float | None:
+    """Peak RSS above the process's RSS once torch/timm (and peft) were imported."""
+    if r.get("peak_rss_mb") is None or r.get("baseline_rss_mb") is None:
+        return None
+    return r["peak_rss_mb"] - r["baseline_rss_mb"]
+
+
 def _levers(r: dict) -> str:
     lv = r.get("levers") or {}
     on = [f"{k}={v}" for k, v in lv.items() if v not in (False, None, "off", 0) and k != "threads"]
@@ -203,9 +210,10 @@ def tables(results: dict, meta: dict) -> str:
                          f"{_f(r.get('end_to_end_images_per_s'))} | {_f(_mem(r), '{:.0f}')} | {_f(r.get('val_acc'), '{:.1%}')} | "
                          f"{_f((r.get('predict') or {}).get('median_ms'))} | {_f(r.get('train_wall_s'))} | "
                          f"{_levers(r) if v == 'engine' else '–'} |")
-    lines += ["", f"| model | images/s (d)/(a) | images/CPU-s (d)/(a) | end-to-end (d)/(a) | {mem_name} (d)/(a) | val acc (a) → (d) | "
+    added = "" if meta["device"].startswith("cuda") else " RSS added by training (d)/(a) |"
+    lines += ["", f"| model | images/s (d)/(a) | images/CPU-s (d)/(a) | end-to-end (d)/(a) | {mem_name} (d)/(a) |{added} val acc (a) → (d) | "
               "predict ms (a) / (d) / (d) while training | training images/s while predicting |",
-              "|---|---:|---:|---:|---:|---|---|---:|"]
+              "|---|---:|---:|---:|---:|" + ("---:|" if added else "") + "---|---|---:|"]
     for model, variants in results.items():
         a, d = variants.get("peft", {}), variants.get("engine", {})
         if not (a.get("ok") and d.get("ok")):
@@ -214,7 +222,7 @@ def tables(results: dict, meta: dict) -> str:
         lines.append(f"| {model} | {_ratio(d['images_per_s'], a['images_per_s'])} | "
                      f"{_ratio(d.get('images_per_cpu_s'), a.get('images_per_cpu_s'))} | "
                      f"{_ratio(d.get('end_to_end_images_per_s'), a.get('end_to_end_images_per_s'))} | "
-                     f"{_ratio(_mem(d), _mem(a))} | "
+                     f"{_ratio(_mem(d), _mem(a))} | " + (f"{_ratio(_added(d), _added(a))} | " if added else "") +
                      f"{_f(a.get('val_acc'), '{:.1%}')} → {_f(d.get('val_acc'), '{:.1%}')} | "
                      f"{_f(a['predict'].get('median_ms'))} / {_f(d['predict'].get('median_ms'))} / "
                      f"{_f(during.get('median_ms'))} | {_f(during.get('train_images_per_s'))} |")
