@@ -63,6 +63,7 @@ def parse_args(argv=None):
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per variant before it is killed")
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/<device>-<date>.json)")
     ap.add_argument("--keep-runs", action="store_true", help="keep the engine's run folders")
+    ap.add_argument("--show", metavar="JSON", help="print the tables of a results file again and exit")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
@@ -176,6 +177,14 @@ def _mem(r: dict) -> float | None:
     return r.get("peak_cuda_mb", r.get("peak_rss_mb"))
 
 
+def _acc(r: dict) -> str:
+    """Validation accuracy; with --repeat, the range over the runs when they differ."""
+    accs = sorted(x["val_acc"] for x in r.get("repeats", []) if x.get("val_acc") is not None)
+    if len(accs) > 1 and accs[0] != accs[-1]:
+        return f"{_f(r.get('val_acc'), '{:.1%}')} ({accs[0]:.1%}-{accs[-1]:.1%})"
+    return _f(r.get("val_acc"), "{:.1%}")
+
+
 def _added(r: dict) -> float | None:
     """Peak RSS above the process's RSS once torch/timm (and peft) were imported."""
     if r.get("peak_rss_mb") is None or r.get("baseline_rss_mb") is None:
@@ -207,7 +216,7 @@ def tables(results: dict, meta: dict) -> str:
                 continue
             lines.append(f"| {model}{init} | {VARIANTS.get(v, v)} | {_f(r.get('trainable_params'), '{:,}')} | "
                          f"{_f(r['images_per_s'])} | {_f(r.get('images_per_cpu_s'))} | "
-                         f"{_f(r.get('end_to_end_images_per_s'))} | {_f(_mem(r), '{:.0f}')} | {_f(r.get('val_acc'), '{:.1%}')} | "
+                         f"{_f(r.get('end_to_end_images_per_s'))} | {_f(_mem(r), '{:.0f}')} | {_acc(r)} | "
                          f"{_f((r.get('predict') or {}).get('median_ms'))} | {_f(r.get('train_wall_s'))} | "
                          f"{_levers(r) if v == 'engine' else '–'} |")
     added = "" if meta["device"].startswith("cuda") else " RSS added by training (d)/(a) |"
@@ -223,7 +232,7 @@ def tables(results: dict, meta: dict) -> str:
                      f"{_ratio(d.get('images_per_cpu_s'), a.get('images_per_cpu_s'))} | "
                      f"{_ratio(d.get('end_to_end_images_per_s'), a.get('end_to_end_images_per_s'))} | "
                      f"{_ratio(_mem(d), _mem(a))} | " + (f"{_ratio(_added(d), _added(a))} | " if added else "") +
-                     f"{_f(a.get('val_acc'), '{:.1%}')} → {_f(d.get('val_acc'), '{:.1%}')} | "
+                     f"{_acc(a)} → {_acc(d)} | "
                      f"{_f(a['predict'].get('median_ms'))} / {_f(d['predict'].get('median_ms'))} / "
                      f"{_f(during.get('median_ms'))} | {_f(during.get('train_images_per_s'))} |")
     prof = {m: v["engine-profile"] for m, v in results.items() if v.get("engine-profile", {}).get("ok")}
@@ -253,6 +262,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         return run_worker(args.worker)
+    if args.show:
+        saved = json.loads(Path(args.show).read_text())
+        print(tables(saved["results"], saved["meta"]))
+        return 0
     from fmnist_folder import build_folder, list_split
     from reference_loop import resolve_device
     device = resolve_device(args.device)
