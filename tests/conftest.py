@@ -9,10 +9,12 @@ import pytest
 from PIL import Image
 
 
-def _write_image(path: Path, size: tuple[int, int]) -> None:
-    # pixels seeded from the path: reruns write identical files, while two
-    # paths never produce byte-identical (duplicate) images by accident
-    rng = np.random.default_rng(zlib.crc32(path.as_posix().encode()))
+def _write_image(path: Path, size: tuple[int, int], key: str | None = None) -> None:
+    # pixels seeded from the path inside the fixture's folder (never from
+    # tmp_path, which differs between machines and runs): reruns and other
+    # machines write identical files, while two paths never produce
+    # byte-identical (duplicate) images by accident
+    rng = np.random.default_rng(zlib.crc32((key or path.as_posix()).encode()))
     pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
@@ -48,7 +50,7 @@ def make_image_folder(tmp_path):
         root.mkdir(parents=True, exist_ok=True)
         items = layout.items() if isinstance(layout, dict) else ((p, None) for p in layout)
         for rel, size in items:
-            _write_image(root / rel, size or (16, 16))
+            _write_image(root / rel, size or (16, 16), key=f"{name}/{rel}")
         return root
     return make
 

@@ -25,7 +25,21 @@ def run_dir(tmp_path, make_image_folder):
     layout = {f"{c}/{i}.png": (40, 40) for c in CLASSES for i in range(5)}
     images = make_image_folder(layout, "data")
     run = tmp_path / "run-test"
-    torch.manual_seed(0)
+    val = [[str(images / rel), CLASSES.index(rel.split("/")[0])] for rel in sorted(layout)]
+    (run / "split.json").parent.mkdir(parents=True, exist_ok=True)
+    (run / "split.json").write_text(json.dumps({"train": [], "val": val}))
+    # random weights decide the predictions: take the first seed whose adapter
+    # gets some images right and some wrong, so the hand computation is a real check
+    for seed in range(20):
+        _save_random_adapter(run, seed)
+        true, pred = _hand(run)
+        if len(set(pred)) > 1 and pred != true:
+            return run
+    raise AssertionError("no seed in 0..19 gave a non-trivial adapter")
+
+
+def _save_random_adapter(run, seed):
+    torch.manual_seed(seed)
     cfg, lcfg = ModelConfig(name="resnet18", weights="random", image_size=32), LoraConfig(rank=4, targets="all-conv")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -35,12 +49,9 @@ def run_dir(tmp_path, make_image_folder):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
-    meta = AdapterMeta(cfg, lcfg, layers, CLASSES, data_config(model, 32), base_seed=0)
+    meta = AdapterMeta(cfg, lcfg, layers, CLASSES, data_config(model, 32), base_seed=seed)
     save_adapter(model, meta, run / "best")
-    val = [[str(images / rel), CLASSES.index(rel.split("/")[0])] for rel in sorted(layout)]
-    (run / "split.json").write_text(json.dumps({"train": [], "val": val}))
     (run / "config.json").write_text(json.dumps({"classes": CLASSES, "layers": layers}))
-    return run
 
 
 def _hand(run_dir):
