@@ -39,12 +39,14 @@ class AdapterMeta:
     data_config: dict
     base_seed: int = 0                 # seeds the base build, so 'random' weights rebuild identically
     metrics: dict = field(default_factory=dict)
+    calibrated_norms: list[str] = field(default_factory=list)  # frozen BatchNorms with our statistics
 
     def to_dict(self) -> dict:
         dc = {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()}
         return {"format": FORMAT, "version": VERSION, "model": self.model.to_dict(), "lora": self.lora.to_dict(),
                 "layers": list(self.layers), "classes": list(self.classes), "data_config": dc,
-                "base_seed": self.base_seed, "metrics": self.metrics}
+                "base_seed": self.base_seed, "metrics": self.metrics,
+                **({"calibrated_norms": list(self.calibrated_norms)} if self.calibrated_norms else {})}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "AdapterMeta":
@@ -58,7 +60,8 @@ class AdapterMeta:
             return cls(model=ModelConfig.from_dict(raw["model"], "adapter model"),
                        lora=LoraConfig.from_dict(raw["lora"], "adapter lora"),
                        layers=list(raw["layers"]), classes=list(raw["classes"]), data_config=dc,
-                       base_seed=int(raw.get("base_seed", 0)), metrics=dict(raw.get("metrics") or {}))
+                       base_seed=int(raw.get("base_seed", 0)), metrics=dict(raw.get("metrics") or {}),
+                       calibrated_norms=[str(n) for n in raw.get("calibrated_norms") or []])
         except (KeyError, TypeError, ConfigError) as exc:
             raise AdapterError(f"adapter metadata is incomplete or invalid: {exc}") from None
 
@@ -108,6 +111,16 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Adap
     return tensors, meta
 
 
+def mark_calibrated_norms(model: nn.Module, meta: AdapterMeta) -> None:
+    """Before loading: the norms whose statistics the adapter carries (see norm_calibration)."""
+    from .norm_calibration import mark
+    try:
+        mark(model, meta.calibrated_norms)
+    except (AttributeError, ValueError) as exc:
+        raise AdapterError(f"adapter metadata names a calibrated norm that {meta.model.name} "
+                           f"does not have: {exc}") from None
+
+
 def build_from_adapter(tensors: dict[str, torch.Tensor], meta: AdapterMeta) -> nn.Module:
     """Rebuild base + LoRA layout from metadata and load the tensors, refusing any mismatch."""
     from .models import build_model
@@ -117,6 +130,7 @@ def build_from_adapter(tensors: dict[str, torch.Tensor], meta: AdapterMeta) -> n
         inject_lora(model, meta.lora, meta.layers)
     except (AttributeError, LoraError) as exc:
         raise AdapterError(f"adapter layers do not exist in {meta.model.name}: {exc}") from None
+    mark_calibrated_norms(model, meta)
     try:
         load_adapter_state_dict(model, tensors)
     except LoraError as exc:

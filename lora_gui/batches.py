@@ -100,21 +100,37 @@ class CachedBatches:
         with self.plan.feeding(model) as feed:
             feed(x)
             # the frozen front is stubbed out; this input only carries the batch size
-            return model(torch.zeros((x.shape[0], *self.dummy_shape), device=self.device))
+            return model(self.plan.dummy_input(x.shape[0], self.dummy_shape, self.device))
 
 
-def _compute(trainer, plan, samples, flip_views: bool) -> torch.Tensor:
+def calibration_batches(trainer):
+    """Training images as validation sees them (no augmentation), on the device: the
+    batches ``norm_calibration`` computes BatchNorm statistics from."""
+    ds = ImageDataset(trainer.train_samples, build_transform(trainer.data_config, "none", False),
+                      decoded_cache(trainer, 0))
+    for x, _ in _loader(ds, trainer.cfg.train.batch_size, False):
+        trainer.job.check_controls()
+        yield trainer._to_device(x)
+
+
+def _compute(trainer, plan, samples, flip_views: bool, dtype: torch.dtype) -> torch.Tensor:
+    """(views, N, *sample_shape): filled in place, batch by batch at the training batch
+    size, so the peak is the cache itself plus one batch's activations, not a list of
+    pieces and their concatenation."""
     ds = ImageDataset(samples, build_transform(trainer.data_config, "none", False), decoded_cache(trainer, 0))
-    views = [[] for _ in range(2 if flip_views else 1)]
+    views = 2 if flip_views else 1
+    out = torch.empty((views, len(samples), *plan.sample_shape), dtype=dtype)
     trainer.model.eval()
-    for x, _ in _loader(ds, 32, False):
+    start = 0
+    for x, _ in _loader(ds, trainer.cfg.train.batch_size, False):
         trainer.job.check_controls()
         x = trainer._to_device(x)
         with trainer.autocast():
-            views[0].append(plan.capture(trainer.model, x).cpu())
+            out[0, start:start + len(x)] = plan.capture(trainer.model, x)
             if flip_views:
-                views[1].append(plan.capture(trainer.model, x.flip(-1)).cpu())
-    return torch.stack([torch.cat(v) for v in views])
+                out[1, start:start + len(x)] = plan.capture(trainer.model, x.flip(-1))
+        start += len(x)
+    return out
 
 
 def make_batches(trainer):
@@ -134,14 +150,14 @@ def make_batches(trainer):
     if plan.reason:
         return ImageBatches(trainer), plan.reason
     flip = cfg.data.augmentation == "flip"
-    dtype = example.dtype if trainer.speed["mixed_precision"] == "off" else torch.bfloat16
+    dtype = plan.sample_dtype
     need = plan.bytes_per_sample(dtype) * (len(trainer.train_samples) * (2 if flip else 1) + len(trainer.val_samples))
     budget = cfg.data.cache_mb * 2**20
     if need > budget:
         return ImageBatches(trainer), f"the cache would need {need / 2**20:.0f} MB, over cache_mb={cfg.data.cache_mb}"
     started = time.time()
-    train_cache = _compute(trainer, plan, trainer.train_samples, flip)
-    val_cache = _compute(trainer, plan, trainer.val_samples, False)[0] if trainer.val_samples else torch.empty(0)
+    train_cache = _compute(trainer, plan, trainer.train_samples, flip, dtype)
+    val_cache = _compute(trainer, plan, trainer.val_samples, False, dtype)[0] if trainer.val_samples else torch.empty(0)
     trainer.folder.log(f"frozen prefix cached at {plan.boundary}: {train_cache.shape[1]} train x "
                        f"{train_cache.shape[0]} view(s) + {len(trainer.val_samples)} val in "
                        f"{time.time() - started:.1f} s ({(train_cache.nbytes + val_cache.nbytes) / 2**20:.0f} MB)")

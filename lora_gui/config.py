@@ -173,6 +173,8 @@ class TrainConfig(_Serialisable):
     channels_last: str = "auto"
     compile: str = "off"
     cache_frozen_prefix: str = "auto"
+    # frozen BatchNorm statistics recomputed on the training images (auto: random weights only)
+    calibrate_norms: str = "auto"
 
     def __post_init__(self):
         def whole(name, lo, hi):
@@ -198,7 +200,7 @@ class TrainConfig(_Serialisable):
         _check(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda", "mps")
                                                  or self.device.startswith("cuda:")),
                f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        for name in ("mixed_precision", "channels_last", "compile", "cache_frozen_prefix"):
+        for name in ("mixed_precision", "channels_last", "compile", "cache_frozen_prefix", "calibrate_norms"):
             _check(getattr(self, name) in SWITCH,
                    f"{name} must be one of {', '.join(SWITCH)}, got {getattr(self, name)!r}")
         # torch.compile measured ~0.8x a step on CPU but its compile time outweighed that on small

@@ -445,16 +445,20 @@ def remove_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+CALIBRATED_NORM = "lora_gui_calibrated_norm"  # set by norm_calibration: its buffers are the adapter's
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only what training changed: LoRA tensors, the head (with its buffers),
     and any norm/bias parameters that were trained, with the buffers of the
     modules they belong to (a trained BatchNorm's running statistics change too,
-    since ``train_mode`` leaves it in training mode)."""
+    since ``train_mode`` leaves it in training mode), and the buffers of frozen
+    BatchNorms whose statistics were recomputed (``norm_calibration``)."""
     if any(l.merged for _, l in lora_layers(model)):
         raise LoraError("unmerge the model before saving its adapter")
     keep = {n for n, p in model.named_parameters() if p.requires_grad}
     for mname, m in model.named_modules():
-        if any(p.requires_grad for p in m.parameters(recurse=False)):
+        if getattr(m, CALIBRATED_NORM, False) or any(p.requires_grad for p in m.parameters(recurse=False)):
             keep.update(f"{mname}.{b}" if mname else b for b, _ in m.named_buffers(recurse=False))
     heads = head_modules(model)
     full = model.state_dict()

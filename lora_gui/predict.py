@@ -25,7 +25,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from .adapters import ADAPTER_FILE, AdapterError, AdapterMeta, build_from_adapter, read_adapter, resolve_adapter_file
+from .adapters import (ADAPTER_FILE, AdapterError, AdapterMeta, build_from_adapter, mark_calibrated_norms,
+                       read_adapter, resolve_adapter_file)
 from .config import ConfigError
 from .images import DataError, build_transform, cache_max_side, load_rgb, shrink, to_rgb
 from .lora import LoraError, adapter_state_dict, classifier_names, inject_lora, merge_lora
@@ -106,6 +107,7 @@ def check_adapter_fits(tensors: dict[str, torch.Tensor], meta: AdapterMeta) -> n
         inject_lora(model, meta.lora, meta.layers)
     except (LoraError, AttributeError, ValueError) as exc:
         raise AdapterError(f"the adapter's LoRA layout does not fit {name}: {exc}") from None
+    mark_calibrated_norms(model, meta)
     expected = {k: tuple(v.shape) for k, v in adapter_state_dict(model).items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     # The specific mismatches first (rank, class count): they are the common ones and the

@@ -26,15 +26,24 @@ class _Captured(Exception):
         self.value = value
 
 
+def zeros(batch: int, shape: tuple[int, ...], dtype, device, dense: bool = False) -> torch.Tensor:
+    """A batch of zeros. Not dense: one sample's zeros broadcast over the batch, which
+    costs no memory or memset per step (the frozen front's outputs are thrown away
+    anyway). Dense zeros for models whose glue code writes into them in place."""
+    if dense:
+        return torch.zeros((batch, *shape), dtype=dtype, device=device)
+    return torch.zeros((1, *shape), dtype=dtype, device=device).expand(batch, *shape)
+
+
 class _ZeroStub(nn.Module):
     """Stands in for a frozen prefix module: zeros of the shape it would have produced."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype):
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, dense: bool):
         super().__init__()
-        self.shape, self.dtype = shape, dtype
+        self.shape, self.dtype, self.dense = shape, dtype, dense
 
     def forward(self, x, *args, **kwargs):
-        return torch.zeros((x.shape[0], *self.shape), dtype=self.dtype, device=x.device)
+        return zeros(x.shape[0], self.shape, self.dtype, x.device, self.dense)
 
 
 @dataclass
@@ -43,6 +52,8 @@ class PrefixPlan:
     stubs: dict[str, tuple] = field(default_factory=dict)  # prefix module -> (shape, dtype) of its output
     sample_shape: tuple[int, ...] = ()                  # shape of one cached input
     reason: str = ""
+    dense: bool = False                                 # stubs (and the dummy input) need real zeros
+    sample_dtype: torch.dtype = torch.float32           # dtype of the cached input (under autocast)
 
     def bytes_per_sample(self, dtype: torch.dtype) -> int:
         n = 1
@@ -52,6 +63,10 @@ class PrefixPlan:
 
     # -- running ------------------------------------------------------------
     @torch.no_grad()
+    def dummy_input(self, batch: int, example_shape: tuple[int, ...], device) -> torch.Tensor:
+        """What the model is called with while ``feeding``: it only carries the batch size."""
+        return zeros(batch, example_shape, torch.float32, device, self.dense)
+
     def capture(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The boundary block's input for a batch (the rest of the model is not run)."""
         def hook(_, args):
@@ -73,7 +88,7 @@ class PrefixPlan:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             originals[name] = (parent, child, getattr(parent, child))
-            setattr(parent, child, _ZeroStub(shape, dtype))
+            setattr(parent, child, _ZeroStub(shape, dtype, self.dense))
 
         def hook(_, args):
             return (slot["x"], *args[1:])
@@ -135,17 +150,28 @@ def _plan(model, example, autocast) -> PrefixPlan:
         return PrefixPlan(boundary, reason="the first layer is trainable: no frozen prefix to cache")
     after = set(order[start:])
     ancestors = {boundary.rsplit(".", k)[0] for k in range(1, boundary.count(".") + 1)} | {""}
-    heavy = [n for n in order[:start] if n not in ancestors and n not in after
-             and any(True for _ in model.get_submodule(n).parameters())]
+    # every top-most module of the frozen front is stubbed, parameterless ones too
+    # (a ResNet's max-pool over the stem's output is ~20% of a cached step)
     stubs = {}
-    for n in heavy:
-        if any(n.startswith(s + ".") for s in stubs):
-            continue  # inside a module already stubbed
+    for n in order[:start]:
+        if n in ancestors or n in after or any(n.startswith(s + ".") for s in stubs):
+            continue
         out = outputs.get(n)
-        if not isinstance(out, torch.Tensor):
+        if isinstance(out, torch.Tensor):
+            stubs[n] = (tuple(out.shape[1:]), out.dtype)
+        elif any(True for _ in model.get_submodule(n).parameters(recurse=False)):
             return PrefixPlan(boundary, reason=f"{n} returns {type(out).__name__}, not a tensor")
-        stubs[n] = (tuple(out.shape[1:]), out.dtype)
-    p = PrefixPlan(boundary, stubs)
+    failure = ""
+    for dense in (False, True):  # broadcast zeros first; real zeros if the model writes into them
+        p = PrefixPlan(boundary, stubs, dense=dense)
+        failure = _check(p, model, example, ctx)
+        if not failure:
+            return p
+    return PrefixPlan(boundary, reason=failure)
+
+
+def _check(p: PrefixPlan, model, example, ctx) -> str:
+    """'' if the cached path reproduces the full model's logits (and sets the cached shape)."""
     try:
         with ctx():
             cached = p.capture(model, example)
@@ -153,11 +179,11 @@ def _plan(model, example, autocast) -> PrefixPlan:
                 full = model(example).float()
                 with p.feeding(model) as feed:
                     feed(cached)
-                    short = model(torch.zeros_like(example)).float()
+                    short = model(p.dummy_input(len(example), tuple(example.shape[1:]), example.device)).float()
     except Exception as exc:  # any model the trick does not fit: train the ordinary way
-        return PrefixPlan(boundary, reason=f"cached path failed ({type(exc).__name__}: {exc})")
+        return f"cached path failed ({type(exc).__name__}: {exc})"
     err = ((full - short).abs().max() / full.abs().max().clamp_min(1e-12)).item()
     if not err <= 1e-5:
-        return PrefixPlan(boundary, reason=f"cached path differs from the full model (rel. error {err:.1e})")
-    p.sample_shape = tuple(cached.shape[1:])
-    return p
+        return f"cached path differs from the full model (rel. error {err:.1e})"
+    p.sample_shape, p.sample_dtype = tuple(cached.shape[1:]), cached.dtype
+    return ""

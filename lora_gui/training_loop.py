@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed, lora
+from . import distributed, lora, norm_calibration
 from .adapters import AdapterMeta, save_adapter
-from .batches import _loader, epoch_order, make_batches
+from .batches import _loader, calibration_batches, epoch_order, make_batches
 from .data import Sample, load_dataset, split_dataset
 from .models import build_model, data_config
 from .runs import write_json_atomic
@@ -166,6 +166,7 @@ class Trainer:
         self.model.to(self.device)
         if self.speed["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
+        self.calibrated_norms = self._calibrate_norms()
         if self.dist.enabled:  # [ddp] DistributedDataParallel over the trainable tensors
             self.ddp = distributed.DDPHelper(self)
 
@@ -217,6 +218,19 @@ class Trainer:
                 "compile": False, "cache_frozen_prefix": False, "decoded_cache": self.cfg.data.cache_mb > 0,
                 "threads": torch.get_num_threads()}
 
+    def _calibrate_norms(self) -> list[str]:
+        # before the prefix cache, which must see the final statistics; on resume too (a
+        # checkpoint's adapter then overwrites them with the saved, identical ones)
+        if not norm_calibration.wanted(self.cfg.train.calibrate_norms, self.cfg.model.weights):
+            return []
+        started = time.time()
+        with self.autocast():
+            names = norm_calibration.calibrate(self.model, calibration_batches(self))
+        if names:
+            self.folder.log(f"BatchNorm statistics of {len(names)} frozen norms computed from the training "
+                            f"images in {time.time() - started:.1f} s (the starting weights had none)")
+        return names
+
     def _write_config(self) -> None:
         # split first: a folder with a config.json is a run, and a run must be resumable
         run = self.folder
@@ -227,7 +241,8 @@ class Trainer:
         write_json_atomic(run.config_file, {
             "config": self.cfg.to_dict(), "classes": self.classes, "layers": self.layers,
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
-            "speed": self.speed, "device": self.device, "versions": package_versions(),
+            "speed": self.speed, "calibrated_norms": self.calibrated_norms,
+            "device": self.device, "versions": package_versions(),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             **({"distributed": {"world_size": self.dist.world, "backend": self.dist.backend,
                                 "global_batch": self.dist.world * self.cfg.train.batch_size}}
@@ -284,7 +299,7 @@ class Trainer:
         if not self.dist.is_main:  # [ddp] only rank 0 writes
             return
         meta = AdapterMeta(self.cfg.model, self.cfg.lora, self.layers, self.classes, self.data_config,
-                           base_seed=self.cfg.train.seed, metrics=metrics)
+                           base_seed=self.cfg.train.seed, metrics=metrics, calibrated_norms=self.calibrated_norms)
         save_adapter(self.model, meta, self.folder.path / which)
 
     # the loop ----------------------------------------------------------------
