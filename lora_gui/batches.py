@@ -25,11 +25,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
 
 
-def _loader(dataset, batch_size: int, pin: bool):
+def _loader(dataset, batch_size: int, pin: bool, workers: int = 0):
     # A DataLoader draws its base seed from the global torch RNG each time it is
     # iterated unless it has its own generator. That draw would shift the random
     # augmentations of a resumed run against an uninterrupted one, so give it one.
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+    # With workers, each one seeds from it too: runs repeat, but a resume that starts
+    # mid-epoch hands samples to other workers, so its augmentations differ.
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                        pin_memory=pin, generator=torch.Generator().manual_seed(0))
 
 
@@ -55,15 +57,16 @@ class ImageBatches:
         self.val_ds = ImageDataset(trainer.val_samples, build_transform(dc, "none", False), cache)
         self.batch_size, self.seed = cfg.train.batch_size, cfg.train.seed
         self.pin = trainer.device.startswith("cuda")
+        self.workers = trainer.speed["dataloader_workers"]
         self.to_device = trainer._to_device
 
     def train_epoch(self, epoch: int, skip_samples: int):
         order = epoch_order(len(self.train_ds), self.seed, epoch)[skip_samples:]
-        for x, y in _loader(torch.utils.data.Subset(self.train_ds, order), self.batch_size, self.pin):
+        for x, y in _loader(torch.utils.data.Subset(self.train_ds, order), self.batch_size, self.pin, self.workers):
             yield x, y
 
     def val(self):
-        yield from _loader(self.val_ds, self.batch_size, self.pin)
+        yield from _loader(self.val_ds, self.batch_size, self.pin, self.workers)
 
     def forward(self, model, x):
         return model(self.to_device(x))
@@ -108,7 +111,7 @@ def calibration_batches(trainer):
     batches ``norm_calibration`` computes BatchNorm statistics from."""
     ds = ImageDataset(trainer.train_samples, build_transform(trainer.data_config, "none", False),
                       decoded_cache(trainer, 0))
-    for x, _ in _loader(ds, trainer.cfg.train.batch_size, False):
+    for x, _ in _loader(ds, trainer.cfg.train.batch_size, False, trainer.speed["dataloader_workers"]):
         trainer.job.check_controls()
         yield trainer._to_device(x)
 
@@ -122,7 +125,7 @@ def _compute(trainer, plan, samples, flip_views: bool, dtype: torch.dtype) -> to
     out = torch.empty((views, len(samples), *plan.sample_shape), dtype=dtype)
     trainer.model.eval()
     start = 0
-    for x, _ in _loader(ds, trainer.cfg.train.batch_size, False):
+    for x, _ in _loader(ds, trainer.cfg.train.batch_size, False, trainer.speed["dataloader_workers"]):
         trainer.job.check_controls()
         x = trainer._to_device(x)
         with trainer.autocast():

@@ -173,6 +173,9 @@ class TrainConfig(_Serialisable):
     channels_last: str = "auto"
     compile: str = "off"
     cache_frozen_prefix: str = "auto"
+    # processes decoding and augmenting images; -1 = auto: up to 4 on a GPU (the GPU would
+    # wait for one process), 0 on CPU (workers would take cores from the training itself)
+    dataloader_workers: int = -1
     # frozen BatchNorm statistics recomputed on the training images (auto: random weights only)
     calibrate_norms: str = "auto"
 
@@ -186,6 +189,7 @@ class TrainConfig(_Serialisable):
         whole("grad_accum", 1, 1024)
         whole("early_stop_patience", 0, 10000)
         whole("num_threads", 0, 1024)
+        whole("dataloader_workers", -1, 64)
         _check(_whole(self.seed), f"seed must be a whole number, got {self.seed!r}")
         _check(isinstance(self.lr, (int, float)) and 0 < self.lr <= 10 and math.isfinite(self.lr),
                f"learning rate must be a positive number (typical: 1e-4 to 1e-2), got {self.lr!r}")

@@ -328,7 +328,8 @@ class DDPHelper:
         t = self.t
         plan = shard(order[skip_samples:], self.ctx.rank, self.ctx.world, t.cfg.train.batch_size)
         # its own generator: iterating must not draw from the global RNG (see training_loop._loader)
-        loader = torch.utils.data.DataLoader(t.batches.train_ds, batch_sampler=[b for b, _, _ in plan], num_workers=0,
+        loader = torch.utils.data.DataLoader(t.batches.train_ds, batch_sampler=[b for b, _, _ in plan],
+                                             num_workers=t.speed["dataloader_workers"],
                                              pin_memory=t.device.startswith("cuda"),
                                              generator=torch.Generator().manual_seed(0))
         for (x, y), (_, real, n_global) in zip(loader, plan):

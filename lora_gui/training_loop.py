@@ -65,6 +65,8 @@ def describe_levers(speed: dict) -> str:
     used += [name.replace("_", " ") for name in ("channels_last", "compile") if speed.get(name)]
     used.append("frozen prefix cached" if speed.get("cache_frozen_prefix")
                 else f"no prefix cache ({speed.get('cache_frozen_prefix_note', 'off')})")
+    if speed.get("dataloader_workers"):
+        used.append(f"{speed['dataloader_workers']} data workers" + (", pinned memory" if speed.get("pin_memory") else ""))
     return ", ".join(used)
 
 
@@ -213,10 +215,13 @@ class Trainer:
         is_cnn = not lora._inside_class(self.model, "Attention")
         # channels_last pays off for convolutions on GPUs and in bf16 on CPUs (oneDNN's fast path)
         fast_layout = cuda or amp == "bf16"
+        workers = t.dataloader_workers
+        if workers < 0:
+            workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if cuda else 0
         return {"mixed_precision": amp,
                 "channels_last": t.channels_last == "on" or (t.channels_last == "auto" and fast_layout and is_cnn),
                 "compile": False, "cache_frozen_prefix": False, "decoded_cache": self.cfg.data.cache_mb > 0,
-                "threads": torch.get_num_threads()}
+                "dataloader_workers": workers, "pin_memory": cuda, "threads": torch.get_num_threads()}
 
     def _calibrate_norms(self) -> list[str]:
         # before the prefix cache, which must see the final statistics; on resume too (a
@@ -453,7 +458,7 @@ class Trainer:
         self.model.eval()
         if self.ddp:  # [ddp] each rank its share (the image path: no prefix cache under torchrun)
             val = _loader(self.ddp.val_subset(self.batches.val_ds), self.cfg.train.batch_size,
-                          self.device.startswith("cuda"))
+                          self.device.startswith("cuda"), self.speed["dataloader_workers"])
         else:
             val = self.batches.val()
         loss_sum, correct, seen = 0.0, 0, 0

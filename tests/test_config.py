@@ -70,6 +70,9 @@ BAD_VALUES = [
     (TrainConfig, "compile", "always", "compile"),
     (TrainConfig, "compile", "on", "not supported yet"),
     (TrainConfig, "cache_frozen_prefix", "", "cache_frozen_prefix"),
+    (TrainConfig, "calibrate_norms", "yes", "calibrate_norms"),
+    (TrainConfig, "dataloader_workers", -2, "dataloader workers"),
+    (TrainConfig, "dataloader_workers", 1.5, "dataloader workers"),
 ]
 
 

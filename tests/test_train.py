@@ -5,6 +5,7 @@ coloured images written here, on one CPU thread, so a run takes a second or two.
 """
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -564,3 +565,17 @@ def test_without_validation_images_the_latest_epoch_is_best(data_dir, tmp_path):
     assert len(job.snapshot().epoch_rows) == 3  # no early stopping without validation
     _, meta = read_adapter(job.run.path / "best")
     assert meta.metrics["epoch"] == 3
+
+
+def test_dataloader_workers_decode_in_other_processes_and_runs_repeat(data_dir, tmp_path):
+    """The GPU default (workers) tried on CPU: random crops drawn in 2 worker processes are
+    seeded from the loader's own generator, so two runs give the same metrics; auto = 0 on CPU."""
+    cfg = make_config(data_dir, epochs=1, dataloader_workers=2)
+    a, b = run_job(cfg, tmp_path, "a"), run_job(cfg, tmp_path, "b")
+    assert a.status == b.status == "finished", (a.message, b.message)
+    speed = json.loads(a.run.config_file.read_text())["speed"]
+    assert speed["dataloader_workers"] == 2 and not speed["cache_frozen_prefix"]  # 'light': no cache
+    assert any("2 data workers" in line for line in a.snapshot().log)
+    assert key_metrics(a.run.read_metrics()) == key_metrics(b.run.read_metrics())
+    auto = run_job(make_config(data_dir, epochs=1), tmp_path, "auto")
+    assert json.loads(auto.run.config_file.read_text())["speed"]["dataloader_workers"] == 0
