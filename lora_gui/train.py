@@ -74,6 +74,12 @@ _JOBS: dict[str, "TrainingJob"] = {}
 _JOBS_LOCK = threading.Lock()
 
 
+def register_job(job) -> None:
+    """Make a job that is not a TrainingJob (``torchrun_job.TorchrunJob``) findable by ``get_job``."""
+    with _JOBS_LOCK:
+        _JOBS[job.id] = job
+
+
 def get_job(job_id: str) -> "TrainingJob | None":
     with _JOBS_LOCK:
         return _JOBS.get(job_id)

@@ -3,6 +3,8 @@
 The job runs in the engine's background thread; a ``gr.Timer`` polls its
 snapshot about once a second, so every session stays responsive and a
 reloaded page (job id kept in localStorage) re-attaches to a running job.
+With more than one GPU, a checkbox runs the job under torchrun instead (see
+``torchrun_choice``); the polling below follows either kind of job.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import gradio as gr
 from ..config import ConfigError
 from ..models import ModelError, check_model_available
 from ..train import TrainingJob, get_job
-from . import charts
+from . import charts, torchrun_choice
 from .app import AppContext
 from .fields import FIELD_NAMES, config_from_values
 
@@ -46,9 +48,9 @@ def progress_html(snap) -> str:
             f"<div class='lg-fill' style='width:{pct}%'></div></div></div>")
 
 
-def buttons(status: str | None):
+def buttons(status: str | None, can_pause: bool = True):
     active = status in ("queued", "running", "paused", "stopping")
-    return (gr.Button(interactive=not active), gr.Button(interactive=status == "running"),
+    return (gr.Button(interactive=not active), gr.Button(interactive=status == "running" and can_pause),
             gr.Button(interactive=status == "paused"), gr.Button(interactive=status in ("queued", "running", "paused")))
 
 
@@ -66,6 +68,7 @@ def build_train_tab(ctx: AppContext) -> None:
         seed = gr.Number(value=0, precision=0, label="Seed", info="same seed + data = same result")
     ctx.fields.update(epochs=epochs, batch_size=batch_size, lr=lr, augmentation=augmentation,
                       image_size=image_size, seed=seed)
+    use_all_gpus = torchrun_choice.checkbox()
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="lg-start")
         pause = gr.Button("Pause", interactive=False, elem_id="lg-pause")
@@ -81,6 +84,7 @@ def build_train_tab(ctx: AppContext) -> None:
     timer = gr.Timer(1.0)
 
     def start_job(session, browser, *values):
+        *values, use_all_gpus = values
         if session.dataset is None:
             raise gr.Error("Choose a dataset first: tab 1 · Data (one click: 'Use the example dataset').")
         if session.dataset.report.errors:
@@ -96,19 +100,23 @@ def build_train_tab(ctx: AppContext) -> None:
             raise gr.Error(str(exc)) from None
         if cfg.model.weights == "random":
             gr.Warning("Random starting weights: expect poor accuracy from a few hundred images.")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            job = TrainingJob(cfg, workspace=str(ctx.workspace), dataset=session.dataset, interactive=True).start()
+        if use_all_gpus:
+            job = torchrun_choice.start(cfg, ctx.workspace)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                job = TrainingJob(cfg, workspace=str(ctx.workspace), dataset=session.dataset,
+                                  interactive=True).start()
         session.attach(job)
         session.use_test_source(None)
-        return session, {"job_id": job.id}, *buttons("queued")
+        return session, {"job_id": job.id}, *buttons("queued", torchrun_choice.can_pause(job))
 
     def control(action):
         def handler(session):
             job = session.job()
             if job is not None:
-                getattr(job, action)()
-            return buttons(job.status if job else None)
+                torchrun_choice.control(job, action)
+            return buttons(job.status if job else None, job is None or torchrun_choice.can_pause(job))
         return handler
 
     def poll(session, browser):
@@ -127,11 +135,12 @@ def build_train_tab(ctx: AppContext) -> None:
         session.event_index = count
         figs = ((charts.loss_figure(snap.step_rows, snap.epoch_rows), charts.accuracy_figure(snap.epoch_rows),
                  charts.lr_figure(snap.step_rows)) if changed else (gr.skip(),) * 3)
-        return (session, progress_html(snap), *figs, "\n".join(snap.log), *buttons(snap.status))
+        return (session, progress_html(snap), *figs, "\n".join(snap.log),
+                *buttons(snap.status, torchrun_choice.can_pause(job)))
 
     def wire(demo):
         inputs = [ctx.fields[n] for n in FIELD_NAMES]  # every tab has added its fields by now
-        start.click(start_job, [ctx.session, ctx.browser, *inputs],
+        start.click(start_job, [ctx.session, ctx.browser, *inputs, use_all_gpus],
                     [ctx.session, ctx.browser, start, pause, resume, stop], api_name="start_training")
     ctx.shared.setdefault("on_load", []).append(wire)
     for btn, action in ((pause, "pause"), (resume, "unpause"), (stop, "stop")):
