@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from . import prefix_cache
+from . import norm_calibration, prefix_cache
 from .data import DecodedCache, ImageDataset, build_transform, cache_max_side
 
 CACHEABLE_AUGMENTATIONS = ("none", "flip")
@@ -111,7 +111,7 @@ def calibration_batches(trainer):
     batches ``norm_calibration`` computes BatchNorm statistics from."""
     ds = ImageDataset(trainer.train_samples, build_transform(trainer.data_config, "none", False),
                       decoded_cache(trainer, 0))
-    for x, _ in _loader(ds, trainer.cfg.train.batch_size, False, trainer.speed["dataloader_workers"]):
+    for x, _ in _loader(ds, norm_calibration.BATCH_SIZE, False, trainer.speed["dataloader_workers"]):
         trainer.job.check_controls()
         yield trainer._to_device(x)
 

@@ -23,6 +23,10 @@ from torch import nn
 from .lora import CALIBRATED_NORM
 
 MAX_IMAGES = 1024  # running averages settle long before; bounds the set-up time on big datasets
+# A fixed batch size, not the training one: the average of per-batch variances depends on
+# it, and the statistics must not change with the batch size or the number of processes.
+# Without gradients 16 images take about what 5 take in training.
+BATCH_SIZE = 16
 
 
 def wanted(switch: str, weights: str) -> bool:
@@ -64,6 +68,8 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], forward=None) -
     seen = 0
     try:
         for x in batches:
+            if len(x) < 2:  # a lone last image: BatchNorm refuses one value per channel (1x1 maps)
+                continue
             (forward or model)(x)
             seen += len(x)
             if seen >= MAX_IMAGES:

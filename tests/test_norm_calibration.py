@@ -147,3 +147,10 @@ def test_pretrained_statistics_are_kept_by_default(tmp_path):
     data = write_colour_folder(tmp_path / "data", per_class=4)
     _, cfg = _train(data, tmp_path, "bundled", weights="bundled", model="tf_efficientnet_lite0")
     assert cfg["calibrated_norms"] == []
+
+
+def test_a_lone_last_image_is_left_out_of_the_statistics():
+    model, _ = _resnet()
+    batches = [torch.randn(4, 3, 32, 32), torch.randn(1, 3, 32, 32)]  # 32 px: layer4's maps are 1x1
+    assert norm_calibration.calibrate(model, batches)
+    assert int(model.bn1.num_batches_tracked) == 1
