@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import distributed, lora, norm_calibration
 from .adapters import AdapterMeta, save_adapter
-from .batches import _loader, calibration_batches, epoch_order, make_batches
+from .batches import _loader, calibration_batches, epoch_order, make_batches, release_free_memory
 from .data import Sample, load_dataset, split_dataset
 from .models import build_model, data_config
 from .runs import write_json_atomic
@@ -231,6 +231,7 @@ class Trainer:
         started = time.time()
         with self.autocast():
             names = norm_calibration.calibrate(self.model, calibration_batches(self))
+        release_free_memory()
         if names:
             self.folder.log(f"BatchNorm statistics of {len(names)} frozen norms computed from the training "
                             f"images in {time.time() - started:.1f} s (the starting weights had none)")
