@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed, lora, norm_calibration
+from . import compile_lever, distributed, lora, norm_calibration
 from .adapters import AdapterMeta, save_adapter
 from .batches import _loader, calibration_batches, epoch_order, make_batches, release_free_memory
 from .data import Sample, load_dataset, split_dataset
@@ -176,6 +176,7 @@ class Trainer:
         self.speed["cache_frozen_prefix"] = self.batches.cached
         if why_not:
             self.speed["cache_frozen_prefix_note"] = why_not
+        self._compile()
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum
         self.batches_per_epoch = max(1, math.ceil(len(self.train_samples) / (bs * self.dist.world)))
         self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / accum))
@@ -222,6 +223,26 @@ class Trainer:
                 "channels_last": t.channels_last == "on" or (t.channels_last == "auto" and fast_layout and is_cnn),
                 "compile": False, "cache_frozen_prefix": False, "decoded_cache": self.cfg.data.cache_mb > 0,
                 "dataloader_workers": workers, "pin_memory": cuda, "threads": torch.get_num_threads()}
+
+    def _compile(self) -> None:
+        switch = self.cfg.train.compile
+        if switch != "on":
+            self.speed["compile_note"] = "off in the config" if switch == "off" else \
+                "auto: not used (its compile time outweighed the faster steps where measured)"
+            return
+        if self.dist.enabled:
+            self.speed["compile_note"] = "not used under torchrun"
+            return
+        blocks = compile_lever.trainable_blocks(self.model)
+        if not blocks:
+            self.speed["compile_note"] = "no residual blocks with trainable tensors to compile"
+            return
+        compile_lever.apply(self.model, blocks)
+        failure = compile_lever.warm_up(self, blocks)
+        self.speed["compile"] = not failure
+        if failure:
+            self.speed["compile_note"] = failure
+            self.folder.log(f"{failure}; training without it")
 
     def _calibrate_norms(self) -> list[str]:
         # before the prefix cache, which must see the final statistics; on resume too (a

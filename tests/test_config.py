@@ -68,7 +68,6 @@ BAD_VALUES = [
     (TrainConfig, "mixed_precision", "yes", "mixed_precision"),
     (TrainConfig, "channels_last", True, "channels_last"),
     (TrainConfig, "compile", "always", "compile"),
-    (TrainConfig, "compile", "on", "not supported yet"),
     (TrainConfig, "cache_frozen_prefix", "", "cache_frozen_prefix"),
     (TrainConfig, "calibrate_norms", "yes", "calibrate_norms"),
     (TrainConfig, "dataloader_workers", -2, "dataloader workers"),
