@@ -24,6 +24,8 @@ def _fmt_time(seconds) -> str:
 
 
 def progress_line(snap, width: int = 24) -> str:
+    if not snap.total_steps:  # still setting up (data, model, caches): say what it is doing
+        return f"{snap.status}: {snap.message}"
     filled = int(width * snap.progress)
     loss = snap.step_rows[-1]["loss"] if snap.step_rows else None
     loss_txt = f"loss {loss:.4f}" if loss is not None else "loss -"
