@@ -14,11 +14,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl  # POSIX; on Windows runs are not locked
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 METRIC_FIELDS = ["kind", "epoch", "step", "loss", "lr", "images_per_s", "train_loss", "train_acc",
                  "val_loss", "val_acc", "time"]
@@ -43,9 +49,54 @@ def write_json_atomic(path: Path, data, sort_keys: bool = True) -> None:
             tmp.unlink()
 
 
+class RunBusy(FileExistsError):
+    """Another process is training this run; the message says which."""
+
+
 class RunFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+
+    # one writer at a time ------------------------------------------------------
+    # An flock on <run>/.lock, held while a job trains the run: a second process (a CLI
+    # resume, another app) is refused instead of interleaving metrics and checkpoints.
+    # The kernel drops it when the holder dies, even by SIGKILL, so a crash never leaves
+    # a run locked.
+    def lock(self):
+        """Hold the run until ``unlock(handle)``; raises ``RunBusy`` if another holder has it."""
+        if fcntl is None:
+            return None
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            who = handle.read().strip()
+            handle.close()
+            raise RunBusy(f"{self.path.name} is being trained by another process{f' ({who})' if who else ''}: "
+                          "wait for it to end, or stop it there first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        return handle
+
+    @staticmethod
+    def unlock(handle) -> None:
+        if handle is not None and not handle.closed:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+    def in_use(self) -> bool:
+        """Whether some job (in any process) holds the run now."""
+        if fcntl is None or not (self.path / ".lock").is_file():
+            return False
+        try:
+            self.unlock(self.lock())
+            return False
+        except RunBusy:
+            return True
 
     # paths -----------------------------------------------------------------
     config_file = property(lambda self: self.path / "config.json")

@@ -133,6 +133,7 @@ class TrainingJob:
         if not resume and distributed.context().is_main and run.exists():
             raise FileExistsError(f"{run.path} already holds a run; resume it, or train into a new folder")
         self.run = run.create()
+        self._run_lock = self.run.lock()  # RunBusy here, before anything is written, if in use
         self.id = self.run.path.name
         self.dataset = dataset
         self.interactive = interactive
@@ -335,6 +336,7 @@ class TrainingJob:
                 self.run.update_status(duration_s=round(self._earlier_s + time.time() - started, 1))
             except OSError:
                 pass
+            self.run.unlock(self._run_lock)
             self._done.set()
 
     def _fail(self, kind: str, message: str) -> None:

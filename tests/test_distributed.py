@@ -235,7 +235,7 @@ def test_two_processes_match_one_process_with_twice_the_batch_and_only_rank_0_wr
     # only rank 0 wrote: rank 1's audit hook ran and saw no write, and nothing is there twice
     lines = (tmp_path / "audit.rank1").read_text().splitlines()
     assert lines == ["installed"], lines
-    assert sorted(p.name for p in out.iterdir()) == ["best", "checkpoint.pt", "config.json", "last", "metrics.csv",
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "best", "checkpoint.pt", "config.json", "last", "metrics.csv",
                                                    "split.json", "status.json", "torchrun.log", "train.log"]
     steps = [x["step"] for x in ddp_rows if x["kind"] == "step"]
     assert steps == list(range(1, 17))

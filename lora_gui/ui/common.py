@@ -6,8 +6,9 @@ from gradio.context import Context
 
 from ..export import ExportError
 from ..predict import BAD_INPUT
+from ..runs import RunBusy
 
-ENGINE_ERRORS = BAD_INPUT + (ExportError,)
+ENGINE_ERRORS = BAD_INPUT + (ExportError, RunBusy)
 # Internal UI events stay out of the public API (gradio_client, the 'Use via API' page).
 PRIVATE = {"api_visibility": "private"}
 

@@ -42,7 +42,8 @@ def runs_with_status(workspace) -> list[dict]:
     rows = list_runs(workspace)
     for r in rows:
         if r["status"] in LIVE and str(Path(r["path"]).resolve()) not in live:
-            r["status"] = "interrupted"
+            # a CLI (or another app) may be training it; if nobody holds it, it was killed
+            r["status"] = "running elsewhere" if RunFolder(r["path"]).in_use() else "interrupted"
     return rows
 
 
