@@ -7,6 +7,7 @@ beside it repeats that JSON for people and tools. Reading never unpickles.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -24,6 +25,17 @@ FORMAT = "lora_gui.adapter"
 VERSION = 1
 ADAPTER_FILE = "adapter.safetensors"
 META_FILE = "adapter.json"
+DIGEST_KEY = "lora_gui_sha256"  # safetensors checks its header, not the bytes of the tensors
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes: a flipped bit anywhere changes it."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class AdapterError(ValueError):
@@ -73,7 +85,7 @@ def save_adapter(model: nn.Module, meta: AdapterMeta, out_dir: str | os.PathLike
     text = json.dumps(meta.to_dict(), indent=2)
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     tmp = out / (ADAPTER_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"lora_gui": text})
+    save_file(tensors, str(tmp), metadata={"lora_gui": text, DIGEST_KEY: tensors_digest(tensors)})
     os.replace(tmp, out / ADAPTER_FILE)
     tmp_meta = out / (META_FILE + ".tmp")
     tmp_meta.write_text(text)
@@ -98,12 +110,17 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Adap
     file = resolve_adapter_file(path)
     try:
         with safe_open(str(file), framework="pt") as f:
-            raw = (f.metadata() or {}).get("lora_gui")
+            header = f.metadata() or {}
+        raw, digest = header.get("lora_gui"), header.get(DIGEST_KEY)
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterError(f"{file.name} is damaged or not a safetensors file ({exc})") from None
     if raw is None:
         raise AdapterError(f"{file.name} has no lora_gui metadata: it is not an adapter saved by lora_gui")
+    if digest is not None and digest != tensors_digest(tensors):  # files from before the digest have none
+        raise AdapterError(f"{file} is damaged: its tensor data does not match the checksum saved with it "
+                           "(a partial copy, or a disk error); use the run's other adapter (best/ or last/) "
+                           "or retrain")
     try:
         meta = AdapterMeta.from_dict(json.loads(raw))
     except json.JSONDecodeError:

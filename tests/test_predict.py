@@ -231,3 +231,16 @@ def test_cli_predict_bad_input_exits_2(small, photos, tmp_path, capsys):
         assert cli_predict(_parse(["predict", *argv])) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_a_flipped_byte_in_the_tensor_data_is_caught(small, tmp_path):
+    """safetensors checks its header only; the digest saved beside the metadata covers the tensors."""
+    data = bytearray((small.run_dir / "best" / ADAPTER_FILE).read_bytes())
+    data[-5] ^= 0x01                                             # one bit of the last tensor
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / ADAPTER_FILE).write_bytes(bytes(data))
+    with pytest.raises(AdapterError, match="does not match the checksum"):
+        load_adapter(tmp_path / "bad")
+    with pytest.raises(AdapterError, match="does not match the checksum"):
+        export_adapter(tmp_path / "bad", "merged", tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
