@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workspace", default="runs", help="folder for runs, uploads and exports (default ./runs)")
     p.add_argument("--data", help="open with this dataset folder/archive already loaded")
     p.add_argument("--inbrowser", action="store_true", help="open the page in the desktop's browser")
+    p.add_argument("--keep-uploads-days", type=float, default=7.0, metavar="DAYS",
+                   help="at start, remove uploads, unpacked archives and class-builder folders unchanged for "
+                        "this many days that no run uses (default 7; 0 keeps everything)")
     return p.parse_args(argv)
 
 
@@ -65,6 +68,11 @@ def main(argv=None) -> None:
     port = free_port(args.host, args.port)
     if port != args.port:
         print(f"port {args.port} is taken; using {port}")
+    from lora_gui.workspace_cleanup import clean
+    removed, freed = clean(args.workspace, args.keep_uploads_days)
+    if removed:
+        print(f"removed {len(removed)} old upload/staging folder(s) from {args.workspace} "
+              f"({freed / 2**20:.0f} MB) that no run uses; --keep-uploads-days 0 keeps them")
     demo = build_app(args.workspace, args.data)
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=args.host, server_port=port, share=args.share, auth=auth,
