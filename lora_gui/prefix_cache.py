@@ -4,9 +4,9 @@ When LoRA targets only later blocks, everything before the first trainable
 block gives the same output every epoch (for a deterministic transform), so
 recomputing it is wasted work. A ``PrefixPlan`` finds that boundary block by
 tracing one forward pass; ``compute`` stores each image's input to the
-boundary; during training ``feeding`` swaps the frozen front's heavy modules
-for stubs that return zeros of the right shape and hands the boundary block
-the stored tensor instead. Works on any timm model whose boundary block takes
+boundary; during training ``feeding`` swaps every top-level module of the
+frozen front for a stub that returns zeros of the right shape (broadcast, so
+they cost nothing) and hands the boundary block the stored tensor instead. Works on any timm model whose boundary block takes
 a single tensor; ``plan`` checks that the shortcut reproduces the full model's
 logits and returns ``None`` (with a reason) when it doesn't.
 """
