@@ -89,6 +89,10 @@ def test_first_run_flow(app_server, page):
     assert lines[0] == "Top classes" and lines[1] == "trouser", lines   # the headline is the top class
     page.click("#lg-evaluate")
     page.wait_for_function("document.querySelector('#lg-eval-summary').innerText.includes('ccuracy')", timeout=60_000)
+    summary = page.inner_text("#lg-eval-summary")
+    # the gallery of mistakes is there only when there are mistakes (no empty box)
+    assert (page.locator("#lg-misclassified").count() > 0
+            and page.locator("#lg-misclassified").is_visible()) == (" 0 misclassified" not in summary), summary
     shot(page, "06-test")
 
     open_tab(page, "5 · Export")

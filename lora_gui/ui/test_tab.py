@@ -140,7 +140,9 @@ def on_evaluate(session, progress=gr.Progress()):
             gallery.append((thumb, f"{true} → {pred} {prob:.0%}"))
     if len(result.misclassified) > GALLERY_MAX:
         summary += f" (the {GALLERY_MAX} most confident mistakes are shown)"
-    return summary, _table(result), confusion_figure(result), gallery, session, describe_source(session)
+    # no mistakes: no empty box (the summary already says 0 misclassified)
+    return (summary, _table(result), confusion_figure(result), gr.Gallery(value=gallery, visible=bool(gallery)),
+            session, describe_source(session))
 
 
 # layout -------------------------------------------------------------------------
@@ -163,7 +165,7 @@ def build_test_tab(ctx) -> None:
         table = gr.Dataframe(label="Per class", interactive=False, wrap=True, scale=1)
         plot = gr.Plot(label="Confusion matrix", scale=1, elem_id="lg-confusion")
     gallery = gr.Gallery(label="Misclassified validation images (true → predicted)", columns=5, height="auto",
-                         object_fit="contain", allow_preview=True, elem_id="lg-misclassified")
+                         object_fit="contain", allow_preview=True, elem_id="lg-misclassified", visible=False)
 
     session = ctx.session
     predict_args = dict(fn=on_predict, inputs=[image, session], outputs=[label, session, source_md],
