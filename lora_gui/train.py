@@ -213,7 +213,12 @@ class TrainingJob:
         if self._thread is not None:
             # an Event, not Thread.join: a join interrupted by Ctrl-C leaves the thread looking finished
             # to every later join (CPython), and the CLI would exit mid-stop, before the checkpoint
-            return self._done.wait(timeout)
+            done = self._done.wait(timeout)
+            if done:
+                # setting the event is the thread's last act; let it end, so no native code of
+                # it (a process group's, a BLAS pool's) still runs when the interpreter exits
+                self._thread.join(5)
+            return done
         return self.status in FINAL_STATUSES
 
     def _write_status(self, status: str, message: str) -> None:

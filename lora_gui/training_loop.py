@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import compile_lever, distributed, lora, norm_calibration
+from . import distributed, lora, norm_calibration, speed_levers
 from .adapters import AdapterMeta, save_adapter
 from .batches import _loader, calibration_batches, epoch_order, make_batches, release_free_memory
 from .data import Sample, load_dataset, split_dataset
@@ -45,29 +45,6 @@ def device_for(name: str) -> str:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise TrainingFailed("device 'mps' was asked for but Apple's GPU is not available; use 'auto' or 'cpu'")
     return name
-
-
-def cpu_has_fast_bf16() -> bool:
-    """bf16 matrix units (AVX512-BF16 or AMX) on this CPU, so autocast to bf16 is a speed-up."""
-    if os.environ.get("LORA_GUI_NO_CPU_BF16"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def describe_levers(speed: dict) -> str:
-    """The speed levers in use, in a few words for the log."""
-    used = [speed["mixed_precision"] if speed["mixed_precision"] != "off" else "fp32"]
-    used += [name.replace("_", " ") for name in ("channels_last", "compile") if speed.get(name)]
-    used.append("frozen prefix cached" if speed.get("cache_frozen_prefix")
-                else f"no prefix cache ({speed.get('cache_frozen_prefix_note', 'off')})")
-    if speed.get("dataloader_workers"):
-        used.append(f"{speed['dataloader_workers']} data workers" + (", pinned memory" if speed.get("pin_memory") else ""))
-    return ", ".join(used)
 
 
 def seed_everything(seed: int) -> None:
@@ -164,7 +141,7 @@ class Trainer:
         if self.job.resume:
             lora.inject_lora(self.model, cfg.lora, self.layers)
         self.data_config = data_config(self.model, cfg.model.image_size)
-        self.speed = self._choose_levers()
+        self.speed = speed_levers.choose(self)
         self.model.to(self.device)
         if self.speed["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
@@ -176,7 +153,7 @@ class Trainer:
         self.speed["cache_frozen_prefix"] = self.batches.cached
         if why_not:
             self.speed["cache_frozen_prefix_note"] = why_not
-        self._compile()
+        speed_levers.compile_if_asked(self)
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum
         self.batches_per_epoch = max(1, math.ceil(len(self.train_samples) / (bs * self.dist.world)))
         self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / accum))
@@ -201,48 +178,7 @@ class Trainer:
         trainable, total = lora.count_parameters(self.model)
         run.log(f"{len(self.train_samples)} train / {len(self.val_samples)} val images, {len(self.classes)} classes; "
                 f"{len(self.layers)} LoRA layers; {trainable:,} of {total:,} parameters trainable; "
-                f"device {self.device}, {threads} threads; {describe_levers(self.speed)}")
-
-    def _choose_levers(self) -> dict:
-        t = self.cfg.train
-        cuda = self.device.startswith("cuda")
-        cpu_bf16 = self.device == "cpu" and cpu_has_fast_bf16()
-        if t.mixed_precision == "off" or (t.mixed_precision == "auto" and not (cuda or cpu_bf16)):
-            amp = "off"
-        elif cuda:
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            amp = "bf16"  # CPUs with bf16 units run it ~1.6x faster; forced on for other CPUs / MPS
-        is_cnn = not lora._inside_class(self.model, "Attention")
-        # channels_last pays off for convolutions on GPUs and in bf16 on CPUs (oneDNN's fast path)
-        fast_layout = cuda or amp == "bf16"
-        workers = t.dataloader_workers
-        if workers < 0:
-            workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if cuda else 0
-        return {"mixed_precision": amp,
-                "channels_last": t.channels_last == "on" or (t.channels_last == "auto" and fast_layout and is_cnn),
-                "compile": False, "cache_frozen_prefix": False, "decoded_cache": self.cfg.data.cache_mb > 0,
-                "dataloader_workers": workers, "pin_memory": cuda, "threads": torch.get_num_threads()}
-
-    def _compile(self) -> None:
-        switch = self.cfg.train.compile
-        if switch != "on":
-            self.speed["compile_note"] = "off in the config" if switch == "off" else \
-                "auto: off (measured slower on CPU, with its compile time on top; not measured on a GPU)"
-            return
-        if self.dist.enabled:
-            self.speed["compile_note"] = "not used under torchrun"
-            return
-        blocks = compile_lever.trainable_blocks(self.model)
-        if not blocks:
-            self.speed["compile_note"] = "no residual blocks with trainable tensors to compile"
-            return
-        compile_lever.apply(self.model, blocks)
-        failure = compile_lever.warm_up(self, blocks)
-        self.speed["compile"] = not failure
-        if failure:
-            self.speed["compile_note"] = failure
-            self.folder.log(f"{failure}; training without it")
+                f"device {self.device}, {threads} threads; {speed_levers.describe(self.speed)}")
 
     def _calibrate_norms(self) -> list[str]:
         # before the prefix cache, which must see the final statistics; on resume too (a
