@@ -471,6 +471,7 @@ def launch_torchrun(config, run_dir, nproc: int, *, extra: list[str] | None = No
     root = str(Path(__file__).resolve().parents[1])
     e = dict(os.environ if env is None else env)
     e["PYTHONPATH"] = root + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e.setdefault("PYTHONFAULTHANDLER", "1")  # a process that crashes natively leaves its Python stacks here
     log = open(run_dir / "torchrun.log", "ab")
     try:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=e, cwd=root,
