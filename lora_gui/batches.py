@@ -122,27 +122,31 @@ def compute_batch_size(device: str) -> int:
     return 8 if device == "cpu" else 64
 
 
-def calibration_batches(trainer):
-    """Training images as validation sees them (no augmentation), on the device: the
-    batches ``norm_calibration`` computes BatchNorm statistics from."""
-    ds = ImageDataset(trainer.train_samples, build_transform(trainer.data_config, "none", False),
-                      decoded_cache(trainer, 0))
-    for x, _ in _loader(ds, norm_calibration.BATCH_SIZE, False, trainer.speed["dataloader_workers"]):
+def _plain_dataset(trainer, samples) -> ImageDataset:
+    """Images as validation sees them (no augmentation), shrunk as training's are, nothing kept."""
+    return ImageDataset(samples, build_transform(trainer.data_config, "none", False), decoded_cache(trainer, 0))
+
+
+def _plain_batches(trainer, samples, batch_size: int):
+    """The set-up passes' batches, on the device; stop and pause act between them."""
+    for x, _ in _loader(_plain_dataset(trainer, samples), batch_size, False, trainer.speed["dataloader_workers"]):
         trainer.job.check_controls()
         yield trainer._to_device(x)
+
+
+def calibration_batches(trainer):
+    """The training images the BatchNorm statistics are computed from (``norm_calibration``)."""
+    return _plain_batches(trainer, trainer.train_samples, norm_calibration.BATCH_SIZE)
 
 
 def _compute(trainer, plan, samples, flip_views: bool, dtype: torch.dtype) -> torch.Tensor:
     """(views, N, *sample_shape): filled in place, batch by batch, so the peak is the cache
     itself plus one batch's activations, not a list of pieces and their concatenation."""
-    ds = ImageDataset(samples, build_transform(trainer.data_config, "none", False), decoded_cache(trainer, 0))
     views = 2 if flip_views else 1
     out = torch.empty((views, len(samples), *plan.sample_shape), dtype=dtype)
     trainer.model.eval()
     start = 0
-    for x, _ in _loader(ds, compute_batch_size(trainer.device), False, trainer.speed["dataloader_workers"]):
-        trainer.job.check_controls()
-        x = trainer._to_device(x)
+    for x in _plain_batches(trainer, samples, compute_batch_size(trainer.device)):
         with trainer.autocast():
             out[0, start:start + len(x)] = plan.capture(trainer.model, x)
             if flip_views:
@@ -161,8 +165,7 @@ def make_batches(trainer):
         return ImageBatches(trainer), "not used under torchrun (each rank decodes its own images)"
     if cfg.data.augmentation not in CACHEABLE_AUGMENTATIONS:
         return ImageBatches(trainer), f"augmentation '{cfg.data.augmentation}' changes images every epoch"
-    probe = ImageDataset((trainer.train_samples + trainer.val_samples)[:4],
-                         build_transform(trainer.data_config, "none", False), decoded_cache(trainer, 0))
+    probe = _plain_dataset(trainer, (trainer.train_samples + trainer.val_samples)[:4])
     example = trainer._to_device(torch.stack([probe[i][0] for i in range(len(probe))]))
     plan = prefix_cache.plan(trainer.model, example, trainer.autocast)
     if plan.reason:
