@@ -28,7 +28,7 @@ from . import distributed
 from .config import RunConfig
 from .run_follower import SECOND_HAND, MetricsFollower, file_tail, planned_steps, torchrun_failure
 from .runs import FINAL_STATUSES, RunFolder, new_run_id
-from .train import DEVICE_QUEUE, DeviceQueue, JobSnapshot, TrainingFailed, _one_line, register_job
+from .train import DEVICE_QUEUE, DeviceQueue, JobSnapshot, JobState, TrainingFailed, _one_line, register_job
 
 PROCESSES_ENV = "LORA_GUI_PROCESSES"
 POLL_S = 0.5
@@ -56,7 +56,7 @@ def offered_processes() -> int:
     return local_gpu_count()
 
 
-class TorchrunJob:
+class TorchrunJob(JobState):
     """``torchrun`` with ``processes`` processes training ``config`` into a new run folder."""
 
     can_pause = False
@@ -91,19 +91,17 @@ class TorchrunJob:
         self.queue, self.env = queue, env
         self.failure_kind = ""
         self.proc = None
-        self._lock = threading.Lock()
+        self._init_state()  # status, message and events; rows are added as rank 0 writes them
         self._stop = threading.Event()  # DeviceQueue.acquire gives up its place when this is set
         self._stop_at = 0.0
         self._wake = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
-        self._status, self._message = "queued", "waiting to start"
         self._epoch = self._step = self._total = 0
         self._metrics = MetricsFollower(self.run.metrics_file)
         self._eta: float | None = None
         self._step_rows: list[dict] = []
         self._epoch_rows: list[dict] = []
-        self._events: list[dict] = []  # status changes and metric rows, in order (see events_since)
         self._worker_status: dict = {}  # rank 0's status.json as last read
         register_job(self)
 
@@ -139,20 +137,6 @@ class TorchrunJob:
         return self._done.wait(timeout) if self._thread is not None else self.status in FINAL_STATUSES
 
     # what viewers read -----------------------------------------------------------
-    @property
-    def status(self) -> str:
-        with self._lock:
-            return self._status
-
-    @property
-    def message(self) -> str:
-        with self._lock:
-            return self._message
-
-    def events_since(self, index: int) -> tuple[list[dict], int]:
-        with self._lock:
-            return list(self._events[index:]), len(self._events)
-
     def snapshot(self, last_steps: int = 2000) -> JobSnapshot:
         log = self.run.log_tail(12)  # file I/O outside the lock
         with self._lock:
@@ -168,10 +152,10 @@ class TorchrunJob:
         return snap
 
     def _set(self, status: str, message: str) -> None:  # caller holds the lock
+        # the follower re-reads rank 0's status every poll: record only what changed
         message = _one_line(message)
         if (status, message) != (self._status, self._message):
-            self._status, self._message = status, message
-            self._events.append({"kind": "status", "status": status, "message": message, "time": time.time()})
+            super()._set(status, message)
 
     # the thread ------------------------------------------------------------------
     def _main(self) -> None:

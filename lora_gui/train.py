@@ -115,7 +115,35 @@ class JobSnapshot:
         return self.status in FINAL_STATUSES
 
 
-class TrainingJob:
+class JobState:
+    """What viewers read of any job (this one, ``torchrun_job.TorchrunJob``): a status, its
+    message and the ordered events (status changes and metric rows), behind one lock."""
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._status, self._message = "queued", "waiting to start"
+        self._events: list[dict] = []
+
+    @property
+    def status(self) -> str:
+        with self._lock:
+            return self._status
+
+    @property
+    def message(self) -> str:
+        with self._lock:
+            return self._message
+
+    def events_since(self, index: int) -> tuple[list[dict], int]:
+        with self._lock:
+            return list(self._events[index:]), len(self._events)
+
+    def _set(self, status: str, message: str) -> None:  # caller holds the lock
+        self._status, self._message = status, message
+        self._events.append({"kind": "status", "status": status, "message": message, "time": time.time()})
+
+
+class TrainingJob(JobState):
     """A run in a background thread. ``start()`` returns at once; poll ``snapshot()``.
 
     ``dataset`` may be a ``data.Dataset`` already loaded (the UI has one); the
@@ -139,17 +167,14 @@ class TrainingJob:
         self.interactive = interactive
         self.resume = resume
         self.queue = queue
-        self._lock = threading.Lock()
+        self._init_state()
         self._stop = threading.Event()
         self._unpaused = threading.Event()
         self._unpaused.set()
-        self._status = "queued"
-        self._message = "waiting to start"
         self._epoch = self._step = self._total = 0
         self._eta: float | None = None
         self._step_rows: list[dict] = []
         self._epoch_rows: list[dict] = []
-        self._events: list[dict] = []
         self._thread: threading.Thread | None = None
         self._done = threading.Event()  # set as the thread's last act (see wait)
         self._paused_s = 0.0  # time spent paused, left out of the ETA
@@ -228,20 +253,6 @@ class TrainingJob:
             pass  # the in-memory status is what viewers poll; the file catches up later
 
     # state for the loop and the viewers -----------------------------------------
-    @property
-    def status(self) -> str:
-        with self._lock:
-            return self._status
-
-    @property
-    def message(self) -> str:
-        with self._lock:
-            return self._message
-
-    def _set(self, status: str, message: str) -> None:  # caller holds the lock
-        self._status, self._message = status, message
-        self._events.append({"kind": "status", "status": status, "message": message, "time": time.time()})
-
     def set_status(self, status: str, message: str) -> None:
         message = _one_line(message)
         with self._lock:
@@ -262,10 +273,6 @@ class TrainingJob:
         with self._lock:
             (self._step_rows if row["kind"] == "step" else self._epoch_rows).append(row)
             self._events.append(row)
-
-    def events_since(self, index: int) -> tuple[list[dict], int]:
-        with self._lock:
-            return list(self._events[index:]), len(self._events)
 
     def check_controls(self) -> None:
         """Called by the loop between batches: honours pause and stop."""
