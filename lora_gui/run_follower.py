@@ -75,11 +75,17 @@ def torchrun_failure(text: str, returncode: int) -> tuple[str, str]:
         return (f"rank {rank}: {cause}" if rank else cause), kind
     if "Root Cause" not in text:
         return f"torchrun exited with code {returncode}", "training"
-    root = text[text.rindex("Root Cause"):]
-    trace = _summary_field(root, "traceback")  # e.g. 'Signal 9 (SIGKILL) received by PID 123'
+    # The summary lists every failed process; its 'root cause' is only the first torchrun
+    # observed, which can be a rank that merely exited (code 1) on losing its peer a moment
+    # before torchrun saw the peer's own death. A process killed by a signal is the cause.
+    summary = text[text.rfind("Failures:") if "Failures:" in text else text.rindex("Root Cause"):]
+    entries = re.split(r"^\[\d+\]:\s*$", summary, flags=re.M)[1:]
+    killed = [e for e in entries if _summary_field(e, "exitcode").startswith("-")]
+    entry = killed[0] if killed else text[text.rindex("Root Cause"):]
+    trace = _summary_field(entry, "traceback")  # e.g. 'Signal 9 (SIGKILL) received by PID 123'
     if trace.startswith(("To enable", "?")):
-        trace = f"exit code {_summary_field(root, 'exitcode').split()[0]}"
-    return f"process rank {_summary_field(root, 'rank').split()[0]} of the run failed: {trace}", "training"
+        trace = f"exit code {_summary_field(entry, 'exitcode').split()[0]}"
+    return f"process rank {_summary_field(entry, 'rank').split()[0]} of the run failed: {trace}", "training"
 
 
 def _summary_field(summary: str, name: str) -> str:
