@@ -58,6 +58,7 @@ def make_image_folder(tmp_path):
 # --------------------------------------------------------------------------- #
 # A real launched app and a real browser, for the app-level tests
 # --------------------------------------------------------------------------- #
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
@@ -86,14 +87,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory):
-    """``python app.py`` in a subprocess on a free port; yields (url, workspace)."""
-    workspace = tmp_path_factory.mktemp("app-workspace")
+@contextlib.contextmanager
+def launched_app(workspace: Path, env: dict | None = None, stop_wait: float = 10):
+    """``python app.py`` in a subprocess on a free port, until the block ends; yields its url."""
     port = _free_port()
     log = open(workspace.parent / f"app-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), "--workspace",
-                             str(workspace)], cwd=workspace, env=offline_env(), stdout=log,
+                             str(workspace)], cwd=workspace, env=env or offline_env(), stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -109,13 +109,35 @@ def app_server(tmp_path_factory):
             log.close()
             raise RuntimeError("the app did not start:\n" + Path(log.name).read_text()[-3000:])
         time.sleep(0.5)
-    yield url, workspace
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(stop_wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def torchrun_rank(torchrun_pid: int, rank: str):
+    """The worker process of ``rank`` under a running torchrun (a psutil.Process), or None."""
+    import psutil
+    for child in psutil.Process(torchrun_pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == rank and "lora_gui" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The app on a free port for the session; yields (url, workspace)."""
+    workspace = tmp_path_factory.mktemp("app-workspace")
+    with launched_app(workspace) as url:
+        yield url, workspace
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import torchrun_rank
 from lora_gui import distributed
 from lora_gui.adapters import read_adapter
 from lora_gui.config import RunConfig
@@ -260,16 +261,6 @@ def uninterrupted(data_dir, tmp_path_factory) -> Path:
     return out
 
 
-def _worker(torchrun_proc: psutil.Process, rank: str) -> psutil.Process | None:
-    for child in torchrun_proc.children(recursive=True):
-        try:
-            if child.environ().get("RANK") == rank and "lora_gui" in " ".join(child.cmdline()):
-                return child
-        except psutil.Error:
-            continue
-    return None
-
-
 def test_killing_a_rank_ends_the_job_then_the_run_resumes_in_1_or_2_processes(data_dir, tmp_path, uninterrupted):
     out = tmp_path / "runs" / "killed"
     proc = subprocess.Popen(torchrun(2, *KILL_ARGS, "--data", data_dir, "--out", out), env=env(), cwd=str(ROOT),
@@ -292,7 +283,7 @@ def test_killing_a_rank_ends_the_job_then_the_run_resumes_in_1_or_2_processes(da
                 break  # a very fast machine: take what there is
             time.sleep(0.01)
         assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-3000:]}"
-        victim = _worker(psutil.Process(proc.pid), "1")
+        victim = torchrun_rank(proc.pid, "1")
         assert victim is not None
         killed_at = time.time()
         victim.send_signal(signal.SIGKILL)

@@ -11,8 +11,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import types
@@ -21,7 +19,7 @@ import urllib.request
 import psutil
 import pytest
 import torch
-from conftest import REPO, _free_port, offline_env, write_colour_folder
+from conftest import launched_app, offline_env, torchrun_rank, write_colour_folder
 
 from lora_gui.adapters import read_adapter
 from lora_gui.config import RunConfig
@@ -165,20 +163,10 @@ def _processes_of(job) -> list:
     return out
 
 
-def _rank_process(torchrun_pid: int, rank: str):
-    for child in psutil.Process(torchrun_pid).children(recursive=True):
-        try:
-            if child.environ().get("RANK") == rank and "lora_gui" in " ".join(child.cmdline()):
-                return child
-        except psutil.Error:
-            continue
-    return None
-
-
 def test_a_crashed_rank_fails_the_job_with_torchruns_summary(data_dir, tmp_path):
     job = job_for(config(data_dir, epochs=60), tmp_path, "crashed").start()
     wait_until(lambda: job.snapshot().step >= 3, 90, "training steps")
-    _rank_process(job.proc.pid, "1").send_signal(signal.SIGKILL)
+    torchrun_rank(job.proc.pid, "1").send_signal(signal.SIGKILL)
     assert job.wait(60), "a dead rank must end the job, not hang it"
     snap = job.snapshot()
     print(f"\ncrashed rank: {snap.message}")
@@ -193,31 +181,9 @@ def test_a_crashed_rank_fails_the_job_with_torchruns_summary(data_dir, tmp_path)
 @pytest.fixture(scope="module")
 def two_process_app(tmp_path_factory):
     workspace = tmp_path_factory.mktemp("torchrun-app")
-    port = _free_port()
-    log = open(workspace.parent / f"app-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), "--workspace", str(workspace)],
-                            cwd=workspace, env=dict(offline_env(), **{PROCESSES_ENV: "2"}), stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(url) or proc.poll() is not None, 120, "the app to start")
-        assert proc.poll() is None, open(log.name).read()[-3000:]
+    # stop_wait: on SIGTERM the app stops its torchrun runs, which save first
+    with launched_app(workspace, dict(offline_env(), **{PROCESSES_ENV: "2"}), stop_wait=20) as url:
         yield url, workspace
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def test_the_app_trains_with_two_processes_when_the_box_is_ticked(two_process_app, data_dir):
@@ -260,3 +226,38 @@ def test_the_train_tab_turns_pause_off_for_a_torchrun_job(data_dir, tmp_path):
     job = job_for(config(data_dir), tmp_path, "not-started")
     assert buttons("running")[1].interactive is True  # a one-process job pauses
     assert buttons("running", torchrun_choice.can_pause(job))[1].interactive is False
+
+
+SUMMARY = """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+lora_gui FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-01_22:09:06
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 30326)  (SIGKILL)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 30326
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-01_22:09:06
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 30325)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+============================================================
+"""
+
+
+def test_the_killed_rank_is_named_even_when_torchrun_saw_its_peer_exit_first():
+    """torchrun's 'root cause' is the first exit it observed: here rank 0, which only left because
+    rank 1 was killed (the summary torchrun printed in such a run, shortened)."""
+    from lora_gui.run_follower import torchrun_failure
+    assert torchrun_failure(SUMMARY, 1) == (
+        "process rank 1 of the run failed: Signal 9 (SIGKILL) received by PID 30326", "training")
+    only_root = SUMMARY[:SUMMARY.index("Failures:")] + SUMMARY[SUMMARY.index("Root Cause"):]
+    assert torchrun_failure(only_root, 1) == ("process rank 0 of the run failed: exit code 1", "training")
