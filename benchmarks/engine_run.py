@@ -18,12 +18,23 @@ import time
 from pathlib import Path
 
 import torch
-
-from reference_loop import median_after, peak_memory_mb, resolve_device, rss_mb, time_calls
+from reference_loop import (
+    median_after,
+    peak_memory_mb,
+    resolve_device,
+    rss_mb,
+    time_calls,
+)
 
 
 def _config(spec: dict, epochs: int):
-    from lora_gui.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
+    from lora_gui.config import (
+        DataConfig,
+        LoraConfig,
+        ModelConfig,
+        RunConfig,
+        TrainConfig,
+    )
     train = {"epochs": epochs, "batch_size": spec["batch_size"]}
     if spec["device"] != "auto":
         train["device"] = spec["device"]
@@ -43,7 +54,7 @@ def _epochs_for(spec: dict) -> tuple[int, int | None]:
 
 def _train(spec: dict, workspace: Path, name: str, dataset, epochs: int, limit: int | None, **job_kw):
     """Run a job to its end (or ``limit`` steps); returns (job, snapshot, seconds)."""
-    from lora_gui.train import TrainingJob
+    from lora_gui.jobs.training_job import TrainingJob
     job = TrainingJob(_config(spec, epochs), workspace=str(workspace), run_dir=str(workspace / name),
                       dataset=dataset, **job_kw)
     cpu_marks, record = [], job.record
@@ -65,10 +76,10 @@ def _train(spec: dict, workspace: Path, name: str, dataset, epochs: int, limit: 
 def _predictor(run_dir: Path, device: str):
     """predict(path) with the exported adapter; falls back to the model when the API is missing."""
     try:
-        from lora_gui.export import load_adapter, predict
+        from lora_gui.inference.predict import load_adapter, predict
     except ImportError:
         try:
-            from lora_gui.predict import load_adapter, predict
+            from lora_gui.inference.predict import load_adapter, predict
         except ImportError:
             return None, "unavailable"
     loaded = load_adapter(str(run_dir), device=device)
@@ -76,8 +87,8 @@ def _predictor(run_dir: Path, device: str):
 
 
 def run(spec: dict) -> dict:
-    import lora_gui.training_loop  # noqa: F401  imported before the clock starts, as for the reference
-    from lora_gui.train import preflight
+    import lora_gui.training.loop  # noqa: F401  imported before the clock starts, as for the reference
+    from lora_gui.jobs.training_job import preflight
     device = resolve_device(spec["device"])
     workspace = Path(spec["workspace"])
     baseline = rss_mb()
@@ -152,8 +163,8 @@ def _rebuild(spec: dict, layers):
     import warnings
 
     from lora_gui import lora
+    from lora_gui.backbones.build import build_model
     from lora_gui.config import LoraConfig, ModelConfig
-    from lora_gui.models import build_model
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*random weights")
         model = build_model(ModelConfig(name=spec["model"], weights=spec["weights"],
@@ -163,7 +174,7 @@ def _rebuild(spec: dict, layers):
 
 
 def _predict_while_training(spec, workspace, dataset, predict_one, paths) -> dict:
-    from lora_gui.train import TrainingJob
+    from lora_gui.jobs.training_job import TrainingJob
     job = TrainingJob(_config(spec, 1000), workspace=str(workspace), run_dir=str(workspace / "background"),
                       dataset=dataset, interactive=True).start()
     try:
@@ -209,8 +220,8 @@ def _op_table(prof, gpu: bool) -> str:
 def profile(spec: dict) -> dict:
     """Per-step phase times (data / forward / backward / optimizer / other) and the
     top operators (torch.profiler inside the training thread) of the engine's loop."""
-    from lora_gui import training_loop as tl
-    from lora_gui.train import TrainingJob, preflight
+    from lora_gui.jobs.training_job import TrainingJob, preflight
+    from lora_gui.training import loop as tl
     workspace = Path(spec["workspace"])
     dataset = preflight(_config(spec, 1), str(workspace))
     # Trainer methods timed on their own: phase name -> method (skipped when the engine has none)
@@ -250,7 +261,7 @@ def profile(spec: dict) -> dict:
             setattr(obj, name, make(orig))
             patched.append((obj, name, orig))
 
-    for module in (tl, _optional("lora_gui.batches")):  # wherever the engine builds its DataLoaders
+    for module in (tl, _optional("lora_gui.training.batches")):  # wherever the engine builds its DataLoaders
         patch(module, "_loader", lambda orig: lambda *a, **k: TimedLoader(orig(*a, **k)))
 
     def build(orig):

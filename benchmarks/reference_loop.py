@@ -79,9 +79,9 @@ def build(spec: dict):
     import warnings
 
     from lora_gui import lora
+    from lora_gui.backbones.build import build_model
     from lora_gui.config import LoraConfig as EngineLoraConfig
     from lora_gui.config import ModelConfig
-    from lora_gui.models import build_model
     torch.manual_seed(spec["seed"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*random weights")

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message says which and what to do."""
+from .errors import ConfigError
 
 
 def _check(cond: bool, message: str) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_gui.archives import place_uploads, safe_parts
-from lora_gui.data import ArchiveLimits, DataError, load_dataset
+from lora_gui.data.archives import ArchiveLimits, place_uploads, safe_parts
+from lora_gui.data.sources import load_dataset
+from lora_gui.errors import DataError
 
 LAYOUT = [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
 

@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_colour_folder
+
 from lora_gui import cli
-from lora_gui.config import ConfigError, RunConfig, load_preset
-from lora_gui.runs import RunFolder
-from lora_gui.train import DeviceQueue, TrainingJob
+from lora_gui.cli.train_command import build_config
+from lora_gui.config import RunConfig, load_preset
+from lora_gui.errors import ConfigError
+from lora_gui.jobs.device_queue import DeviceQueue
+from lora_gui.jobs.training_job import TrainingJob
+from lora_gui.store.run_folder import RunFolder
 
 warnings.filterwarnings("ignore", message=".*random weights.*")
 
@@ -187,9 +190,9 @@ def test_the_three_presets_exist():
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_every_preset_loads_and_its_targets_exist(path):
+    from lora_gui.backbones.build import build_model
     from lora_gui.config import ModelConfig
-    from lora_gui.lora import resolve_targets
-    from lora_gui.models import build_model
+    from lora_gui.lora.targets import resolve_targets
     raw = json.loads(path.read_text())
     assert set(raw) == {"name", "description", "config"} and set(raw["config"]) == {"model", "lora", "data", "train"}
     cfg, meta = load_preset(path)
@@ -239,14 +242,14 @@ def test_preset_is_applied_and_flags_override_it(data_dir, tmp_path, capsys):
     base, _ = load_preset(preset)
     args = cli.parser().parse_args(["train", "--preset", str(preset), "--data", str(data_dir), "--rank", "2",
                                     "--epochs", "1", "--image-size", "64", "--lr", "0.01"])
-    cfg = cli.build_config(args)
+    cfg = build_config(args)
     assert (cfg.lora.rank, cfg.train.epochs, cfg.model.image_size, cfg.train.lr) == (2, 1, 64, 0.01)
     assert cfg.lora.alpha == base.lora.alpha  # not given: the preset's
     assert (cfg.model.name, cfg.model.weights, cfg.lora.targets) == (base.model.name, base.model.weights,
                                                                      base.lora.targets)
     assert (cfg.train.warmup_fraction, cfg.train.batch_size) == (base.train.warmup_fraction, base.train.batch_size)
     # another model than the preset's: its weights come from the hub unless --weights says otherwise
-    other = cli.build_config(cli.parser().parse_args(["train", "--preset", str(preset), "--model", "resnet18"]))
+    other = build_config(cli.parser().parse_args(["train", "--preset", str(preset), "--model", "resnet18"]))
     assert (other.model.name, other.model.weights) == ("resnet18", "hub")
 
     # end to end: a real (short) run from the preset records the merged config
@@ -329,7 +332,7 @@ def test_sigkill_then_resume_continues_without_duplicates(tmp_path):
                            queue=DeviceQueue()).start()
     assert baseline.wait(120) and baseline.status == "finished", baseline.message
     assert key_metrics(rows) == key_metrics(baseline.run.read_metrics())
-    from lora_gui.adapters import read_adapter
+    from lora_gui.store.adapter_file import read_adapter
     a, _ = read_adapter(out / "last")
     b, _ = read_adapter(baseline.run.path / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -5,12 +5,12 @@ import json
 import warnings
 
 import pytest
-
-from lora_gui import compile_lever
-from lora_gui.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
-from lora_gui.train import DeviceQueue, TrainingJob
-
 from conftest import write_colour_folder
+
+from lora_gui.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
+from lora_gui.jobs.device_queue import DeviceQueue
+from lora_gui.jobs.training_job import TrainingJob
+from lora_gui.training import compile_lever
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from lora_gui.config import (
-    ConfigError,
     DataConfig,
     LoraConfig,
     ModelConfig,
@@ -16,6 +15,7 @@ from lora_gui.config import (
     TrainConfig,
     load_preset,
 )
+from lora_gui.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

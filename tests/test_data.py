@@ -11,10 +11,24 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_gui.data import (MAX_IMAGE_PIXELS, ClassBuilder, DataError, DecodedCache, ImageDataset,
-                           build_transform, cache_max_side, class_distribution_figure,
-                           dataset_from_files, example_dataset_path, gallery_items, load_dataset,
-                           load_rgb, split_counts, split_dataset)
+from lora_gui.data.class_builder import ClassBuilder
+from lora_gui.data.images import (
+    MAX_IMAGE_PIXELS,
+    DecodedCache,
+    ImageDataset,
+    build_transform,
+    cache_max_side,
+    load_rgb,
+)
+from lora_gui.data.sources import (
+    dataset_from_files,
+    example_dataset_path,
+    gallery_items,
+    load_dataset,
+)
+from lora_gui.data.split import split_counts, split_dataset
+from lora_gui.errors import DataError
+from lora_gui.ui.charts import class_distribution_figure
 
 
 def by_path(ds):
@@ -299,7 +313,7 @@ def test_image_dataset_and_example(tmp_path):
     x, y = images[0]
     assert x.shape == (3, 96, 96) and y == val[0].label and len(images) == 24
     assert images[0][0].shape == (3, 96, 96) and cache.hits == 1
-    fig = class_distribution_figure(ds)
+    fig = class_distribution_figure(ds.class_counts())
     assert list(fig.data[0].x) == ds.classes and list(fig.data[0].y) == [30] * 4
     stacked = class_distribution_figure(split_counts(train, val, ds.classes))
     assert [t.name for t in stacked.data] == ["train", "validation"]

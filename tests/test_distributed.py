@@ -24,14 +24,16 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from conftest import torchrun_rank
 from PIL import Image
 
-from conftest import torchrun_rank
-from lora_gui import distributed
-from lora_gui.adapters import read_adapter
 from lora_gui.config import RunConfig
-from lora_gui.runs import RunFolder
-from lora_gui.train import DeviceQueue, TrainingJob
+from lora_gui.jobs import torchrun_launch
+from lora_gui.jobs.device_queue import DeviceQueue
+from lora_gui.jobs.training_job import TrainingJob
+from lora_gui.store.adapter_file import read_adapter
+from lora_gui.store.run_folder import RunFolder
+from lora_gui.training import distributed, schedule
 
 warnings.filterwarnings("ignore", message=".*random weights.*")
 
@@ -157,10 +159,10 @@ def test_shard_gives_every_rank_the_same_steps_and_each_global_batch_exactly(n, 
 
 def test_a_world_size_change_maps_the_schedule_onto_the_new_steps():
     # 2 ranks: 30 steps in all; after 10, 1 rank takes 45 more: the rate is continuous and ends at 0
-    from lora_gui.training_loop import cosine_with_warmup
+    from lora_gui.training.schedule import cosine_with_warmup
     base = cosine_with_warmup(30, 3)
-    knots = [[10, distributed.virtual_step(10, []), (30 - 10) / 45]]
-    f = distributed.scheduled(base, knots)
+    knots = [[10, schedule.virtual_step(10, []), (30 - 10) / 45]]
+    f = schedule.scheduled(base, knots)
     assert f(10) == pytest.approx(base(10)) and f(55) == pytest.approx(base(30))
     values = [f(s) for s in range(10, 56)]
     assert all(a >= b for a, b in zip(values, values[1:]))  # still decaying, no jump
@@ -197,7 +199,7 @@ def test_two_processes_match_one_process_with_twice_the_batch_and_only_rank_0_wr
                   "grad_clip": 1.0, "num_threads": 1, "seed": 3, "mixed_precision": "off"}})
     t0 = time.time()
     # the engine's launcher: torchrun --standalone --nproc_per_node=2 -m lora_gui train --config-json ... --out
-    proc = distributed.launch_torchrun(cfg, out, 2, env=env(PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),
+    proc = torchrun_launch.launch_torchrun(cfg, out, 2, env=env(PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),
                                                             AUDIT_RUN_DIR=str(out), AUDIT_LOG=str(audit)))
     try:
         assert proc.wait(150) == 0, (out / "torchrun.log").read_text()[-4000:]

@@ -7,14 +7,20 @@ import warnings
 import pytest
 import torch
 
-from lora_gui.adapters import AdapterMeta, save_adapter
+from lora_gui.backbones.build import build_model, data_config
 from lora_gui.config import LoraConfig, ModelConfig
-from lora_gui.evaluate import (EvalResult, confusion_figure, evaluate_run, find_run_dir,
-                               metrics_from_predictions, read_split)
-from lora_gui.images import DataError
-from lora_gui.lora import inject_lora
-from lora_gui.models import build_model, data_config
-from lora_gui.predict import load_adapter, predict
+from lora_gui.errors import DataError
+from lora_gui.inference.evaluate import (
+    EvalResult,
+    evaluate_run,
+    find_run_dir,
+    metrics_from_predictions,
+    read_split,
+)
+from lora_gui.inference.predict import load_adapter, predict
+from lora_gui.lora.inject import inject_lora
+from lora_gui.store.adapter_file import AdapterMeta, save_adapter
+from lora_gui.ui.charts import confusion_figure
 
 CLASSES = ["ant", "bee", "cat"]
 

@@ -25,13 +25,15 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from lora_gui.adapters import AdapterError, AdapterMeta, save_adapter
+from lora_gui.backbones.build import build_model, data_config
+from lora_gui.cli.export_commands import add_export_parser, cli_export
 from lora_gui.config import LoraConfig, ModelConfig
-from lora_gui.export import (FORMATS, ExportError, add_export_parser, cli_export, export_adapter, export_zip,
-                             load_adapter)
-from lora_gui.lora import head_modules, inject_lora
-from lora_gui.models import build_model, data_config
-from lora_gui.predict import predict
+from lora_gui.errors import AdapterError, ExportError
+from lora_gui.inference.predict import load_adapter, predict
+from lora_gui.lora.inject import inject_lora
+from lora_gui.lora.targets import head_modules
+from lora_gui.store.adapter_file import AdapterMeta, save_adapter
+from lora_gui.store.exports import FORMATS, export_adapter, export_zip
 
 # ViT needs its own 224 px; the CNNs run at 96 px, which keeps the suite fast on 2 cores.
 FAMILIES = {
@@ -227,7 +229,7 @@ def test_peft_export_refused_where_peft_would_bypass_lora(tmp_path):
 
 def test_peft_export_refused_where_peft_would_pick_another_head():
     # PEFT picks modules_to_save by str.endswith: a block named "...fc" would be taken for the head "fc".
-    from lora_gui.export import _peft_config
+    from lora_gui.store.peft_format import _peft_config
 
     class Net(nn.Module):
         pretrained_cfg = {"classifier": "fc"}
@@ -273,8 +275,8 @@ def test_cli_export_exit_codes(small, tmp_path, capsys):
 
 
 def test_onnx_export_that_fails_its_check_is_not_written(small, tmp_path, monkeypatch, capsys):
-    import lora_gui.export as export
-    monkeypatch.setattr(export, "ONNX_TOLERANCE", -1.0)         # no model can pass: the failure path
+    import lora_gui.store.onnx_format as onnx_format
+    monkeypatch.setattr(onnx_format, "ONNX_TOLERANCE", -1.0)         # no model can pass: the failure path
     args = argparse.Namespace(run_dir=str(small.run_dir), format="onnx", out=str(tmp_path))
     assert cli_export(args) == 1
     assert "differs from PyTorch" in capsys.readouterr().err

@@ -16,24 +16,24 @@ import torch
 from torch import nn
 
 from lora_gui.config import LoraConfig
-from lora_gui.lora import (
-    LoraConv2d,
-    LoraError,
-    LoraLinear,
-    adapter_state_dict,
-    classifier_names,
+from lora_gui.errors import LoraError
+from lora_gui.lora.inject import (
     count_parameters,
     estimate_trainable,
-    head_modules,
     inject_lora,
-    list_layers,
-    load_adapter_state_dict,
     lora_layers,
     merge_lora,
     remove_lora,
-    resolve_targets,
     train_mode,
     unmerge_lora,
+)
+from lora_gui.lora.layers import LoraConv2d, LoraLinear
+from lora_gui.lora.state import adapter_state_dict, load_adapter_state_dict
+from lora_gui.lora.targets import (
+    classifier_names,
+    head_modules,
+    list_layers,
+    resolve_targets,
 )
 
 

@@ -1,4 +1,4 @@
-"""Model building (lora_gui/models.py): bundled offline weights, local files, the hub, random init.
+"""Model building (lora_gui/backbones/): bundled offline weights, local files, the hub, random init.
 
 No network and no downloads: hub tests point the Hugging Face cache at an empty folder
 and either set HF_HUB_OFFLINE or rely on this machine having no route to the hub.
@@ -16,20 +16,19 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-import lora_gui.models as models
-from lora_gui.config import ModelConfig
-from lora_gui.models import (
+import lora_gui.backbones.catalog as catalog
+import lora_gui.backbones.hub as hub
+from lora_gui.backbones.build import build_model, check_model_available, data_config
+from lora_gui.backbones.catalog import model_info
+from lora_gui.backbones.hub import weights_availability
+from lora_gui.backbones.weights import (
     BUNDLED_MODEL,
-    ModelError,
-    build_model,
     bundled_weights_path,
-    check_model_available,
-    data_config,
     load_weights_file,
     lukemelas_to_timm,
-    model_info,
-    weights_availability,
 )
+from lora_gui.config import ModelConfig
+from lora_gui.errors import ModelError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -59,7 +58,7 @@ def no_download(monkeypatch):
         if kwargs.get("pretrained"):
             pytest.skip("the hub is reachable from this machine; this test never downloads")
         return real(name, *args, **kwargs)
-    monkeypatch.setattr(models.timm, "create_model", guarded)
+    monkeypatch.setattr(timm, "create_model", guarded)
 
 
 def small(name="resnet18", **kw):
@@ -176,7 +175,7 @@ def test_hub_fails_fast_even_when_the_socket_probe_passes(monkeypatch, empty_hub
     """A proxy or captive portal lets a TCP connection open; the hub's own request must still
     fail within seconds, not after huggingface_hub's ~50 s of retries."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
     start = time.monotonic()
     with pytest.raises(ModelError) as info:
         build_model(ModelConfig(name="resnet18", weights="hub"), 4)
@@ -190,7 +189,7 @@ def test_hub_error_behind_a_passing_probe_never_reaches_timms_retries(monkeypatc
     def portal(*a, **k):
         raise OSError("Connection reset by peer (proxy)")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", portal)
     real = timm.create_model
 
@@ -198,7 +197,7 @@ def test_hub_error_behind_a_passing_probe_never_reaches_timms_retries(monkeypatc
         if kwargs.get("pretrained"):
             pytest.fail("went on to timm's download (and its ~50 s of retries) although the hub had failed")
         return real(name, *args, **kwargs)
-    monkeypatch.setattr(models.timm, "create_model", guarded)
+    monkeypatch.setattr(timm, "create_model", guarded)
     start = time.monotonic()
     with pytest.raises(ModelError) as info:
         build_model(ModelConfig(name="resnet18", weights="hub"), 4)
@@ -214,13 +213,13 @@ def test_hub_preflight_timeout_is_bounded(monkeypatch):
         time.sleep(30)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", hang)
     start = time.monotonic()
-    why = models._hub_preflight("timm/resnet18.a1_in1k", timeout=0.5)
+    why = hub._hub_preflight("timm/resnet18.a1_in1k", timeout=0.5)
     assert time.monotonic() - start < 3
     assert "did not answer" in why
 
 
 def test_model_without_pretrained_weights_is_named(monkeypatch, empty_hub_cache, no_download):
-    assert not models.has_pretrained_weights("coatnet_nano_cc_224")
+    assert not hub.has_pretrained_weights("coatnet_nano_cc_224")
     with pytest.raises(ModelError, match="no pretrained weights for coatnet_nano_cc_224"):
         build_model(ModelConfig(name="coatnet_nano_cc_224", weights="hub"), 4)
 
@@ -409,7 +408,7 @@ def test_model_info(empty_hub_cache):
 
 
 def test_search_models():
-    hits = models.search_models("efficientnet_lite")
+    hits = catalog.search_models("efficientnet_lite")
     assert "tf_efficientnet_lite0" in hits
     assert all("efficientnet_lite" in h for h in hits)
-    assert models.search_models("resnet1*") and all(h.startswith("resnet1") for h in models.search_models("resnet1*"))
+    assert catalog.search_models("resnet1*") and all(h.startswith("resnet1") for h in catalog.search_models("resnet1*"))

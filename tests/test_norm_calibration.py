@@ -7,18 +7,26 @@ import warnings
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
-
-from lora_gui import norm_calibration
-from lora_gui.adapters import AdapterError, AdapterMeta, build_from_adapter, read_adapter, save_adapter
-from lora_gui.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
-from lora_gui.export import export_adapter, load_adapter
-from lora_gui.lora import adapter_state_dict, inject_lora, train_mode
-from lora_gui.models import build_model, data_config
-from lora_gui.train import DeviceQueue, TrainingJob
-
 from conftest import write_colour_folder
+from safetensors.torch import load_file
 from test_export import load_with_peft, rel_diff
+
+from lora_gui.backbones.build import build_model, data_config
+from lora_gui.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
+from lora_gui.errors import AdapterError
+from lora_gui.inference.predict import load_adapter
+from lora_gui.jobs.device_queue import DeviceQueue
+from lora_gui.jobs.training_job import TrainingJob
+from lora_gui.lora.inject import inject_lora, train_mode
+from lora_gui.lora.state import adapter_state_dict
+from lora_gui.store.adapter_file import (
+    AdapterMeta,
+    build_from_adapter,
+    read_adapter,
+    save_adapter,
+)
+from lora_gui.store.exports import export_adapter
+from lora_gui.training import norm_calibration
 
 
 def _resnet(seed=0, **lora_kw):

@@ -12,13 +12,16 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from test_export import make_adapter, rel_diff
 
 import lora_gui
-from lora_gui.adapters import ADAPTER_FILE, AdapterError, read_adapter
-from lora_gui.export import export_adapter
-from lora_gui.lora import lora_layers
-from lora_gui.predict import add_predict_parser, check_adapter_fits, cli_predict, load_adapter, predict
-from test_export import make_adapter, rel_diff
+from lora_gui.cli.export_commands import add_predict_parser, cli_predict
+from lora_gui.errors import AdapterError
+from lora_gui.inference.predict import load_adapter, predict
+from lora_gui.lora.inject import lora_layers
+from lora_gui.store.adapter_check import check_adapter_fits
+from lora_gui.store.adapter_file import ADAPTER_FILE, read_adapter
+from lora_gui.store.exports import export_adapter
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import pytest
 import timm
 import torch
 
-from lora_gui import lora, prefix_cache
+from lora_gui import lora
 from lora_gui.config import LoraConfig
+from lora_gui.training import prefix_cache
 
 FAMILIES = [("vit_tiny_patch16_224", {"img_size": 64}), ("resnet18", {}), ("tf_efficientnet_lite0", {}),
             ("convnext_atto", {}), ("mobilenetv3_small_050", {}), ("eva02_tiny_patch14_224", {"img_size": 56})]
@@ -57,8 +58,9 @@ def test_no_prefix_when_the_first_layer_trains():
 
 def test_trainer_uses_the_cache_by_default_and_records_it(tmp_path, make_image_folder):
     import json
+
     from lora_gui.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from lora_gui.train import TrainingJob
+    from lora_gui.jobs.training_job import TrainingJob
     root = make_image_folder({f"{c}/{i}.png": (32, 32) for c in "abc" for i in range(6)}, "set")
     runs = {}
     for aug in ("flip", "light"):

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from lora_gui.runs import RunBusy, RunFolder
-from lora_gui.train import DeviceQueue, TrainingJob
+from lora_gui.jobs.device_queue import DeviceQueue
+from lora_gui.jobs.training_job import TrainingJob
+from lora_gui.store.run_folder import RunBusy, RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = ("import sys, time\n"
-        "from lora_gui.runs import RunFolder\n"
+        "from lora_gui.store.run_folder import RunFolder\n"
         "handle = RunFolder(sys.argv[1]).lock()\n"
         "print('holding', flush=True)\n"
         "time.sleep(120)\n")
@@ -25,8 +26,8 @@ HOLD = ("import sys, time\n"
 def stopped_run(tmp_path, make_image_folder):
     """A real run that was stopped after its first checkpoint (status file then set to 'running',
     as a process killed mid-training leaves it)."""
-    from test_train import make_config, run_job  # the engine tests' tiny resnet18 run
     from conftest import write_colour_folder
+    from test_train import make_config, run_job  # the engine tests' tiny resnet18 run
     data = write_colour_folder(tmp_path / "data")
     job = run_job(make_config(data, epochs=1), tmp_path, "run")
     job.run.update_status(status="running", message="training on cpu")
@@ -41,7 +42,7 @@ def _holder(run_dir):
 
 
 def test_a_run_held_by_another_process_is_refused_everywhere(stopped_run):
-    from lora_gui.ui.runs_tab import runs_with_status
+    from lora_gui.ui.tabs.runs_tab import runs_with_status
     proc = _holder(stopped_run)
     try:
         with pytest.raises(RunBusy, match=rf"being trained by another process \(pid {proc.pid} on "):

@@ -21,10 +21,17 @@ import pytest
 import torch
 from conftest import launched_app, offline_env, torchrun_rank, write_colour_folder
 
-from lora_gui.adapters import read_adapter
 from lora_gui.config import RunConfig
-from lora_gui.torchrun_job import PROCESSES_ENV, PauseUnsupported, TorchrunJob, offered_processes
-from lora_gui.train import DeviceQueue, TrainingJob, get_job
+from lora_gui.jobs.device_queue import DeviceQueue
+from lora_gui.jobs.registry import get_job
+from lora_gui.jobs.torchrun_job import (
+    PROCESSES_ENV,
+    PauseUnsupported,
+    TorchrunJob,
+    offered_processes,
+)
+from lora_gui.jobs.training_job import TrainingJob
+from lora_gui.store.adapter_file import read_adapter
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -222,7 +229,7 @@ def test_the_app_trains_with_two_processes_when_the_box_is_ticked(two_process_ap
 
 def test_the_train_tab_turns_pause_off_for_a_torchrun_job(data_dir, tmp_path):
     from lora_gui.ui import torchrun_choice
-    from lora_gui.ui.train_tab import buttons
+    from lora_gui.ui.tabs.train_tab import buttons
     job = job_for(config(data_dir), tmp_path, "not-started")
     assert buttons("running")[1].interactive is True  # a one-process job pauses
     assert buttons("running", torchrun_choice.can_pause(job))[1].interactive is False
@@ -256,7 +263,7 @@ Root Cause (first observed failure):
 def test_the_killed_rank_is_named_even_when_torchrun_saw_its_peer_exit_first():
     """torchrun's 'root cause' is the first exit it observed: here rank 0, which only left because
     rank 1 was killed (the summary torchrun printed in such a run, shortened)."""
-    from lora_gui.run_follower import torchrun_failure
+    from lora_gui.jobs.run_follower import torchrun_failure
     assert torchrun_failure(SUMMARY, 1) == (
         "process rank 1 of the run failed: Signal 9 (SIGKILL) received by PID 30326", "training")
     only_root = SUMMARY[:SUMMARY.index("Failures:")] + SUMMARY[SUMMARY.index("Root Cause"):]

@@ -15,16 +15,26 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_colour_folder
 
 from lora_gui import lora
-from lora_gui.adapters import build_from_adapter, read_adapter
+from lora_gui.backbones.build import build_model
 from lora_gui.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
-from lora_gui.data import DecodedCache, ImageDataset, Sample, build_transform, cache_max_side
-from lora_gui.runs import RunFolder, list_runs
-from lora_gui.train import DeviceQueue, TrainingJob
-from lora_gui import training_loop
-from conftest import write_colour_folder
-from lora_gui.training_loop import Trainer, cosine_with_warmup
+from lora_gui.data.images import (
+    DecodedCache,
+    ImageDataset,
+    build_transform,
+    cache_max_side,
+)
+from lora_gui.data.scan import Sample
+from lora_gui.errors import StopRequested, TrainingFailed
+from lora_gui.jobs.device_queue import DeviceQueue
+from lora_gui.jobs.training_job import TrainingJob
+from lora_gui.store.adapter_file import build_from_adapter, read_adapter
+from lora_gui.store.run_folder import RunFolder, list_runs
+from lora_gui.training.loop import Trainer
+from lora_gui.training.reporter import RecordingReporter
+from lora_gui.training.schedule import cosine_with_warmup
 
 warnings.filterwarnings("ignore", message=".*random weights.*")
 
@@ -55,13 +65,13 @@ def run_job(cfg, tmp_path, name="run", timeout=120, **kw) -> TrainingJob:
 
 def hook_steps(job: TrainingJob, on_step) -> None:
     """Call ``on_step(job, row)`` in the training thread right after each step row is recorded."""
-    record = job.record
+    record = job.report_metrics
 
     def wrapped(row):
         record(row)
         if row["kind"] == "step":
             on_step(job, row)
-    job.record = wrapped
+    job.report_metrics = wrapped
 
 
 def wait_until(cond, timeout=60.0, what="condition"):
@@ -149,7 +159,7 @@ def test_run_events_metrics_config_and_adapters(data_dir, tmp_path):
     assert saved["config"]["lora"]["rank"] == 4 and saved["config"]["train"]["seed"] == 7
     assert saved["config"]["data"]["source"] == str(data_dir)
     assert saved["classes"] == ["class_0", "class_1", "class_2"]
-    probe = training_loop.build_model(cfg.model, 3)
+    probe = build_model(cfg.model, 3)
     expected_layers = lora.inject_lora(probe, cfg.lora)
     assert saved["layers"] == expected_layers and len(expected_layers) > 0
     assert list(saved["data_config"]["input_size"]) == [3, 32, 32]
@@ -293,7 +303,7 @@ def test_nan_loss_is_caught(data_dir, tmp_path):
     has happened yet, so the message blames the weights, not the learning rate."""
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    state = training_loop.build_model(ModelConfig(name="resnet18", weights="random"), 3).state_dict()
+    state = build_model(ModelConfig(name="resnet18", weights="random"), 3).state_dict()
     state["conv1.weight"][0, 0, 0, 0] = float("nan")
     weights = tmp_path / "nan.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
@@ -319,8 +329,7 @@ def test_diverging_loss_fails_with_a_lower_learning_rate_hint(data_dir, tmp_path
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 500.0])
-def test_a_non_finite_or_exploding_loss_after_updates_asks_for_a_lower_learning_rate(value):
-    from lora_gui.train import TrainingFailed
+def test_a_non_finite_or_exploding_loss_after_updates_asks_for_a_lower_learning_rate(value, tmp_path):
     trainer = Trainer.__new__(Trainer)
     trainer.step, trainer.first_loss = 3, 1.1
     trainer._check_loss(50.0)  # high, but within bounds
@@ -579,3 +588,25 @@ def test_dataloader_workers_decode_in_other_processes_and_runs_repeat(data_dir, 
     assert key_metrics(a.run.read_metrics()) == key_metrics(b.run.read_metrics())
     auto = run_job(make_config(data_dir, epochs=1), tmp_path, "auto")
     assert json.loads(auto.run.config_file.read_text())["speed"]["dataloader_workers"] == 0
+
+
+def test_the_loop_runs_without_a_job_through_a_recording_reporter(data_dir, tmp_path):
+    """The loop knows only its Reporter: driven directly, it reports statuses, progress and every metrics
+    row in order, writes the run folder, and stops (saving last/) when the reporter asks."""
+    cfg = make_config(data_dir, epochs=2)
+    reporter = RecordingReporter()
+    run = RunFolder(tmp_path / "direct").create()
+    Trainer(cfg, run, "cpu", reporter, workspace=str(tmp_path)).run()
+    steps = [r for r in reporter.rows if r["kind"] == "step"]
+    epochs = [r for r in reporter.rows if r["kind"] == "epoch"]
+    assert [r["step"] for r in steps] == list(range(1, 11)) and [r["epoch"] for r in epochs] == [1, 2]
+    assert reporter.statuses[0][0] == "running" and reporter.statuses[-1][0] == "finished"
+    assert reporter.progress[-1][1:3] == (10, 10)
+    assert (run.path / "best" / "adapter.safetensors").is_file() and len(run.read_metrics()) == 12
+
+    stopping = RecordingReporter(stop_after_steps=3)
+    run2 = RunFolder(tmp_path / "stopped").create()
+    with pytest.raises(StopRequested):
+        Trainer(cfg, run2, "cpu", stopping, workspace=str(tmp_path)).run()
+    assert [r["step"] for r in stopping.rows if r["kind"] == "step"] == [1, 2, 3]
+    assert (run2.path / "last" / "adapter.safetensors").is_file() and run2.load_checkpoint()["step"] == 3

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from lora_gui.workspace_cleanup import clean, stale_folders
+from lora_gui.store.cleanup import clean, stale_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400

@@ -8,7 +8,6 @@ the engine's config objects and call the engine; no training code lives here.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -16,11 +15,20 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-from .session import Session  # noqa: E402
+from .context import MAX_UPLOAD_MB, AppContext
+from .session import Session
+from .tabs import (
+    data_tab,
+    export_tab,
+    model_tab,
+    presets_tab,
+    runs_tab,
+    test_tab,
+    train_tab,
+)
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 UI_DIR = Path(__file__).resolve().parent
-MAX_UPLOAD_MB = 500
 
 CSS = """
 .gradio-container {max-width: 1180px !important; margin: auto;}
@@ -35,14 +43,6 @@ CSS = """
 """
 
 
-@dataclass
-class AppContext:
-    workspace: Path
-    session: gr.State
-    browser: gr.BrowserState
-    tabs: gr.Tabs
-    fields: dict = field(default_factory=dict)   # FIELD_NAMES -> component, filled by the Model and Train tabs
-    shared: dict = field(default_factory=dict)   # components one tab offers to others, by name
 
 
 def theme() -> gr.themes.Base:
@@ -68,7 +68,6 @@ def header_html() -> str:
 
 
 def build_app(workspace: str | os.PathLike = "runs", data_path: str | None = None) -> gr.Blocks:
-    from . import data_tab, export_tab, model_tab, presets_tab, runs_tab, test_tab, train_tab
     workspace = Path(workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     with gr.Blocks(title="lora_gui — LoRA for vision models") as demo:

@@ -51,3 +51,40 @@ def lr_figure(step_rows: list[dict]) -> go.Figure:
                     name="learning rate", line=dict(color="#64748b"))
     fig.update_layout(title="Learning rate", xaxis_title="step", **LAYOUT)
     return fig
+
+
+def class_distribution_figure(counts) -> go.Figure:
+    """Bar chart of images per class: a {class: count} dict, or split_counts rows (class, train, val),
+    which are then stacked."""
+    fig = go.Figure()
+    if isinstance(counts, dict):
+        fig.add_bar(x=list(counts), y=list(counts.values()), name="images")
+    else:
+        rows = list(counts)
+        fig.add_bar(x=[r[0] for r in rows], y=[r[1] for r in rows], name="train")
+        fig.add_bar(x=[r[0] for r in rows], y=[r[2] for r in rows], name="validation")
+        fig.update_layout(barmode="stack")
+    fig.update_layout(title="Images per class", xaxis_title="class", yaxis_title="images",
+                      height=320, margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def confusion_figure(result, normalize: bool = False) -> go.Figure:
+    """Heatmap of an ``inference.evaluate.EvalResult``: rows are the true classes (top to bottom),
+    columns the predictions. ``normalize`` colours by the share of each true class (recall per
+    cell); the cell text always shows the image counts."""
+    classes, counts = result.classes, result.confusion
+    z = [[c / sum(row) if sum(row) else 0.0 for c in row] for row in counts] if normalize else counts
+    k = len(classes)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=classes, y=classes, colorscale="Blues", customdata=counts,
+        text=counts if k <= 30 else None, texttemplate="%{text}" if k <= 30 else None,
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images<extra></extra>",
+        colorbar=dict(title="share" if normalize else "images")))
+    side = min(900, 260 + 28 * k)
+    fig.update_layout(title=f"Confusion matrix — accuracy {result.accuracy:.1%} on {result.total} images",
+                      xaxis_title="predicted class", yaxis_title="true class", height=side,
+                      margin=dict(l=60, r=20, t=50, b=60))
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(type="category")
+    return fig

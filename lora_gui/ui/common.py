@@ -4,9 +4,8 @@ from __future__ import annotations
 import gradio as gr
 from gradio.context import Context
 
-from ..export import ExportError
-from ..predict import BAD_INPUT
-from ..runs import RunBusy
+from ..errors import BAD_INPUT, ExportError
+from ..store.run_folder import RunBusy
 
 ENGINE_ERRORS = BAD_INPUT + (ExportError, RunBusy)
 # Internal UI events stay out of the public API (gradio_client, the 'Use via API' page).

@@ -11,7 +11,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import ClassBuilder, Dataset
+from ..data.class_builder import ClassBuilder
+from ..data.scan import Dataset
+from ..jobs.registry import get_job
 
 
 @dataclass
@@ -37,7 +39,6 @@ class Session:
             self.test_source, self.test_model, self.test_model_key = path, None, None
 
     def job(self):
-        from ..train import get_job
         return get_job(self.job_id) if self.job_id else None
 
     def attach(self, job) -> None:

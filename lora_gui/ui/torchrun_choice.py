@@ -10,7 +10,12 @@ import os
 
 import gradio as gr
 
-from ..torchrun_job import PROCESSES_ENV, PauseUnsupported, TorchrunJob, offered_processes
+from ..jobs.torchrun_job import (
+    PROCESSES_ENV,
+    PauseUnsupported,
+    TorchrunJob,
+    offered_processes,
+)
 
 PAUSE_NOTE = ("Pause is not available for these runs (the processes run in lock-step); Stop saves the adapter "
               "so far and a checkpoint, and the Runs tab resumes it.")

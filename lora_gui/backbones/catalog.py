@@ -1,0 +1,54 @@
+"""The curated list of backbones the app offers first, and search over all of timm."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+
+from ..errors import ModelError
+from .build import _create
+from .hub import weights_availability
+
+
+@dataclass
+class CatalogEntry:
+    name: str
+    note: str
+
+
+# Fast-on-CPU first. Parameter counts and resolutions are read from timm, not typed here.
+CATALOG = [
+    CatalogEntry("tf_efficientnet_lite0", "EfficientNet-Lite0, bundled ImageNet weights, works offline"),
+    CatalogEntry("mobilenetv3_small_100", "MobileNetV3-Small, very fast on CPU"),
+    CatalogEntry("mobilenetv4_conv_small", "MobileNetV4 conv small, fast on CPU"),
+    CatalogEntry("resnet18", "ResNet-18, a classic CNN"),
+    CatalogEntry("regnetx_004", "RegNetX-400MF, small CNN"),
+    CatalogEntry("vit_tiny_patch16_224", "ViT-Tiny, smallest vision transformer"),
+    CatalogEntry("deit_tiny_patch16_224", "DeiT-Tiny, data-efficient ViT"),
+    CatalogEntry("convnext_atto", "ConvNeXt-Atto, modern CNN"),
+    CatalogEntry("efficientnet_b0", "EfficientNet-B0"),
+    CatalogEntry("levit_128s", "LeViT-128S, fast hybrid transformer"),
+    CatalogEntry("swin_tiny_patch4_window7_224", "Swin-Tiny, larger: slow on CPU"),
+    CatalogEntry("eva02_tiny_patch14_224", "EVA-02 Tiny"),
+]
+
+
+def model_info(name: str) -> dict:
+    """Parameter count and default resolution, from a meta-device model (no weights allocated)."""
+    try:
+        with torch.device("meta"):
+            model = _create(name, pretrained=False)
+    except ModelError:
+        raise
+    except Exception:
+        model = _create(name, pretrained=False)
+    cfg = timm.data.resolve_model_data_config(model)
+    return {"name": name, "params": sum(p.numel() for p in model.parameters()),
+            "resolution": cfg["input_size"][-1], "weights": weights_availability(name)}
+
+
+def search_models(query: str, limit: int = 50) -> list[str]:
+    query = query.strip()
+    pattern = query if any(c in query for c in "*?") else f"*{query}*"
+    return timm.list_models(pattern)[:limit]

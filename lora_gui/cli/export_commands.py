@@ -1,0 +1,87 @@
+"""``python -m lora_gui export`` and ``predict``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import (
+    BAD_INPUT,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    AdapterError,
+    ExportError,
+)
+from ..inference.predict import load_adapter, predict
+from ..store.exports import FORMATS, export_adapter, export_zip
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("export", help="export a trained adapter (native, peft, merged, onnx)",
+                              description="Export an adapter so it loads in PEFT, plain timm or ONNX runtimes.")
+    p.add_argument("run_dir", help="run folder, adapter folder or adapter.safetensors")
+    p.add_argument("--format", choices=FORMATS, default="native", help="what to write (default native)")
+    p.add_argument("--out", required=True, help="folder to write into; a name ending in .zip writes a zip")
+    p.set_defaults(func=cli_export)
+    return p
+
+
+def cli_export(args: argparse.Namespace) -> int:
+    """0 ok, 2 bad input (message on stderr, no traceback), 1 the export failed."""
+    try:
+        if str(args.out).endswith(".zip"):
+            result = export_zip(args.run_dir, args.format, args.out)
+        else:
+            result = export_adapter(args.run_dir, args.format, args.out)
+    except BAD_INPUT as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        print(f"error: export failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    check = Path(result).parent / "onnx_check.json" if args.format == "onnx" else None
+    note = f" (onnxruntime vs PyTorch: max abs diff {json.loads(check.read_text())['max_abs_diff']:.1e})" \
+        if check and check.is_file() else ""
+    print(f"exported {args.format} to {result}{note}")
+    return EXIT_OK
+
+
+def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("predict", help="classify images with a trained adapter",
+                              description="Print the top-k classes for each image.")
+    p.add_argument("--adapter", required=True, help="adapter file, its folder, a run folder, or an export")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--topk", type=int, default=5, help="how many classes to show per image (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    p.set_defaults(func=cli_predict)
+    return p
+
+
+def cli_predict(args: argparse.Namespace) -> int:
+    """0 ok, 2 bad input (message on stderr, no traceback), 1 anything else."""
+    try:
+        if args.topk < 1:
+            raise AdapterError(f"--topk must be at least 1, got {args.topk}")
+        loaded = load_adapter(args.adapter, device=getattr(args, "device", "cpu"))
+        results = predict(loaded, list(args.images), topk=args.topk)
+    except BAD_INPUT as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug or the machine; still no traceback for the user
+        print(f"error: prediction failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps([{"image": str(img), "predictions": [{"label": c, "probability": p} for c, p in res]}
+                          for img, res in zip(args.images, results)], indent=2))
+    else:
+        for img, res in zip(args.images, results):
+            print(img)
+            for c, p in res:
+                print(f"  {p:7.2%}  {c}")
+    return EXIT_OK

@@ -1,0 +1,36 @@
+"""Labelled image datasets from every shape people keep them in.
+
+The public face of the data layer; the rest of lora_gui imports from here.
+``load_dataset`` (``sources``) turns a folder, an archive or a CSV into a ``Dataset``
+whose ``report`` accounts for every file. Scanning rules live in ``scan``,
+hostile-input handling in ``archives``, decoding, the decoded-image cache and
+transforms in ``images``, the train/validation split in ``split`` and the
+class-by-class builder in ``class_builder``. No UI code.
+"""
+from ..errors import DataError
+from .archives import ArchiveLimits
+from .class_builder import ClassBuilder
+from .images import (
+                     MAX_IMAGE_PIXELS,
+                     MIN_IMAGE_SIDE,
+                     DecodedCache,
+                     ImageDataset,
+                     build_transform,
+                     cache_max_side,
+                     load_rgb,
+)
+from .scan import Dataset, FileReport, Sample, ValidationReport
+from .sources import (
+                     dataset_from_files,
+                     example_dataset_path,
+                     gallery_items,
+                     load_dataset,
+)
+from .split import split_counts, split_dataset
+
+__all__ = [
+    "DataError", "ArchiveLimits", "MAX_IMAGE_PIXELS", "MIN_IMAGE_SIDE", "FileReport",
+    "ValidationReport", "Sample", "Dataset", "load_dataset", "dataset_from_files", "ClassBuilder",
+    "split_dataset", "split_counts", "example_dataset_path", "build_transform", "ImageDataset",
+    "DecodedCache", "cache_max_side", "load_rgb", "gallery_items",
+]

@@ -1,0 +1,280 @@
+"""Reading a folder of labelled images into a Dataset with a full report.
+
+Decides the layout (class folders, train/val split folders, or a flat
+folder with a CSV of filename,label), checks every file and derives the
+blocking errors and warnings. ``lora_gui.data`` is the public face; this
+module holds the record types and the scanning rules.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from .archives import safe_parts
+from .images import probe_image
+
+FEW_PER_CLASS = 10
+IMBALANCE_RATIO = 5.0
+_SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini"}
+_SYSTEM_DIRS = {"__macosx", "$recycle.bin", "system volume information"}
+_TRAIN_DIRS = ("train", "training")
+_VAL_DIRS = ("val", "valid", "validation", "test")  # the first one present is used
+_CSV_FILE_COLUMNS = ("filename", "file", "path", "image", "filepath", "image_path")
+_CSV_LABEL_COLUMNS = ("label", "class", "category")
+
+
+@dataclass
+class FileReport:
+    path: str            # relative, as the user knows it (inside their folder or archive)
+    status: str          # "used" | "skipped"
+    reason: str = ""
+    label: str = ""
+
+
+@dataclass
+class ValidationReport:
+    files: list[FileReport] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """Used images per class, classes sorted."""
+        c = Counter(f.label for f in self.files if f.status == "used" and f.label)
+        return dict(sorted(c.items()))
+
+    def as_rows(self) -> list[list[str]]:
+        return [[f.path, f.label, f.status, f.reason] for f in self.files]
+
+    def summary(self) -> str:
+        counts = self.counts()
+        skipped = Counter(f.reason.split(" (")[0].split(" of ")[0]
+                          for f in self.files if f.status == "skipped")
+        lines = [f"{sum(counts.values())} images used in {len(counts)} classes, "
+                 f"{sum(skipped.values())} files skipped"
+                 + (f" ({', '.join(f'{n} {r}' for r, n in skipped.most_common())})" if skipped else "")]
+        if counts:
+            lines.append("Classes: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        lines += [f"Error: {e}" for e in self.errors] + [f"Warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def raise_if_blocking(self) -> None:
+        if self.errors:
+            raise DataError("The dataset can't be used for training yet:\n"
+                            + "\n".join(f"- {e}" for e in self.errors))
+
+
+@dataclass
+class Sample:
+    path: str    # absolute path of a decodable image file
+    label: int
+
+
+@dataclass
+class Dataset:
+    classes: list[str]
+    samples: list[Sample]
+    report: ValidationReport
+    root: str
+    given_split: dict[str, list[Sample]] | None = None
+
+    def class_counts(self) -> dict[str, int]:
+        c = Counter(s.label for s in self.samples)
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+
+def is_ignored(name: str) -> bool:
+    """System clutter people never meant as data; skipped without a report line."""
+    return name.startswith(".") or name.lower() in _SYSTEM_FILES or name.lower() in _SYSTEM_DIRS
+
+
+def _walk(top: Path) -> list[Path]:
+    """All non-ignored files under ``top``, sorted.
+
+    Folder links are followed (people link class folders together on their
+    own disk; archives and uploads never contain links), each real folder
+    once, so a link loop can't recurse forever.
+    """
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
+        found += [Path(dirpath, f) for f in filenames if not is_ignored(f)]
+    return sorted(found)
+
+
+def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
+    items = sorted(p for p in folder.iterdir() if not is_ignored(p.name))
+    return [p for p in items if p.is_dir()], [p for p in items if not p.is_dir()]
+
+
+def unwrap(folder: Path) -> Path:
+    """Step into a lone wrapping folder (``myset.zip`` -> ``myset/cat/...``).
+
+    Only when that folder itself holds folders or a CSV: a lone folder of
+    images is one class, and saying so beats calling it "no class folders".
+    """
+    while True:
+        dirs, files = _entries(folder)
+        if files or len(dirs) != 1:
+            return folder
+        inner_dirs, inner_files = _entries(dirs[0])
+        if not inner_dirs and not any(f.suffix.lower() == ".csv" for f in inner_files):
+            return folder
+        folder = dirs[0]
+
+
+def _read_csv(path: Path) -> list[tuple[str, str]]:
+    """(filename, label) rows; DataError if the header names no usable columns."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"could not read {path.name}: {exc}. Save it as UTF-8 CSV.") from None
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    fcol = next((header.index(c) for c in _CSV_FILE_COLUMNS if c in header), None)
+    lcol = next((header.index(c) for c in _CSV_LABEL_COLUMNS if c in header), None)
+    if fcol is None or lcol is None:
+        raise DataError(f"{path.name} needs a header row naming its columns, e.g. 'filename,label' "
+                        f"(file column: {'/'.join(_CSV_FILE_COLUMNS)}; label column: "
+                        f"{'/'.join(_CSV_LABEL_COLUMNS)})")
+    width = max(fcol, lcol) + 1
+    return [(r[fcol].strip(), r[lcol].strip()) for r in rows[1:] if len(r) >= width and any(r)]
+
+
+def _labelled_csv(folder: Path) -> Path | None:
+    csvs = [p for p in _entries(folder)[1] if p.suffix.lower() == ".csv"]
+    for p in sorted(csvs, key=lambda p: p.name.lower() != "labels.csv"):
+        try:
+            _read_csv(p)
+            return p
+        except DataError:
+            continue
+    return None
+
+
+def _plan(root: Path, csv_file: Path | None):
+    """Decide the layout: (candidates, skipped, split_of) before any decoding.
+
+    candidates: (path, label) to probe; skipped: (path, reason) known without
+    decoding; split_of: path -> "train"/"val" for split layouts.
+    """
+    candidates, skipped, split_of = [], [], {}
+    # a CSV given as the source labels only what it lists; one found in a
+    # folder source means the rest of that folder must be accounted for too
+    walk_rest = csv_file is None
+    csv_file = csv_file or _labelled_csv(root)
+    if csv_file is not None:
+        listed, mentioned = {}, set()
+        for name, label in _read_csv(csv_file):
+            parts = safe_parts(name)
+            path = csv_file.parent.joinpath(*parts) if parts else None
+            mentioned.add(path)
+            if path is None:
+                skipped.append((name, "unsafe path in CSV"))
+            elif not label:
+                skipped.append((path, "no label in CSV"))
+            elif path in listed:
+                if listed[path] != label:
+                    skipped.append((path, f"listed twice in CSV with different labels ({listed[path]}, {label})"))
+            elif not path.is_file():
+                skipped.append((path, "listed in CSV but missing"))
+            else:
+                listed[path] = label
+                candidates.append((path, label))
+        if walk_rest:
+            skipped += [(p, "not listed in CSV") for p in _walk(root)
+                        if p not in mentioned and p != csv_file and p.suffix.lower() != ".csv"]
+        return candidates, skipped, split_of
+    dirs, files = _entries(root)
+    by_name = {d.name.lower(): d for d in dirs}
+    train = next((by_name[n] for n in _TRAIN_DIRS if n in by_name), None)
+    val = next((by_name[n] for n in _VAL_DIRS if n in by_name), None)
+    splits = {"train": train, "val": val} if train and val else {"": root}
+    for split, top in splits.items():
+        for p in _walk(top):
+            rel = p.relative_to(top).parts
+            if len(rel) < 2:
+                skipped.append((p, "not in a class folder"))
+            else:
+                candidates.append((p, rel[0]))
+                if split:
+                    split_of[p] = split
+    if train and val:
+        for d in dirs:
+            if d not in (train, val):
+                skipped += [(p, f"not in {train.name}/ or {val.name}/") for p in _walk(d)]
+        skipped += [(p, f"not in {train.name}/ or {val.name}/") for p in files]
+    return candidates, skipped, split_of
+
+
+def _check_counts(counts: dict[str, int], train_counts: dict[str, int] | None,
+                  report: ValidationReport) -> None:
+    if not counts:
+        report.errors.append("no usable images found: put each class's images in its own folder "
+                             "(<folder>/<class>/<image>) or add a CSV with filename,label")
+        return
+    if len(counts) < 2:
+        report.errors.append(f"only 1 class ({next(iter(counts))}); training needs at least 2 "
+                             f"classes: add a folder of images for another class")
+    for name, n in counts.items():
+        if n < 2:
+            report.errors.append(f"class '{name}' has only {n} usable image; each class needs at "
+                                 f"least 2 (one to train on, one to check against): add more")
+        elif n < FEW_PER_CLASS:
+            report.warnings.append(f"class '{name}' has only {n} images; {FEW_PER_CLASS} or more "
+                                   f"per class give much better results")
+        if train_counts is not None and not train_counts.get(name):
+            report.errors.append(f"class '{name}' has no training images: add some to train/{name}/")
+    big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+    if counts[small] and counts[big] / counts[small] > IMBALANCE_RATIO:
+        report.warnings.append(f"classes are imbalanced: '{big}' has {counts[big]} images, '{small}' "
+                               f"only {counts[small]}; the model may favour '{big}'. Add images "
+                               f"to the small classes if you can")
+
+
+def build_dataset(root: Path, report_base: Path, csv_file: Path | None = None) -> Dataset:
+    candidates, skipped, split_of = _plan(root, csv_file)
+
+    def rel(p) -> str:  # str: an unsafe CSV entry, reported as written
+        return p if isinstance(p, str) else Path(os.path.relpath(p, report_base)).as_posix()
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        probes = list(pool.map(lambda c: probe_image(c[0]), candidates))
+    report = ValidationReport(files=[FileReport(rel(p), "skipped", reason) for p, reason in skipped])
+    first_with_hash: dict[str, str] = {}
+    used: list[tuple[Path, str]] = []  # stable order: train, then val, each by path
+    # sorted so the kept copy of a duplicate is the same on every run; in a
+    # train/val layout train comes first, so the val copy is the one dropped
+    order = sorted(zip(candidates, probes), key=lambda t: (split_of.get(t[0][0], "") == "val", rel(t[0][0])))
+    for (path, label), probe in order:
+        r = rel(path)
+        reason = probe.reason
+        if not reason and probe.sha1 in first_with_hash:
+            reason = f"duplicate of {first_with_hash[probe.sha1]}"
+        report.files.append(FileReport(r, "skipped" if reason else "used", reason, label))
+        if not reason:
+            first_with_hash[probe.sha1] = r
+            used.append((path, label))
+    report.files.sort(key=lambda f: f.path)
+    classes = sorted({label for _, label in used})
+    index = {c: i for i, c in enumerate(classes)}
+    samples = [Sample(str(p.resolve()), index[label]) for p, label in used]
+    given = None
+    train_counts = None
+    if split_of:
+        given = {"train": [], "val": []}
+        for (p, _), s in zip(used, samples):
+            given[split_of[p]].append(s)
+        train_counts = Counter(classes[s.label] for s in given["train"])
+    _check_counts(report.counts(), train_counts, report)
+    return Dataset(classes, samples, report, str(root.resolve()), given)
+
+

@@ -1,0 +1,67 @@
+"""The one entry point for datasets: a folder, an archive, a CSV, an upload or the example."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import DataError
+from .archives import ArchiveLimits, extract_archive, is_archive_name, place_uploads
+from .scan import Dataset, FileReport, build_dataset, unwrap
+
+
+def load_dataset(source: str | os.PathLike, workspace: str | os.PathLike,
+                 limits: ArchiveLimits | None = None) -> Dataset:
+    """A folder, an archive (.zip/.tar/.tar.gz/.tgz) or a CSV file -> Dataset.
+
+    Bad individual files never raise: ``report`` lists them as skipped with
+    the reason. DataError only when the source itself is unusable (missing,
+    unsupported, a hostile or damaged archive). Archives are unpacked under
+    ``<workspace>/datasets/``; nothing is written anywhere else.
+    """
+    path = Path(source).expanduser()
+    if not str(source).strip() or not path.exists():
+        raise DataError(f"'{source}' does not exist: give a folder of class folders, a "
+                        f".zip/.tar/.tar.gz archive or a .csv file")
+    if path.is_dir():
+        return build_dataset(unwrap(path), path)
+    if path.suffix.lower() == ".csv":
+        return build_dataset(path.parent, path.parent, csv_file=path)
+    if is_archive_name(path):
+        folder = extract_archive(path, workspace, limits)
+        return build_dataset(unwrap(folder), folder)
+    raise DataError(f"{path.name}: unsupported file type '{path.suffix}'; give a folder, a "
+                    f".zip/.tar/.tar.gz/.tgz archive or a .csv file")
+
+
+def dataset_from_files(files: list[str], relative_paths: list[str], workspace) -> Dataset:
+    """Rebuild a folder dropped in the browser under <workspace>/uploads/ and load it.
+
+    ``files`` are the server's temp copies (Gradio keeps base names only);
+    ``relative_paths`` the browser's webkitRelativePath of each, in order.
+    """
+    base = Path(workspace) / "uploads"
+    base.mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(dir=base))
+    not_placed = place_uploads(files, relative_paths, dest)
+    ds = load_dataset(dest, workspace)
+    ds.report.files += [FileReport(rel, "skipped", why) for rel, why in not_placed]
+    if not_placed:
+        ds.report.warnings.append(f"{len(not_placed)} uploaded file(s) could not be put back in their "
+                                  f"folders; drop the folder again, or upload it as a zip")
+    return ds
+
+
+def example_dataset_path() -> Path:
+    """The built-in Fashion-MNIST sample (assets/example, beside the package)."""
+    return Path(__file__).resolve().parents[2] / "assets" / "example"
+
+
+def gallery_items(ds: Dataset, per_class: int = 4) -> list[tuple[str, str]]:
+    """(path, class name) pairs, ``per_class`` spread-out samples of each class."""
+    items = []
+    for label, name in enumerate(ds.classes):
+        paths = [s.path for s in ds.samples if s.label == label]
+        step = max(1, len(paths) // max(1, per_class))
+        items += [(p, name) for p in paths[::step][:per_class]]
+    return items

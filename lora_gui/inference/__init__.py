@@ -1,0 +1,1 @@
+"""Using a trained adapter: loading it and predicting (``predict``), measuring it (``evaluate``)."""

@@ -1,0 +1,186 @@
+"""Where training batches come from: decoded images, or cached frozen-prefix outputs.
+
+Both sources give the same interface to the loop: ``train_epoch(epoch, skip)``
+yields (inputs, labels) in the epoch's seeded order (``skip`` samples already
+done, for resume), ``val()`` the validation batches, ``forward(model, x)`` the
+logits. ``make_batches`` picks the cached source when the frozen prefix can be
+computed once: a deterministic training transform ('none' or 'flip'), a
+boundary that reproduces the full model exactly, and a cache that fits its
+memory bound. Otherwise it says why, and training decodes images as usual.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+
+import torch
+
+from ..data.images import DecodedCache, ImageDataset, build_transform, cache_max_side
+from . import norm_calibration, prefix_cache
+
+CACHEABLE_AUGMENTATIONS = ("none", "flip")
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The epoch's shuffled order: its own generator, so a resume (or another rank) gets the same."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def _loader(dataset, batch_size: int, pin: bool, workers: int = 0):
+    # A DataLoader draws its base seed from the global torch RNG each time it is
+    # iterated unless it has its own generator. That draw would shift the random
+    # augmentations of a resumed run against an uninterrupted one, so give it one.
+    # With workers, each one seeds from it too: runs repeat, but a resume that starts
+    # mid-epoch hands samples to other workers, so its augmentations differ.
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                       pin_memory=pin, generator=torch.Generator().manual_seed(0))
+
+
+def decoded_cache(trainer, max_bytes: int | None = None) -> DecodedCache | None:
+    """The decoder every path shares: images pre-shrunk the same way, so the prefix cache
+    sees exactly the pixels the uncached path would (``max_bytes=0``: shrink, keep nothing)."""
+    cfg = trainer.cfg
+    if not cfg.data.cache_mb:
+        return None
+    return DecodedCache(cfg.data.cache_mb * 2**20 if max_bytes is None else max_bytes,
+                        cache_max_side(trainer.data_config))
+
+
+class ImageBatches:
+    """Decode (through the decoded-image cache), transform, feed the whole model."""
+
+    cached = False
+
+    def __init__(self, trainer):
+        cfg, dc = trainer.cfg, trainer.data_config
+        cache = decoded_cache(trainer)
+        self.train_ds = ImageDataset(trainer.train_samples, build_transform(dc, cfg.data.augmentation, True), cache)
+        self.val_ds = ImageDataset(trainer.val_samples, build_transform(dc, "none", False), cache)
+        self.batch_size, self.seed = cfg.train.batch_size, cfg.train.seed
+        self.pin = trainer.device.startswith("cuda")
+        self.workers = trainer.speed["dataloader_workers"]
+        self.to_device = trainer._to_device
+
+    def train_epoch(self, epoch: int, skip_samples: int):
+        order = epoch_order(len(self.train_ds), self.seed, epoch)[skip_samples:]
+        for x, y in _loader(torch.utils.data.Subset(self.train_ds, order), self.batch_size, self.pin, self.workers):
+            yield x, y
+
+    def val(self):
+        yield from _loader(self.val_ds, self.batch_size, self.pin, self.workers)
+
+    def forward(self, model, x):
+        return model(self.to_device(x))
+
+
+class CachedBatches:
+    """Inputs of the first trainable block, computed once per image (and per flip view)."""
+
+    cached = True
+
+    def __init__(self, trainer, plan: prefix_cache.PrefixPlan, train_cache: torch.Tensor, val_cache: torch.Tensor):
+        self.plan, self.train_cache, self.val_cache = plan, train_cache, val_cache   # train: (views, N, ...)
+        self.train_labels = torch.tensor([s.label for s in trainer.train_samples])
+        self.val_labels = torch.tensor([s.label for s in trainer.val_samples])
+        self.batch_size, self.seed, self.device = trainer.cfg.train.batch_size, trainer.cfg.train.seed, trainer.device
+        size = trainer.data_config["input_size"]
+        self.dummy_shape = tuple(size)
+
+    def train_epoch(self, epoch: int, skip_samples: int):
+        n = len(self.train_labels)
+        order = torch.tensor(epoch_order(n, self.seed, epoch), dtype=torch.long)
+        views = torch.randint(0, self.train_cache.shape[0], (n,), generator=torch.Generator().manual_seed(
+            self.seed * 7_919 + epoch))  # a flip view per image per epoch, reproducible on resume
+        for start in range(skip_samples, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.train_cache[views[idx], idx], self.train_labels[idx]
+
+    def val(self):
+        for start in range(0, len(self.val_labels), self.batch_size):
+            yield self.val_cache[start:start + self.batch_size], self.val_labels[start:start + self.batch_size]
+
+    def forward(self, model, x):
+        x = x.to(self.device, non_blocking=True)
+        with self.plan.feeding(model) as feed:
+            feed(x)
+            # the frozen front is stubbed out; this input only carries the batch size
+            return model(self.plan.dummy_input(x.shape[0], self.dummy_shape, self.device))
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc): the set-up's forward passes leave
+    tens of MB of freed activations there, which would count in the process's memory all run."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+        pass
+
+
+def compute_batch_size(device: str) -> int:
+    # small on CPU, where the batch's activations linger in the heap (see release_free_memory)
+    # and throughput is the same; large on a GPU, which small batches leave idle
+    return 8 if device == "cpu" else 64
+
+
+def _plain_dataset(trainer, samples) -> ImageDataset:
+    """Images as validation sees them (no augmentation), shrunk as training's are, nothing kept."""
+    return ImageDataset(samples, build_transform(trainer.data_config, "none", False), decoded_cache(trainer, 0))
+
+
+def _plain_batches(trainer, samples, batch_size: int):
+    """The set-up passes' batches, on the device; stop and pause act between them."""
+    for x, _ in _loader(_plain_dataset(trainer, samples), batch_size, False, trainer.speed["dataloader_workers"]):
+        trainer.reporter.check_controls()
+        yield trainer._to_device(x)
+
+
+def calibration_batches(trainer):
+    """The training images the BatchNorm statistics are computed from (``norm_calibration``)."""
+    return _plain_batches(trainer, trainer.train_samples, norm_calibration.BATCH_SIZE)
+
+
+def _compute(trainer, plan, samples, flip_views: bool, dtype: torch.dtype) -> torch.Tensor:
+    """(views, N, *sample_shape): filled in place, batch by batch, so the peak is the cache
+    itself plus one batch's activations, not a list of pieces and their concatenation."""
+    views = 2 if flip_views else 1
+    out = torch.empty((views, len(samples), *plan.sample_shape), dtype=dtype)
+    trainer.model.eval()
+    start = 0
+    for x in _plain_batches(trainer, samples, compute_batch_size(trainer.device)):
+        with trainer.autocast():
+            out[0, start:start + len(x)] = plan.capture(trainer.model, x)
+            if flip_views:
+                out[1, start:start + len(x)] = plan.capture(trainer.model, x.flip(-1))
+        start += len(x)
+    return out
+
+
+def make_batches(trainer):
+    """(batch source, why not cached or '')."""
+    cfg = trainer.cfg
+    lever = cfg.train.cache_frozen_prefix
+    if lever == "off":
+        return ImageBatches(trainer), "off in the config"
+    if trainer.dist.enabled:
+        return ImageBatches(trainer), "not used under torchrun (each rank decodes its own images)"
+    if cfg.data.augmentation not in CACHEABLE_AUGMENTATIONS:
+        return ImageBatches(trainer), f"augmentation '{cfg.data.augmentation}' changes images every epoch"
+    probe = _plain_dataset(trainer, (trainer.train_samples + trainer.val_samples)[:4])
+    example = trainer._to_device(torch.stack([probe[i][0] for i in range(len(probe))]))
+    plan = prefix_cache.plan(trainer.model, example, trainer.autocast)
+    if plan.reason:
+        return ImageBatches(trainer), plan.reason
+    flip = cfg.data.augmentation == "flip"
+    dtype = plan.sample_dtype
+    need = plan.bytes_per_sample(dtype) * (len(trainer.train_samples) * (2 if flip else 1) + len(trainer.val_samples))
+    budget = cfg.data.cache_mb * 2**20
+    if need > budget:
+        return ImageBatches(trainer), f"the cache would need {need / 2**20:.0f} MB, over cache_mb={cfg.data.cache_mb}"
+    started = time.time()
+    train_cache = _compute(trainer, plan, trainer.train_samples, flip, dtype)
+    val_cache = _compute(trainer, plan, trainer.val_samples, False, dtype)[0] if trainer.val_samples else torch.empty(0)
+    release_free_memory()
+    trainer.folder.log(f"frozen prefix cached at {plan.boundary}: {train_cache.shape[1]} train x "
+                       f"{train_cache.shape[0]} view(s) + {len(trainer.val_samples)} val in "
+                       f"{time.time() - started:.1f} s ({(train_cache.nbytes + val_cache.nbytes) / 2**20:.0f} MB)")
+    return CachedBatches(trainer, plan, train_cache, val_cache), ""

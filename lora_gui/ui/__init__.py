@@ -1,0 +1,1 @@
+"""The Gradio app, the only part of lora_gui that imports gradio."""

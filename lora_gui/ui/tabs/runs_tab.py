@@ -1,0 +1,169 @@
+"""Runs tab: every run in the workspace; pick one to test, export or resume, and
+overlay the step-loss curves of several.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+
+from ...jobs.registry import active_jobs
+from ...jobs.training_job import TrainingJob
+from ...store.run_folder import RunFolder, list_runs
+from ..common import ENGINE_ERRORS, failure, this_tab
+from .test_tab import describe_source
+
+COLUMNS = ["run", "model", "rank", "targets", "best val acc", "duration", "status", "started"]
+LIVE = ("queued", "running", "paused", "stopping")
+RESUMABLE = ("stopped", "failed", "interrupted")
+MAX_CURVE_POINTS = 4000
+
+
+def _duration(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s // 60 % 60:02d} min"
+
+
+def _live_paths() -> set[str]:
+    return {str(Path(j.run.path).resolve()) for j in active_jobs()}
+
+
+def runs_with_status(workspace) -> list[dict]:
+    """list_runs, with 'interrupted' for a run whose file says live but that no job here is running."""
+    live = _live_paths()
+    rows = list_runs(workspace)
+    for r in rows:
+        if r["status"] in LIVE and str(Path(r["path"]).resolve()) not in live:
+            # a CLI (or another app) may be training it; if nobody holds it, it was killed
+            r["status"] = "running elsewhere" if RunFolder(r["path"]).in_use() else "interrupted"
+    return rows
+
+
+def runs_table(rows: list[dict]) -> pd.DataFrame:
+    data = [[r["run"], r["model"], r["rank"] if r["rank"] is not None else "", r["targets"] or "",
+             f"{r['best_val_acc']:.1%}" if isinstance(r["best_val_acc"], (int, float)) else "",
+             _duration(r["duration_s"]), r["status"], r["started"] or ""] for r in rows]
+    return pd.DataFrame(data, columns=COLUMNS)
+
+
+def _choices(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(f"{r['run']} · {r['model']} · {r['status']}", r["path"]) for r in rows]
+
+
+def loss_overlay_figure(paths: list[str]) -> go.Figure:
+    """One step-loss line per run (thinned to at most MAX_CURVE_POINTS points each)."""
+    fig = go.Figure()
+    for path in paths or []:
+        rows = [r for r in RunFolder(path).read_metrics() if r["kind"] == "step" and r["loss"] is not None]
+        stride = max(1, len(rows) // MAX_CURVE_POINTS)
+        rows = rows[::stride]
+        fig.add_scatter(x=[r["step"] for r in rows], y=[r["loss"] for r in rows], mode="lines",
+                        name=Path(path).name, line=dict(width=1.6))
+    title = "Step loss" if paths else "Step loss — choose runs above to compare"
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", height=360, template="plotly_white",
+                      margin=dict(l=50, r=20, t=40, b=80), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def _picked(path: str | None, workspace: Path) -> RunFolder:
+    if not path:
+        raise gr.Error("Pick a run in the list first")
+    run = RunFolder(path)
+    if not run.exists() or Path(path).resolve().parent != workspace.resolve():
+        raise gr.Error(f"{Path(path).name} is not a run in {workspace} (deleted?); press Refresh")
+    return run
+
+
+def build_runs_tab(ctx) -> None:
+    tab = this_tab()
+    workspace = Path(ctx.workspace)
+    gr.Markdown(f"Runs in `{workspace}`, newest first. Pick one to test, export or resume.",
+                elem_classes=["lg-hint"])
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Runs", max_height=420, elem_id="lg-runs-table")
+    with gr.Row():
+        pick = gr.Dropdown([], label="Run", scale=3, elem_id="lg-runs-pick")
+        refresh_btn = gr.Button("Refresh", scale=1, size="sm")
+    with gr.Row():
+        test_btn = gr.Button("Use for testing", variant="primary")
+        export_btn = gr.Button("Export")
+        resume_btn = gr.Button("Resume training")
+    status_md = gr.Markdown()
+    gr.Markdown("### Compare loss curves")
+    compare = gr.Dropdown([], multiselect=True, label="Runs to overlay", elem_id="lg-runs-compare")
+    curves = gr.Plot(loss_overlay_figure([]), label="Step loss", elem_id="lg-runs-curves")
+
+    def refresh(picked, chosen):
+        rows = runs_with_status(workspace)
+        paths = [r["path"] for r in rows]
+        picked = picked if picked in paths else (paths[0] if paths else None)
+        chosen = [c for c in (chosen or []) if c in paths]
+        choices = _choices(rows)
+        return (runs_table(rows), gr.Dropdown(choices=choices, value=picked),
+                gr.Dropdown(choices=choices, value=chosen))
+
+    def pick_from_table(evt: gr.SelectData):
+        row = evt.row_value or []
+        rows = runs_with_status(workspace)
+        match = [r["path"] for r in rows if row and r["run"] == row[0]]
+        return match[0] if match else gr.skip()
+
+    def use_for(target: str):
+        def handler(path, session):
+            run = _picked(path, workspace)
+            session.use_test_source(str(run.path))
+            what = "Testing" if target == "test" else "Exporting"
+            return session, gr.Tabs(selected=target), f"{what} run **{run.path.name}**."
+        return handler
+
+    def resume(path, session):
+        run = _picked(path, workspace)
+        if str(run.path.resolve()) in _live_paths():
+            raise gr.Error(f"{run.path.name} is already training; follow it in the Train tab")
+        status = runs_with_status(workspace)
+        status = next((r["status"] for r in status if r["path"] == str(run.path)), "unknown")
+        if status not in RESUMABLE:
+            raise gr.Error(f"{run.path.name} is {status}: only stopped, failed or interrupted runs can be resumed")
+        if not run.checkpoint_file.is_file():
+            raise gr.Error(f"{run.path.name} has no checkpoint to resume from (it stopped before saving one); "
+                           "start a new training in the Train tab")
+        previous = session.job()
+        if previous is not None and previous.status in LIVE:
+            gr.Warning("Your other training keeps running in the background; the resumed run waits for the device.")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                job = TrainingJob.resume_run(str(run.path), interactive=True).start()
+        except ENGINE_ERRORS as exc:
+            raise failure(exc) from None
+        except Exception as exc:
+            raise failure(exc, "resuming") from None
+        session.attach(job)
+        session.use_test_source(None)
+        return session, {"job_id": job.id}, gr.Tabs(selected="train"), f"Resumed **{run.path.name}**."
+
+    session = ctx.session
+    refresh_args = dict(fn=refresh, inputs=[pick, compare], outputs=[table, pick, compare],
+                        show_progress="hidden")
+    refresh_btn.click(api_name="list_runs", **refresh_args)
+    if tab is not None:
+        tab.select(api_visibility="private", **refresh_args)
+    ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(api_visibility="private", **refresh_args))
+    table.select(pick_from_table, None, pick, api_visibility="private", show_progress="hidden")
+    compare.change(loss_overlay_figure, compare, curves, api_name="loss_curves", show_progress="hidden")
+
+    for btn, target in ((test_btn, "test"), (export_btn, "export")):
+        event = btn.click(use_for(target), [pick, session], [session, ctx.tabs, status_md],
+                          api_name=f"use_run_for_{target}")
+        md = ctx.shared.get(f"{target}_source_md")
+        if md is not None:   # the tab we switch to shows which run it now works on
+            event.then(describe_source, session, md, api_visibility="private", show_progress="hidden")
+    resume_btn.click(resume, [pick, session], [session, ctx.browser, ctx.tabs, status_md], api_name="resume_run")
