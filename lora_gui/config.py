@@ -59,7 +59,22 @@ class _Serialisable:
         return _from_dict(cls, data, where or cls.__name__)
 
 
-TARGET_PRESETS = ("attention", "attention+mlp", "all-linear", "all-conv", "late-blocks")
+def option(default, help: str, flag: str | None = None, choices: tuple | None = None, **kwargs):
+    """A config field that carries its own help (PEFT's LoraConfig does the same): the CLI's flags
+    (``cli.train_command``) and the app's hints are derived from it. ``flag`` names the CLI option
+    (``--rank``); fields without one are set through presets or ``--config-json``."""
+    meta = {"help": help, "flag": flag, "choices": choices}
+    if callable(default) and not isinstance(default, type):
+        return field(default_factory=default, metadata=meta, **kwargs)
+    return field(default=default, metadata=meta, **kwargs)
+
+
+def options(cls) -> list[tuple[str, dataclasses.Field]]:
+    """(field name, field) of a config dataclass, in declaration order."""
+    return [(f.name, f) for f in fields(cls)]
+
+
+TARGET_PRESETS = ("auto", "attention", "attention+mlp", "all-linear", "all-conv", "late-blocks")
 
 
 @dataclass
@@ -71,13 +86,15 @@ class LoraConfig(_Serialisable):
     suffixes that must match at a ``.`` boundary.
     """
 
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: str = "auto"
-    use_rslora: bool = False
-    train_norm: bool = False
-    train_bias: bool = False
+    rank: int = option(8, "LoRA rank r: how thin the correction matrices are (4-16 is plenty for a few "
+                          "classes)", "--rank")
+    alpha: float = option(16.0, "LoRA alpha; the update is scaled by alpha / rank (keep alpha = 2 x rank)", "--alpha")
+    dropout: float = option(0.0, "dropout on the LoRA path, from 0 to below 1", "--dropout")
+    targets: str = option("auto", "the layers LoRA adapts: a preset (" + ", ".join(TARGET_PRESETS) + "), "
+                          "'re:<regex>' or comma-separated layer-name endings", "--targets")
+    use_rslora: bool = option(False, "scale by alpha / sqrt(rank) (rsLoRA) instead of alpha / rank")
+    train_norm: bool = option(False, "also train the normalisation layers")
+    train_bias: bool = option(False, "also train the bias terms")
 
     def __post_init__(self):
         _check(_whole(self.rank) and 1 <= self.rank <= 1024,
@@ -105,10 +122,10 @@ WEIGHT_SOURCES = ("bundled", "hub", "file", "random")
 class ModelConfig(_Serialisable):
     """Which timm backbone and where its starting weights come from."""
 
-    name: str = "tf_efficientnet_lite0"
-    weights: str = "bundled"          # one of WEIGHT_SOURCES
-    weights_file: str | None = None   # for weights == "file"
-    image_size: int | None = None     # None: the model's own default resolution
+    name: str = option("tf_efficientnet_lite0", "timm model name")
+    weights: str = option("bundled", "where the starting weights come from", choices=WEIGHT_SOURCES)
+    weights_file: str | None = option(None, "a .safetensors/.pth file, for weights 'file'")
+    image_size: int | None = option(None, "square input resolution, 32-1024 (empty: the model's own)", "--image-size")
 
     def __post_init__(self):
         _check(isinstance(self.name, str) and self.name.strip() != "", "model name must not be empty")
@@ -128,11 +145,14 @@ AUGMENTATIONS = ("none", "flip", "light", "strong")
 class DataConfig(_Serialisable):
     """Where the images are and how they are split and augmented."""
 
-    source: str = ""
-    val_fraction: float = 0.2
-    split_seed: int = 0
-    augmentation: str = "flip"          # flip: cheap, and lets a frozen prefix be cached
-    cache_mb: int = 1024              # bound on decoded-image cache held in memory
+    source: str = option("", "folder of class folders, .zip/.tar/.tar.gz archive, or .csv (filename,label)")
+    val_fraction: float = option(0.2, "share of images held out for validation, from 0 to below 1",
+                                 "--val-fraction")
+    split_seed: int = option(0, "seed of the train/validation split")
+    # flip is cheap, and lets the frozen prefix be cached (training/prefix_cache.py)
+    augmentation: str = option("flip", "training augmentation (flip: fastest, lets the frozen part of the "
+                               "model be computed once)", "--augmentation", AUGMENTATIONS)
+    cache_mb: int = option(1024, "memory for decoded images, in MB")
 
     def __post_init__(self):
         _check(isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0,
@@ -153,29 +173,36 @@ SWITCH = ("auto", "on", "off")
 class TrainConfig(_Serialisable):
     """How the optimiser runs. Speed levers are 'auto' | 'on' | 'off'."""
 
-    epochs: int = 3
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.05
-    label_smoothing: float = 0.1
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    early_stop_patience: int = 0      # epochs without val improvement; 0 = off
-    seed: int = 0
-    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps
-    num_threads: int = 0              # 0: leave one core for the UI
-    checkpoint_minutes: float = 2.0
-    # speed levers (issue 7); each records what was actually used in config.json
-    mixed_precision: str = "auto"
-    channels_last: str = "auto"
-    compile: str = "auto"             # auto = off: see compile_lever for why; 'on' opts in
-    cache_frozen_prefix: str = "auto"
-    # processes decoding and augmenting images; -1 = auto: up to 4 on a GPU (the GPU would
-    # wait for one process), 0 on CPU (workers would take cores from the training itself)
-    dataloader_workers: int = -1
-    # frozen BatchNorm statistics recomputed on the training images (auto: random weights only)
-    calibrate_norms: str = "auto"
+    epochs: int = option(3, "passes over the training images, 1-10000", "--epochs")
+    batch_size: int = option(16, "images per step, 1-4096 (per process under torchrun)", "--batch-size")
+    lr: float = option(1e-3, "learning rate (typical: 1e-4 to 1e-2)", "--lr")
+    weight_decay: float = option(0.01, "AdamW weight decay", "--weight-decay")
+    warmup_fraction: float = option(0.05, "share of steps with a linear warm-up before the cosine decay",
+                                    "--warmup-fraction")
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", "--label-smoothing")
+    grad_accum: int = option(1, "batches per optimizer step (gradient accumulation)", "--grad-accum")
+    grad_clip: float = option(1.0, "clip the gradient norm to this; 0 = off", "--grad-clip")
+    early_stop_patience: int = option(0, "early stopping: epochs without validation improvement before "
+                                      "stopping; 0 = off", "--patience")
+    seed: int = option(0, "random seed: same seed and data give the same metrics on CPU", "--seed")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps", "--device")
+    num_threads: int = option(0, "CPU threads for training; 0 = all cores (the app leaves one for itself)",
+                              "--threads")
+    checkpoint_minutes: float = option(2.0, "checkpoint at least this often, besides every epoch (minimum 0.01)",
+                                       "--checkpoint-minutes")
+    # speed levers; each records what was actually used in config.json
+    mixed_precision: str = option("auto", "bf16/fp16 autocast where the hardware has it", choices=SWITCH)
+    channels_last: str = option("auto", "channels-last memory layout for CNNs where it pays off", choices=SWITCH)
+    # auto = off: measured slower on CPU (see training/compile_lever.py); 'on' opts in
+    compile: str = option("auto", "torch.compile the blocks that train", choices=SWITCH)
+    cache_frozen_prefix: str = option("auto", "compute the frozen front of the model once per image",
+                                      choices=SWITCH)
+    # -1 = auto: up to 4 on a GPU (the GPU would wait for one process), 0 on CPU (workers would take
+    # cores from the training itself)
+    dataloader_workers: int = option(-1, "processes decoding images; -1 = auto")
+    # auto: random weights only (pretrained statistics beat a few hundred images')
+    calibrate_norms: str = option("auto", "recompute frozen BatchNorm statistics on the training images",
+                                  choices=SWITCH)
 
     def __post_init__(self):
         def whole(name, lo, hi):

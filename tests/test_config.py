@@ -226,3 +226,24 @@ def test_shipped_presets_load():
         cfg, meta = load_preset(path)
         assert meta["name"] and meta["description"], path.name
         assert isinstance(cfg, RunConfig)
+
+
+def test_every_cli_flag_and_its_help_come_from_the_config_fields():
+    """One source of truth: each config field with a flag becomes a train option with the field's help,
+    type, choices and default; a flag typed anywhere else would not be listed here."""
+    import argparse
+
+    from lora_gui.cli.train_command import add_config_arguments, config_flags
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    actions = {a.dest: a for a in p._actions if a.dest != "help"}
+    flagged = config_flags()
+    assert {d for d, *_ in flagged} == set(actions) and len(flagged) >= 18
+    for dest, section, key, f in flagged:
+        assert f.metadata["help"] in actions[dest].help
+        default = getattr(RunConfig(), section).__dict__[key]
+        assert key == "alpha" or f"(default {default if default is not None else 'the model' + chr(39) + 's own'})" \
+            in actions[dest].help
+    assert actions["augmentation"].choices == ("none", "flip", "light", "strong")
+    assert actions["rank"].type is int and actions["lr"].type is float
+    assert p.parse_args(["--rank", "4"]).rank == 4

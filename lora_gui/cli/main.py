@@ -8,8 +8,9 @@ import argparse
 import json
 import sys
 
+from ..config import DataConfig, ModelConfig
 from ..errors import EXIT_BAD_INPUT, EXIT_OK
-from .train_command import cmd_train
+from .train_command import add_config_arguments, cmd_train, field_help
 
 
 def cmd_runs(args) -> int:
@@ -67,34 +68,11 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a LoRA adapter (progress bar, then a summary table)",
                        description="Train a LoRA adapter. Flags override the preset's values.")
-    t.add_argument("--data", help="folder of class folders, .zip/.tar/.tar.gz archive, or .csv (filename,label)")
-    t.add_argument("--model", help="timm model name (default tf_efficientnet_lite0, bundled weights)")
+    t.add_argument("--data", help=field_help(DataConfig, "source"))
+    t.add_argument("--model", help=field_help(ModelConfig, "name") + f" (default {ModelConfig().name}, whose bundled "
+                   "ImageNet weights work offline)")
     t.add_argument("--weights", help="bundled | hub | random | path to a .safetensors/.pth file")
-    t.add_argument("--targets", help="LoRA targets: auto, attention, attention+mlp, all-linear, all-conv, "
-                                     "late-blocks, 're:<regex>' or comma-separated name suffixes")
-    t.add_argument("--rank", type=int, help="LoRA rank r (default 8)")
-    t.add_argument("--alpha", type=float, help="LoRA alpha; update scale is alpha / rank (default 2 x rank)")
-    t.add_argument("--dropout", type=float, help="dropout on the LoRA path (default 0)")
-    t.add_argument("--epochs", type=int, help="passes over the training images (default 3)")
-    t.add_argument("--batch-size", type=int, help="images per step (default 16)")
-    t.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
-    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
-    t.add_argument("--warmup-fraction", type=float, help="share of steps with a linear warm-up before the "
-                                                         "cosine decay (default 0.05)")
-    t.add_argument("--label-smoothing", type=float, help="label smoothing of the cross-entropy (default 0.1)")
-    t.add_argument("--grad-accum", type=int, help="batches per optimizer step (gradient accumulation, default 1)")
-    t.add_argument("--grad-clip", type=float, help="clip the gradient norm to this; 0 = off (default 1.0)")
-    t.add_argument("--patience", type=int, help="early stopping: epochs without validation improvement "
-                                                "before stopping; 0 = off (default)")
-    t.add_argument("--image-size", type=int, help="square input resolution (default: the model's own)")
-    t.add_argument("--augmentation", choices=["none", "flip", "light", "strong"],
-                   help="training augmentation (default flip: fastest, lets the frozen prefix be cached)")
-    t.add_argument("--val-fraction", type=float, help="share of images held out for validation (default 0.2)")
-    t.add_argument("--seed", type=int, help="random seed: same seed and data give the same metrics on CPU")
-    t.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
-    t.add_argument("--threads", type=int, help="CPU threads for training; 0 = all cores (default)")
-    t.add_argument("--checkpoint-minutes", type=float, help="checkpoint at least this often, besides every "
-                                                            "epoch (default 2; minimum 0.01)")
+    add_config_arguments(t)  # --rank, --epochs, ...: one per config field with a flag, help from its metadata
     t.add_argument("--preset", help="presets/NAME.json to start from")
     t.add_argument("--config-json", metavar="JSON_OR_FILE", help="a full run configuration (as in a run's "
                    "config.json 'config', or RunConfig JSON) to start from instead of a preset; flags override it")

@@ -1,6 +1,7 @@
 """``python -m lora_gui train``: flags derived from the config, a progress bar, a summary table."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import DataConfig, LoraConfig, ModelConfig, TrainConfig, options
 from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 
@@ -40,17 +42,37 @@ def summary_table(epoch_rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# flag -> (config section, key); every one overrides the preset when given
-CONFIG_FLAGS = (("targets", "lora", "targets"), ("rank", "lora", "rank"), ("alpha", "lora", "alpha"),
-                ("dropout", "lora", "dropout"), ("epochs", "train", "epochs"),
-                ("batch_size", "train", "batch_size"), ("lr", "train", "lr"),
-                ("weight_decay", "train", "weight_decay"), ("warmup_fraction", "train", "warmup_fraction"),
-                ("label_smoothing", "train", "label_smoothing"), ("grad_accum", "train", "grad_accum"),
-                ("grad_clip", "train", "grad_clip"), ("patience", "train", "early_stop_patience"),
-                ("seed", "train", "seed"), ("device", "train", "device"), ("threads", "train", "num_threads"),
-                ("checkpoint_minutes", "train", "checkpoint_minutes"),
-                ("image_size", "model", "image_size"), ("augmentation", "data", "augmentation"),
-                ("val_fraction", "data", "val_fraction"))
+SECTIONS = (("model", ModelConfig), ("lora", LoraConfig), ("data", DataConfig), ("train", TrainConfig))
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def config_flags() -> list[tuple[str, str, str, dataclasses.Field]]:
+    """(argparse dest, config section, key, field) for every config field that declares a CLI flag;
+    every one given on the command line overrides the preset."""
+    out = []
+    for section, cls in SECTIONS:
+        for key, f in options(cls):
+            if f.metadata.get("flag"):
+                out.append((f.metadata["flag"].lstrip("-").replace("-", "_"), section, key, f))
+    return out
+
+
+CONFIG_FLAGS = [(dest, section, key) for dest, section, key, _ in config_flags()]
+
+
+def field_help(cls, key: str) -> str:
+    return next(f.metadata["help"] for name, f in options(cls) if name == key)
+
+
+def add_config_arguments(parser) -> None:
+    """One option per flagged config field: type, choices and help come from the dataclass."""
+    for _, _, key, f in config_flags():
+        kind = _TYPES[str(f.type).split("|")[0].strip()]
+        default = "the model's own" if f.default is None else f.default
+        if key == "alpha":
+            default = "2 x rank"
+        parser.add_argument(f.metadata["flag"], type=kind, choices=f.metadata.get("choices"),
+                            help=f"{f.metadata['help']} (default {default})")
 
 
 def build_config(args):
