@@ -9,7 +9,7 @@ import gradio as gr
 from ... import data
 from ...data.archives import ArchiveLimits
 from ..charts import class_distribution_figure
-from ..common import PRIVATE
+from ..common import PRIVATE, md
 from ..context import MAX_UPLOAD_MB, AppContext
 
 LIMITS = ArchiveLimits()
@@ -29,9 +29,12 @@ def dataset_outputs(ds: data.Dataset | None, label: str, val_fraction: float, sp
     if ds is None:
         return ("No dataset yet. Click **Use the example dataset**, or bring your own below.",
                 [], [], None, [])
-    lines = [f"**{label}** — " + ds.report.summary().replace("\n", "  \n")]
+    # The report's summary ends with its errors and warnings; they are shown once, below it.
+    counts = [line for line in ds.report.summary().splitlines() if not line.startswith(("Error: ", "Warning: "))]
+    lines = [f"**{md(label)}** — " + "  \n".join(md(line) for line in counts)]
+    lines += [f"\nNote: {md(w)}" for w in ds.report.warnings]
     if ds.report.errors:
-        lines.append("\n**Fix before training:** " + " ".join(ds.report.errors))
+        lines.append("\n**Fix before training:**\n" + "\n".join(f"- {md(e)}" for e in ds.report.errors))
     else:
         lines.append("\nReady: go to **2 · Model & LoRA** to check the settings, or straight to **3 · Train**.")
     split_rows = []
@@ -160,7 +163,7 @@ def build_class_builder(ctx: AppContext) -> None:
     def state(session, selected=None):
         found = session.class_builder(ws).classes()
         names = list(found)
-        text = ", ".join(f"**{k}**: {v} image(s)" for k, v in found.items()) or "No classes yet."
+        text = ", ".join(f"**{md(k)}**: {v} image(s)" for k, v in found.items()) or "No classes yet."
         pick = selected if selected in names else (names[0] if names else None)
         return session, gr.Dropdown(choices=names, value=pick), text
 
