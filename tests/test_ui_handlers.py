@@ -58,3 +58,32 @@ def test_dataset_errors_are_escaped_and_said_once(tmp_path):
     assert "\\(&lt;folder&gt;/&lt;class&gt;/&lt;image&gt;\\)" in summary
     assert "&lt;b&gt;odd" in summary and "<b>" not in summary
 
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("rank", 0, "from 1 to 1024, got 0"), ("rank", -5.0, "got -5"), ("rank", "abc", "got 'abc'"),
+    ("alpha", -1.0, "positive"), ("dropout", 0.99 + 0.01, "[0, 1)"), ("epochs", 2.5, "from 1 to 10000"),
+    ("batch_size", 0.0, "from 1 to 4096"), ("lr", None, "positive number"), ("seed", "x", "whole number"),
+    ("val_fraction", 1.0, "[0, 1)"), ("image_size", 20, "from 32 to 1024")])
+def test_each_bad_number_gets_one_message_from_the_config(name, value, words):
+    """#12.6: the message is config.py's own (no second copy of the ranges), once, without 'config: lora:'."""
+    from lora_gui.ui.fields import NUMBERS, problems_text
+    assert name in NUMBERS
+    text = problems_text([name], [value])
+    assert words in text and "config:" not in text and text.count("must") == 1
+
+
+def test_numbers_pass_gradio_preprocess_as_typed():
+    """'abc' or -5 must reach the handler (and its message), not fail in Gradio's own bounds check."""
+    from lora_gui.ui.fields import lenient
+    slider, number = lenient(gr.Slider(1, 64, step=1), gr.Number(minimum=0.01))
+    assert slider.preprocess(-5) == -5 and number.preprocess("abc") == "abc"
+
+
+def test_layer_summary_follows_the_rank_or_says_it_waits():
+    from lora_gui.ui.tabs.model_tab import layer_summary
+    text, rows = layer_summary("resnet18", "auto", 0, False, False, 2)
+    assert rows == [] and "once the rank above is fixed" in text
+    low, _ = layer_summary("resnet18", "auto", 4, False, False, 2)
+    high, _ = layer_summary("resnet18", "auto", 1000.0, False, False, 2)
+    assert low != high and "trainable" in high

@@ -11,6 +11,7 @@ from ...data.archives import ArchiveLimits
 from ..charts import class_distribution_figure
 from ..common import PRIVATE, md
 from ..context import MAX_UPLOAD_MB, AppContext
+from ..fields import field_problem, lenient
 
 LIMITS = ArchiveLimits()
 LIMITS_TEXT = (f"Uploads up to {MAX_UPLOAD_MB} MB each. Archives: at most {LIMITS.max_members:,} files and "
@@ -38,7 +39,10 @@ def dataset_outputs(ds: data.Dataset | None, label: str, val_fraction: float, sp
     else:
         lines.append("\nReady: go to **2 · Model & LoRA** to check the settings, or straight to **3 · Train**.")
     split_rows = []
-    if not ds.report.errors:
+    problem = field_problem("val_fraction", val_fraction)
+    if problem:
+        lines.append(f"\n**Held out for validation:** {md(problem)}.")
+    elif not ds.report.errors:
         train, val = data.split_dataset(ds, val_fraction, split_seed)
         split_rows = data.split_counts(train, val, ds.classes)
     chart = class_distribution_figure(split_rows if split_rows else ds.class_counts())
@@ -73,6 +77,7 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     gr.Markdown(LIMITS_TEXT, elem_classes="lg-hint")
     val_fraction = gr.Slider(0.0, 0.5, value=0.2, step=0.05, label="Held out for validation",
                              info="This share of each class is never trained on; it measures real accuracy.")
+    lenient(val_fraction)
     ctx.fields["val_fraction"] = val_fraction
     summary = gr.Markdown(dataset_outputs(None, "", 0.2)[0], elem_id="lg-data-summary")
     with gr.Row():
@@ -132,7 +137,8 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
                    api_name="load_archive")
     path_btn.click(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], api_name="load_path")
     path_box.submit(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], **PRIVATE)
-    val_fraction.release(resplit, [ctx.session, val_fraction], [ctx.session, *outputs], **PRIVATE)
+    val_fraction.change(resplit, [ctx.session, val_fraction], [ctx.session, *outputs], trigger_mode="always_last",
+                        **PRIVATE)
     ctx.shared["show_dataset"] = (show, outputs)
     if data_path:
         ctx.shared.setdefault("on_load", []).append(
@@ -151,7 +157,8 @@ def build_class_builder(ctx: AppContext) -> None:
         current = gr.Dropdown(label="Class", choices=[], scale=3, allow_custom_value=False)
         counts = gr.Markdown("No classes yet.")
     with gr.Row():
-        files = gr.File(file_count="multiple", file_types=["image"], label="Add images to this class")
+        files = gr.File(file_count="multiple", file_types=["image"], label="Add images to this class",
+                        elem_id="lg-cb-files")
         cam = gr.Image(sources=["webcam", "upload", "clipboard"], type="numpy", label="Snapshot")
     snap_btn = gr.Button("Add snapshot to this class")
     with gr.Row():

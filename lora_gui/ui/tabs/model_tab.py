@@ -13,8 +13,9 @@ from ... import backbones as models
 from ... import lora
 from ...config import LoraConfig
 from ...errors import ConfigError
-from ..common import PRIVATE
+from ..common import PRIVATE, md
 from ..context import AppContext
+from ..fields import field_problem, lenient, problems_text
 
 TARGET_CHOICES = [
     ("auto (recommended for this model)", "auto"),
@@ -56,14 +57,16 @@ def _skeleton(name: str, num_classes: int):
 def layer_summary(name: str, targets: str, rank, train_norm: bool, train_bias: bool, num_classes: int):
     """(markdown, rows) describing what LoRA would wrap and train."""
     if not name or not timm.is_model(name):
-        return f"Unknown model '{name}': pick one from the list or search.", []
+        return f"Unknown model '{md(name)}': pick one from the list or search.", []
+    if field_problem("rank", rank):   # said once, in the check line under the LoRA settings
+        return "Trainable parameters appear here once the rank above is fixed.", []
     try:
-        cfg = LoraConfig(rank=int(rank or 8), targets=targets or "auto", train_norm=train_norm,
+        cfg = LoraConfig(rank=int(rank), targets=targets or "auto", train_norm=train_norm,
                          train_bias=train_bias)
         model = _skeleton(name, num_classes)
         est = lora.estimate_trainable(model, cfg)
     except (ConfigError, lora.LoraError) as exc:
-        return f"**Target layers:** {exc}", []
+        return f"**Target layers:** {md(exc)}", []
     rows = {l.name: l for l in lora.list_layers(model)}
     table = [[n, rows[n].type, rows[n].shape, rows[n].params, "LoRA"] for n in est["layers"]]
     table += [[n, rows[n].type, rows[n].shape, rows[n].params, f"skipped: {why}"] for n, why in est["skipped"]]
@@ -109,6 +112,8 @@ def build_model_tab(ctx: AppContext) -> None:
         rank = gr.Slider(1, 64, value=8, step=1, label="Rank (r)", info="size of the learned correction")
         alpha = gr.Number(value=16, label="Alpha", info="strength: update = alpha / rank", minimum=0.01)
         dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="LoRA dropout")
+    lenient(rank, alpha, dropout)
+    check = gr.Markdown(elem_id="lg-model-check")
     targets = gr.Dropdown(TARGET_CHOICES, value="auto", allow_custom_value=True, label="Target layers",
                           info="A preset, 're:<regex>' (full match on layer names) or comma-separated name endings")
     with gr.Accordion("Advanced", open=False):
@@ -161,19 +166,36 @@ def build_model_tab(ctx: AppContext) -> None:
         return str(dest)
 
     def alpha_follows_rank(r, a, prev_r):
-        return gr.skip() if a != 2 * (prev_r or 8) else 2 * r
+        if field_problem("rank", r) or a != 2 * (prev_r or 8):
+            return gr.skip()
+        return 2 * r
+
+    def remember_rank(r, prev_r):
+        return prev_r if field_problem("rank", r) else r
+
+    numbers = [rank, alpha, dropout]
+
+    def check_numbers(*values):
+        return problems_text(["rank", "alpha", "dropout"], values)
 
     summary_inputs = [ctx.session, model_name, targets, rank, train_norm, train_bias]
     for comp in (model_name, targets, train_norm, train_bias):
         comp.change(refresh, summary_inputs, [count, layers], **PRIVATE)
-    rank.release(refresh, summary_inputs, [count, layers], **PRIVATE)
+    # .change: fires for drags, typing (Enter or leaving the box) and the slider clamping a typed value,
+    # so the trainable count always describes the rank shown
+    rank.change(refresh, summary_inputs, [count, layers], trigger_mode="always_last", **PRIVATE)
+    for comp in (rank, dropout):
+        comp.change(check_numbers, numbers, check, show_progress="hidden", **PRIVATE)
+    for listen in (alpha.submit, alpha.blur):
+        listen(check_numbers, numbers, check, show_progress="hidden", **PRIVATE)
     model_name.change(on_model, [model_name, weights], [note, weights], **PRIVATE)
     search.submit(do_search, search, found, api_name="search_models")
     found.change(pick, found, model_name, **PRIVATE)
     weights.change(on_weights, weights, [weights_upload, weights_file], **PRIVATE)
     weights_upload.upload(upload_weights, weights_upload, weights_file, api_name="upload_weights")
     prev_rank = gr.State(8)
-    rank.release(alpha_follows_rank, [rank, alpha, prev_rank], alpha, **PRIVATE).then(lambda r: r, rank, prev_rank, **PRIVATE)
+    rank.change(alpha_follows_rank, [rank, alpha, prev_rank], alpha, trigger_mode="always_last",
+                **PRIVATE).then(remember_rank, [rank, prev_rank], prev_rank, **PRIVATE)
     def wire(demo):
         demo.load(refresh, summary_inputs, [count, layers], **PRIVATE)
         ctx.shared["tab:model"].select(refresh, summary_inputs, [count, layers], **PRIVATE)  # class count may have changed

@@ -19,7 +19,7 @@ from ...jobs.registry import get_job
 from ...jobs.training_job import TrainingJob
 from .. import charts, torchrun_choice
 from ..context import AppContext
-from ..fields import FIELD_NAMES, config_from_values
+from ..fields import FIELD_NAMES, config_from_values, lenient, problems_text
 
 SIZES = [("model default", 0), ("96 px (fastest)", 96), ("128 px", 128), ("160 px", 160), ("192 px", 192),
          ("224 px", 224), ("256 px", 256), ("288 px", 288), ("384 px", 384)]
@@ -67,6 +67,9 @@ def build_train_tab(ctx: AppContext) -> None:
                                      "light: random crops too; strong: RandAugment")
         image_size = gr.Dropdown(SIZES, value=0, label="Resolution", info="smaller trains faster")
         seed = gr.Number(value=0, precision=0, label="Seed", info="same seed + data = same result")
+    numbers = lenient(epochs, batch_size, lr, seed, image_size)
+    number_names = ["epochs", "batch_size", "lr", "seed", "image_size"]
+    check = gr.Markdown(elem_id="lg-train-check")
     ctx.fields.update(epochs=epochs, batch_size=batch_size, lr=lr, augmentation=augmentation,
                       image_size=image_size, seed=seed)
     use_all_gpus = torchrun_choice.checkbox()
@@ -83,6 +86,12 @@ def build_train_tab(ctx: AppContext) -> None:
         lr_plot = gr.Plot(label="Learning rate")
         log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, elem_id="lg-log")
     timer = gr.Timer(1.0)
+
+    def check_numbers(*values):
+        return problems_text(number_names, values)
+
+    for listen in (epochs.change, batch_size.change, image_size.change, lr.submit, lr.blur, seed.submit, seed.blur):
+        listen(check_numbers, list(numbers), check, show_progress="hidden", api_visibility="private")
 
     def start_job(session, browser, *values):
         *values, use_all_gpus = values

@@ -1,0 +1,60 @@
+"""Issue #12 in a real browser (Debian chromium): no Error pills, one message per bad number,
+displays that match the value shown. Screenshots go to test-artifacts/ui-*.png."""
+from __future__ import annotations
+
+import pytest
+from conftest import ARTIFACTS, REPO
+
+pytestmark = pytest.mark.timeout(420)
+PILL = "[data-testid=status-tracker] span.error"
+
+
+@pytest.fixture
+def app(app_server, page):
+    url, _ = app_server
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#lg-use-example", timeout=60_000)
+    return page
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"ui-{name}.png"), full_page=True)
+
+
+def test_class_builder_error_keeps_the_drop_zone(app):
+    """#12.4: images dropped before any class exists: a message, no pill, the label stays."""
+    page = app
+    page.get_by_role("tab", name="Class by class (webcam)").click()
+    page.set_input_files("#lg-cb-files input[type=file]", str(REPO / "assets/example/bag/00.png"))
+    page.wait_for_selector(".toast-body", timeout=30_000)
+    assert "Add a class first" in page.inner_text(".toast-body")
+    shot(page, "class-builder-error")
+    assert page.locator(PILL).count() == 0
+    assert page.locator("#lg-cb-files").get_by_text("Add images to this class").is_visible()
+
+
+def _rank(page, value: str) -> None:
+    box = page.locator("input[aria-label='number input for Rank (r)']")
+    box.fill(value)
+    box.press("Enter")
+
+
+def test_bad_rank_gives_one_message_and_counts_follow(app):
+    """#12.6: rank 0 / -5: one message with the allowed range, no pill; Enter applies a rank and the
+    trainable count always describes the rank in the box."""
+    page = app
+    page.get_by_role("tab", name="2 · Model & LoRA").click()
+    page.wait_for_function("document.querySelector('#lg-trainable').innerText.includes('trainable')",
+                           timeout=60_000)
+    for bad in ("0", "-5"):
+        _rank(page, bad)
+        page.wait_for_function(f"document.querySelector('#lg-model-check').innerText.includes('got {bad}')",
+                               timeout=30_000)
+        assert "from 1 to 1024" in page.inner_text("#lg-model-check")
+        assert "once the rank above is fixed" in page.inner_text("#lg-trainable")
+        assert page.locator(PILL).count() == 0 and page.locator(".toast-body").count() == 0
+    shot(page, "model-bad-rank")
+    _rank(page, "16")
+    page.wait_for_function("document.querySelector('#lg-trainable').innerText.includes('226,048')", timeout=30_000)
+    page.wait_for_function("!document.querySelector('#lg-model-check').innerText.includes('must')", timeout=30_000)
