@@ -87,3 +87,48 @@ def test_layer_summary_follows_the_rank_or_says_it_waits():
     low, _ = layer_summary("resnet18", "auto", 4, False, False, 2)
     high, _ = layer_summary("resnet18", "auto", 1000.0, False, False, 2)
     assert low != high and "trainable" in high
+
+
+def test_catalog_facts_are_cached_in_the_workspace_not_computed_at_start(tmp_path):
+    """#12.7: the backbone list's sizes cost ~7 s per start; now once, kept under the workspace."""
+    from lora_gui.ui.catalog_info import CatalogInfo
+    info = CatalogInfo(tmp_path)
+    assert info.get("resnet18", compute=False) is None
+    assert "resnet18" in dict((v, k) for k, v in info.choices())          # listed before any size is known
+    info.fill()
+    again = CatalogInfo(tmp_path)                                          # the next start reads the file
+    assert again.get("resnet18", compute=False) == {"params": 11_176_512, "resolution": 224}
+    assert (tmp_path / ".cache" / "catalog-info.json").is_file()
+    assert "11.2M params" in again.label("resnet18")
+
+
+def test_the_model_tab_says_which_backbones_work_offline(tmp_path):
+    from lora_gui.ui.catalog_info import CatalogInfo
+    text = CatalogInfo(tmp_path).offline_summary()
+    assert "`tf_efficientnet_lite0`" in text.split(". The other")[0] and "needs internet" in text
+
+
+def test_attention_targets_are_not_offered_for_a_cnn():
+    from lora_gui.ui.tabs.model_tab import target_choices
+    cnn = [v for _, v in target_choices("resnet18")]
+    vit = [v for _, v in target_choices("vit_tiny_patch16_224")]
+    assert "attention" not in cnn and "all-conv" in cnn and "auto" in cnn
+    assert "attention" in vit
+
+
+def test_presets_tab_opens_on_a_preset_that_works_offline(tmp_path):
+    from lora_gui.ui.tabs.presets_tab import describe, offline_default
+    path = offline_default(tmp_path)
+    assert path is not None and path.endswith("quick-cpu-demo.json")
+    assert "works offline" in describe(path, tmp_path)
+
+
+def test_layer_table_has_lora_params_and_the_counts_agree(tmp_path):
+    """#12.8: per-layer LoRA params add up to the trainable line; the total = list size + head + LoRA."""
+    from lora_gui.ui.catalog_info import CatalogInfo
+    from lora_gui.ui.tabs.model_tab import layer_summary
+    text, rows = layer_summary("resnet18", "auto", 8, False, False, 3)
+    lora_total = sum(r[4] for r in rows)
+    assert lora_total > 0 and f"({lora_total:,} parameters)" in text
+    backbone = CatalogInfo(tmp_path).get("resnet18")["params"]
+    assert f"backbone's {backbone:,}" in text and "3-class head" in text
