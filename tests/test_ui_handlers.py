@@ -132,3 +132,59 @@ def test_layer_table_has_lora_params_and_the_counts_agree(tmp_path):
     assert lora_total > 0 and f"({lora_total:,} parameters)" in text
     backbone = CatalogInfo(tmp_path).get("resnet18")["params"]
     assert f"backbone's {backbone:,}" in text and "3-class head" in text
+
+
+def test_runs_table_names_the_dataset_and_reads_like_a_date(tmp_path):
+    """#12.8: a dataset column and '2 Dec 13:15:02 · model' instead of the folder name; the folder
+    stays in the last column (a click on a row finds its run by it)."""
+    from lora_gui.config import DataConfig, RunConfig
+    from lora_gui.store.run_folder import RunFolder, write_json_atomic
+    from lora_gui.ui.tabs.runs_tab import runs_table, runs_with_status
+    for name, source, started in (("resnet18-20261202-131502-ab12", "/root/Pictures/pets", "2026-12-02 13:15:02"),
+                                  ("r2", str(data.example_dataset_path()), "2026-12-03 09:00:00")):
+        run = RunFolder(tmp_path / name).create()
+        cfg = RunConfig(data=DataConfig(source=source))
+        write_json_atomic(run.config_file, {"config": cfg.to_dict(), "classes": ["a", "b"]})
+        run.update_status(status="finished", started=started, duration_s=75.0)
+    table = runs_table(runs_with_status(tmp_path))
+    assert list(table["dataset"]) == ["example dataset", "pets"]           # newest first
+    assert table["run"][1] == "2 Dec 13:15:02 · tf_efficientnet_lite0"
+    assert table["folder"][1] == "resnet18-20261202-131502-ab12" and table["training time"][1] == "1 min 15 s"
+
+
+def _snap(status, message, step=0, **kw):
+    from lora_gui.jobs.job_state import JobSnapshot
+    return JobSnapshot("j", "/r", status, message, 1, 3, step, 30, kw.pop("eta_s", None), None, **kw)
+
+
+@pytest.mark.parametrize("status, message, says", [
+    ("paused", "paused; press Resume to continue", "Press Resume to continue"),
+    ("finished", "best validation accuracy 95.0% (epoch 2)", "95.0% of the validation images"),
+    ("finished", "best validation accuracy 95.0% (epoch 2)", "4 · Test"),
+    ("stopped", "stopped by request; the adapter so far is saved in last/", "Resume training in the Runs tab"),
+    ("failed", "the loss diverged at step 3 (nan): lower the learning rate", "Lower the learning rate"),
+    ("failed", "ran out of memory; use a smaller batch size", "smaller batch size")])
+def test_progress_says_what_happened_and_what_next_in_plain_words(status, message, says):
+    """#12.5: no 'Paused — paused', no 'last/'; every end state says what to do next."""
+    from lora_gui.ui.tabs.train_tab import progress_html
+    text = progress_html(_snap(status, message, step=5))
+    assert says in text
+    assert "last/" not in text and "— paused" not in text and "Paused — " not in text
+
+
+def test_details_keep_the_engine_words_newest_line_first():
+    """#12.8 of the log: the newest line is at the top, where the box opens."""
+    from lora_gui.ui.tabs.train_tab import details_text
+    text = details_text(_snap("running", "training on cpu", log=["first", "frozen prefix cached", "newest"]))
+    assert text.splitlines()[:2] == ["[running] training on cpu", "newest"]
+
+
+def test_charts_wait_for_data_and_accuracy_says_when_it_comes():
+    """#12.6: no empty axes; during epoch 1 a note stands in for the accuracy chart."""
+    from lora_gui.ui.tabs.train_tab import figures
+    rows = [{"kind": "step", "epoch": 1, "step": 1, "loss": 1.2, "lr": 1e-3, "images_per_s": 10.0, "time": 0.0}]
+    loss, acc, note, lr = figures(_snap("running", "", step=1, step_rows=rows))
+    assert loss.visible and not acc.visible and note.visible and lr.visible
+    epoch = [{"kind": "epoch", "epoch": 1, "step": 5, "train_acc": 0.5, "val_acc": 0.6, "val_loss": 1.0}]
+    loss, acc, note, _ = figures(_snap("running", "", step=5, step_rows=rows, epoch_rows=epoch))
+    assert acc.visible and not note.visible

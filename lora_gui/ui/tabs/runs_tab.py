@@ -4,19 +4,21 @@ overlay the step-loss curves of several.
 from __future__ import annotations
 
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
+from ... import data
 from ...jobs.registry import active_jobs
 from ...jobs.training_job import TrainingJob
 from ...store.run_folder import RunFolder, list_runs
 from ..common import ENGINE_ERRORS, failure, this_tab
 from .test_tab import describe_source
 
-COLUMNS = ["run", "model", "rank", "targets", "best val acc", "duration", "status", "started"]
+COLUMNS = ["run", "dataset", "model", "rank", "targets", "best val acc", "training time", "status", "folder"]
 LIVE = ("queued", "running", "paused", "stopping")
 RESUMABLE = ("stopped", "failed", "interrupted")
 MAX_CURVE_POINTS = 4000
@@ -48,15 +50,34 @@ def runs_with_status(workspace) -> list[dict]:
     return rows
 
 
+def run_label(r: dict) -> str:
+    """'2 Dec 13:15:02 · resnet18' instead of the folder name resnet18-20261202-131502-ab12."""
+    try:
+        when = datetime.strptime(r["started"] or "", "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return r["run"]
+    return f"{when.day} {when:%b %H:%M:%S} · {r['model']}"
+
+
+def dataset_name(source: str | None) -> str:
+    if not source:
+        return ""
+    path = Path(source)
+    if path.resolve() == data.example_dataset_path().resolve():
+        return "example dataset"
+    return path.name or str(path)
+
+
 def runs_table(rows: list[dict]) -> pd.DataFrame:
-    data = [[r["run"], r["model"], r["rank"] if r["rank"] is not None else "", r["targets"] or "",
-             f"{r['best_val_acc']:.1%}" if isinstance(r["best_val_acc"], (int, float)) else "",
-             _duration(r["duration_s"]), r["status"], r["started"] or ""] for r in rows]
-    return pd.DataFrame(data, columns=COLUMNS)
+    data_rows = [[run_label(r), dataset_name(r.get("source")), r["model"], r["rank"] if r["rank"] is not None else "",
+                  r["targets"] or "",
+                  f"{r['best_val_acc']:.1%}" if isinstance(r["best_val_acc"], (int, float)) else "",
+                  _duration(r["duration_s"]), r["status"], r["run"]] for r in rows]
+    return pd.DataFrame(data_rows, columns=COLUMNS)
 
 
 def _choices(rows: list[dict]) -> list[tuple[str, str]]:
-    return [(f"{r['run']} · {r['model']} · {r['status']}", r["path"]) for r in rows]
+    return [(f"{run_label(r)} · {dataset_name(r.get('source')) or '?'} · {r['status']}", r["path"]) for r in rows]
 
 
 def loss_overlay_figure(paths: list[str]) -> go.Figure:
@@ -113,7 +134,7 @@ def build_runs_tab(ctx) -> None:
     def pick_from_table(evt: gr.SelectData):
         row = evt.row_value or []
         rows = runs_with_status(workspace)
-        match = [r["path"] for r in rows if row and r["run"] == row[0]]
+        match = [r["path"] for r in rows if row and r["run"] == row[-1]]   # the folder column
         return match[0] if match else gr.skip()
 
     def use_for(target: str):
