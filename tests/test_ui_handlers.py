@@ -188,3 +188,18 @@ def test_charts_wait_for_data_and_accuracy_says_when_it_comes():
     epoch = [{"kind": "epoch", "epoch": 1, "step": 5, "train_acc": 0.5, "val_acc": 0.6, "val_loss": 1.0}]
     loss, acc, note, _ = figures(_snap("running", "", step=5, step_rows=rows, epoch_rows=epoch))
     assert acc.visible and not note.visible
+
+
+def test_validation_report_groups_non_images_by_extension_and_filters(make_image_folder):
+    """#12.8: thousands of files: 'not an image' grouped per extension; the table filters by status."""
+    from lora_gui.ui.tabs.data_tab import _report_rows, report_groups
+    root = make_image_folder({f"{c}/{i}.png": None for c in ("cat", "dog") for i in range(3)}, "Pictures")
+    for i in range(3):
+        (root / "cat" / f"notes{i}.txt").write_text("x")
+    (root / "dog" / "meta.json").write_text("{}")
+    (root / "dog" / "README").write_text("x")
+    ds = data.load_dataset(str(root), root.parent / "ws")
+    text = report_groups(ds)
+    assert "- used for training: 6 files" in text
+    assert "not an image \\(.txt\\): 3 files" in text and "not an image \\(.json\\): 1 files" in text
+    assert {r[2] for r in _report_rows(ds, "skipped")} == {"skipped"} and len(_report_rows(ds, "used")) == 6

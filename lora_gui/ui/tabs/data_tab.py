@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import gradio as gr
@@ -19,17 +20,40 @@ LIMITS_TEXT = (f"Uploads up to {MAX_UPLOAD_MB} MB each. Archives: at most {LIMIT
                f"megapixels. Formats: jpg, png, webp, bmp, gif, tiff.")
 
 
-def _report_rows(ds: data.Dataset) -> list[list[str]]:
+REPORT_SHOWS = [("skipped files", "skipped"), ("used files", "used"), ("all files", "all")]
+MAX_REPORT_ROWS = 2000
+
+
+def _report_rows(ds: data.Dataset | None, show: str = "all") -> list[list[str]]:
     # Skipped files first: they are what a person needs to act on.
-    rows = ds.report.as_rows()
-    return sorted(rows, key=lambda r: (r[2] == "used", r[0]))
+    rows = ds.report.as_rows() if ds is not None else []
+    rows = [r for r in rows if show == "all" or r[2] == show]
+    return sorted(rows, key=lambda r: (r[2] == "used", r[0]))[:MAX_REPORT_ROWS]
+
+
+def _group(path: str, reason: str) -> str:
+    if reason == "not an image":   # thousands of .txt/.json/.DS_Store read better as one line each
+        return f"not an image ({Path(path).suffix.lower() or 'no extension'})"
+    return reason.split(" (")[0].split(" of ")[0].split(":")[0]
+
+
+def report_groups(ds: data.Dataset | None) -> str:
+    """What happened to the files, one line per kind ('not an image' per extension)."""
+    if ds is None:
+        return ""
+    used = sum(1 for f in ds.report.files if f.status == "used")
+    skipped = Counter(_group(f.path, f.reason) for f in ds.report.files if f.status == "skipped")
+    lines = [f"- used for training: {used:,} files"] + [f"- {md(k)}: {n:,} files" for k, n in skipped.most_common()]
+    total = len(ds.report.files)
+    more = f" The table shows the first {MAX_REPORT_ROWS:,} of each choice." if total > MAX_REPORT_ROWS else ""
+    return "\n".join(lines) + more
 
 
 def dataset_outputs(ds: data.Dataset | None, label: str, val_fraction: float, split_seed: int = 0):
     """(summary markdown, report rows, split rows, chart, gallery) for a dataset or none."""
     if ds is None:
         return ("No dataset yet. Click **Use the example dataset**, or bring your own below.",
-                [], [], None, [])
+                [], [], None, [], "", "all")
     # The report's summary ends with its errors and warnings; they are shown once, below it.
     counts = [line for line in ds.report.summary().splitlines() if not line.startswith(("Error: ", "Warning: "))]
     lines = [f"**{md(label)}** — " + "  \n".join(md(line) for line in counts)]
@@ -46,7 +70,8 @@ def dataset_outputs(ds: data.Dataset | None, label: str, val_fraction: float, sp
         train, val = data.split_dataset(ds, val_fraction, split_seed)
         split_rows = data.split_counts(train, val, ds.classes)
     chart = class_distribution_figure(split_rows if split_rows else ds.class_counts())
-    return "\n".join(lines), _report_rows(ds), split_rows, chart, data.gallery_items(ds, per_class=4)
+    return ("\n".join(lines), _report_rows(ds), split_rows, chart, data.gallery_items(ds, per_class=4),
+            report_groups(ds), "all")
 
 
 def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
@@ -86,8 +111,11 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
         chart = gr.Plot(label="Class distribution", scale=2)
     gallery = gr.Gallery(label="A few images per class", columns=8, height=220, object_fit="contain")
     with gr.Accordion("Validation report: every file and what happened to it", open=False):
-        report = gr.Dataframe(headers=["file", "class", "status", "reason"], interactive=False, wrap=True)
-    outputs = [summary, report, split_table, chart, gallery]
+        groups = gr.Markdown(elem_id="lg-report-groups")
+        report_show = gr.Radio(REPORT_SHOWS, value="all", label="Show", elem_id="lg-report-show")
+        report = gr.Dataframe(headers=["file", "class", "status", "reason"], interactive=False, wrap=True,
+                              max_height=420)
+    outputs = [summary, report, split_table, chart, gallery, groups, report_show]
 
     def show(session, ds, label, vf):
         session.dataset, session.dataset_label = ds, label
@@ -127,6 +155,9 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
             raise gr.Error("Type the path of a folder, archive or CSV file first.")
         return load_source(session, path.strip(), f"'{path.strip()}'", vf)
 
+    def filter_report(session, show):
+        return _report_rows(session.dataset, show)
+
     def resplit(session, vf):
         return (session, *dataset_outputs(session.dataset, session.dataset_label, vf))
 
@@ -139,6 +170,7 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     path_box.submit(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], **PRIVATE)
     val_fraction.change(resplit, [ctx.session, val_fraction], [ctx.session, *outputs], trigger_mode="always_last",
                         **PRIVATE)
+    report_show.input(filter_report, [ctx.session, report_show], report, show_progress="hidden", **PRIVATE)
     ctx.shared["show_dataset"] = (show, outputs)
     if data_path:
         ctx.shared.setdefault("on_load", []).append(
