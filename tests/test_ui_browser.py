@@ -58,3 +58,32 @@ def test_bad_rank_gives_one_message_and_counts_follow(app):
     _rank(page, "16")
     page.wait_for_function("document.querySelector('#lg-trainable').innerText.includes('226,048')", timeout=30_000)
     page.wait_for_function("!document.querySelector('#lg-model-check').innerText.includes('must')", timeout=30_000)
+
+
+def test_folder_upload_leaves_non_images_in_the_browser(app, tmp_path):
+    """#12.9: non-images are not uploaded but counted; the zone and the status say it in words."""
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    from conftest import write_colour_folder
+    page = app
+    root = Path.home() / "Pictures" / f"lg pets {uuid.uuid4().hex[:6]}"   # outside /tmp, with a space
+    try:
+        write_colour_folder(root / "photos", per_class=4)
+        (root / "photos" / "class_0" / "notes.txt").write_text("not a picture")
+        (root / "photos" / "class_1" / ".DS_Store").write_bytes(b"\0\0")
+        (root / "photos" / "class_2" / "clip.mp4").write_bytes(b"\0" * 64)
+        assert "Drop a folder of class folders" in page.inner_text("#lg-folder")
+        page.set_input_files("#lg-folder input[type=file]", str(root / "photos"))
+        page.wait_for_function("document.querySelector('#lg-data-summary').innerText.includes('Folder')",
+                               timeout=60_000)
+        text = page.inner_text("#lg-data-summary")
+        assert "12 images used in 3 classes, 0 files skipped" in text, text      # nothing to skip on the server
+        assert "3 other files left out in the browser" in text and ".txt 1" in text and ".mp4 1" in text
+        page.wait_for_function("document.getElementById('lg-folder-status').textContent"
+                               ".startsWith(\"Folder 'photos' · 12 images\")", timeout=30_000)
+        assert page.locator(".toast-body").count() == 0 and page.locator(PILL).count() == 0
+        shot(page, "folder-upload")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

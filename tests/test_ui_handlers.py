@@ -203,3 +203,15 @@ def test_validation_report_groups_non_images_by_extension_and_filters(make_image
     assert "- used for training: 6 files" in text
     assert "not an image \\(.txt\\): 3 files" in text and "not an image \\(.json\\): 1 files" in text
     assert {r[2] for r in _report_rows(ds, "skipped")} == {"skipped"} and len(_report_rows(ds, "used")) == 6
+
+
+def test_folder_upload_meta_from_the_browser():
+    """#12.9: the browser sends the folder's name and what it left out; both reach the summary label."""
+    import json
+
+    from lora_gui.ui.tabs.data_tab import folder_meta
+    raw = json.dumps({"paths": ["pets/cat/1.jpg"], "folder": "pets", "skipped": {".txt": 10, ".json": 2}})
+    assert folder_meta(raw) == (["pets/cat/1.jpg"], "pets",
+                                "12 other files left out in the browser: .txt 10, .json 2")
+    assert folder_meta(json.dumps(["a/b.png"])) == (["a/b.png"], "", "")
+    assert folder_meta("{not json") == ([], "", "")

@@ -74,6 +74,25 @@ def dataset_outputs(ds: data.Dataset | None, label: str, val_fraction: float, sp
             report_groups(ds), "all")
 
 
+def folder_meta(raw: str | None) -> tuple[list[str], str, str]:
+    """What folder_paths.js sends beside a folder upload: (relative paths in upload order, the folder's
+    name, 'N other files left out: .txt 3, ...' for the files the browser did not send)."""
+    try:
+        meta = json.loads(raw) if raw else []
+    except json.JSONDecodeError:
+        meta = []
+    if isinstance(meta, list):   # older pages sent the paths alone
+        return [str(p) for p in meta], "", ""
+    if not isinstance(meta, dict):
+        return [], "", ""
+    skipped = meta.get("skipped") if isinstance(meta.get("skipped"), dict) else {}
+    counts = sorted(((str(k), int(v)) for k, v in skipped.items() if isinstance(v, int)), key=lambda kv: -kv[1])
+    total = sum(n for _, n in counts)
+    left_out = (f"{total:,} other files left out in the browser: " + ", ".join(f"{k} {n:,}" for k, n in counts[:6])
+                + (", …" if len(counts) > 6 else "")) if total else ""
+    return [str(p) for p in meta.get("paths") or []], str(meta.get("folder") or ""), left_out
+
+
 def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     ws = ctx.workspace
     gr.Markdown("Give the model labelled pictures: **one folder per category** (e.g. `cats/`, `dogs/`). "
@@ -134,16 +153,13 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     def from_folder(session, files, rel_json, vf):
         if not files:
             return (session, *dataset_outputs(session.dataset, session.dataset_label, vf))
-        try:
-            rels = json.loads(rel_json) if rel_json else []
-        except json.JSONDecodeError:
-            rels = []
+        rels, folder_name, left_out = folder_meta(rel_json)
         try:
             ds = data.dataset_from_files([str(f) for f in files], rels, ws)
         except data.DataError as exc:
             raise gr.Error(str(exc)) from None
-        top = rels[0].split("/")[0] if rels else "Uploaded folder"
-        return show(session, ds, f"Folder '{top}'", vf)
+        top = folder_name or (rels[0].split("/")[0] if rels else "Uploaded folder")
+        return show(session, ds, f"Folder '{top}'" + (f" ({left_out})" if left_out else ""), vf)
 
     def from_archive(session, file, vf):
         if not file:
