@@ -74,6 +74,10 @@ def dataset_outputs(ds: data.Dataset | None, label: str, val_fraction: float, sp
             report_groups(ds), "all")
 
 
+def has_split(ds) -> bool:
+    return ds is not None and not ds.report.errors
+
+
 def folder_meta(raw: str | None) -> tuple[list[str], str, str]:
     """What folder_paths.js sends beside a folder upload: (relative paths in upload order, the folder's
     name, 'N other files left out: .txt 3, ...' for the files the browser did not send)."""
@@ -125,10 +129,11 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     ctx.fields["val_fraction"] = val_fraction
     summary = gr.Markdown(dataset_outputs(None, "", 0.2)[0], elem_id="lg-data-summary")
     with gr.Row():
+        # hidden until there is a dataset to describe
         split_table = gr.Dataframe(headers=["class", "train", "validation"], label="Images per class",
-                                   interactive=False, scale=1)
-        chart = gr.Plot(label="Class distribution", scale=2)
-    gallery = gr.Gallery(label="A few images per class", columns=8, height=220, object_fit="contain")
+                                   interactive=False, scale=1, visible=False)
+        chart = gr.Plot(label="Class distribution", scale=2, visible=False)
+    gallery = gr.Gallery(label="A few images per class", columns=8, height=220, object_fit="contain", visible=False)
     with gr.Accordion("Validation report: every file and what happened to it", open=False):
         groups = gr.Markdown(elem_id="lg-report-groups")
         report_show = gr.Radio(REPORT_SHOWS, value="all", label="Show", elem_id="lg-report-show")
@@ -186,6 +191,10 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     path_box.submit(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], **PRIVATE)
     val_fraction.change(resplit, [ctx.session, val_fraction], [ctx.session, *outputs], trigger_mode="always_last",
                         **PRIVATE)
+    # the tables and charts show once there is a dataset (a change listener keeps the API's outputs plain)
+    summary.change(lambda session: (gr.update(visible=has_split(session.dataset)),)
+                   + (gr.update(visible=session.dataset is not None),) * 2,
+                   ctx.session, [split_table, chart, gallery], show_progress="hidden", **PRIVATE)
     report_show.input(filter_report, [ctx.session, report_show], report, show_progress="hidden", **PRIVATE)
     ctx.shared["show_dataset"] = (show, outputs)
     if data_path:

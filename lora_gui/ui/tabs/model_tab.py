@@ -65,7 +65,7 @@ def layer_summary(name: str, targets: str, rank, train_norm: bool, train_bias: b
             + (f" + norms/biases ({est['other_params']:,})" if est["other_params"] else "")
             + f" → **{est['trainable']:,} trainable of {est['total']:,} ({est['share']:.2%})**. "
             f"The total is the backbone's {backbone:,} (the size in the list) + the head + LoRA"
-            + (f"; {len(est['skipped'])} matching layers can't take LoRA (see the table)" if est["skipped"] else "")
+            + (f"; {len(est['skipped'])} matching layers can't take LoRA (see Show details below)" if est["skipped"] else "")
             + ".")
     return text, table
 
@@ -142,8 +142,9 @@ def build_model_tab(ctx: AppContext) -> None:
             train_bias = gr.Checkbox(False, label="Also train biases")
             use_rslora = gr.Checkbox(False, label="rsLoRA scaling (alpha / sqrt(rank))")
     count = gr.Markdown(elem_id="lg-trainable")
-    layers = gr.Dataframe(headers=["layer", "type", "weight shape", "params", "LoRA params", "LoRA"], interactive=False,
-                          label="Matching layers", max_height=320)
+    with gr.Accordion("Show details: the layers LoRA changes", open=False, elem_id="lg-layers-details"):
+        layers = gr.Dataframe(headers=["layer", "type", "weight shape", "params", "LoRA params", "LoRA"],
+                              interactive=False, label="Matching layers", max_height=320)
     ctx.fields.update(model_name=model_name, weights=weights, weights_file=weights_file, rank=rank, alpha=alpha,
                       dropout=dropout, targets=targets, train_norm=train_norm, train_bias=train_bias,
                       use_rslora=use_rslora)

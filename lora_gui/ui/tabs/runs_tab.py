@@ -76,6 +76,11 @@ def runs_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(data_rows, columns=COLUMNS)
 
 
+def has_rows(df) -> bool:
+    """Gradio hands an empty table back as one blank row."""
+    return df is not None and any(str(v).strip() for row in df.values.tolist() for v in row)
+
+
 def _choices(rows: list[dict]) -> list[tuple[str, str]]:
     return [(f"{run_label(r)} · {dataset_name(r.get('source')) or '?'} · {r['status']}", r["path"]) for r in rows]
 
@@ -109,7 +114,10 @@ def build_runs_tab(ctx) -> None:
     workspace = Path(ctx.workspace)
     gr.Markdown(f"Runs in `{workspace}`, newest first. Pick one to test, export or resume.",
                 elem_classes=["lg-hint"])
-    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Runs", max_height=420, elem_id="lg-runs-table")
+    empty_note = gr.Markdown("**No runs yet.** Train one in **3 · Train**; it appears here with its accuracy.",
+                             elem_id="lg-runs-empty")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Runs", max_height=420,
+                         elem_id="lg-runs-table", visible=False)
     with gr.Row():
         pick = gr.Dropdown([], label="Run", scale=3, elem_id="lg-runs-pick")
         refresh_btn = gr.Button("Refresh", scale=1, size="sm")
@@ -120,7 +128,7 @@ def build_runs_tab(ctx) -> None:
     status_md = gr.Markdown()
     gr.Markdown("### Compare loss curves")
     compare = gr.Dropdown([], multiselect=True, label="Runs to overlay", elem_id="lg-runs-compare")
-    curves = gr.Plot(loss_overlay_figure([]), label="Step loss", elem_id="lg-runs-curves")
+    curves = gr.Plot(label="Step loss", elem_id="lg-runs-curves", visible=False)   # shown once runs are chosen
 
     def refresh(picked, chosen):
         rows = runs_with_status(workspace)
@@ -180,6 +188,11 @@ def build_runs_tab(ctx) -> None:
     ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(api_visibility="private", **refresh_args))
     table.select(pick_from_table, None, pick, api_visibility="private", show_progress="hidden")
     compare.change(loss_overlay_figure, compare, curves, api_name="loss_curves", show_progress="hidden")
+    # no empty table or axes: a change listener (the API's outputs stay plain values)
+    compare.change(lambda chosen: gr.update(visible=bool(chosen)), compare, curves, api_visibility="private",
+                   show_progress="hidden")
+    table.change(lambda df: (gr.update(visible=has_rows(df)), gr.update(visible=not has_rows(df))), table,
+                 [table, empty_note], api_visibility="private", show_progress="hidden")
 
     for btn, target in ((test_btn, "test"), (export_btn, "export")):
         event = btn.click(use_for(target), [pick, session], [session, ctx.tabs, status_md],
