@@ -162,7 +162,7 @@ def _snap(status, message, step=0, **kw):
     ("finished", "best validation accuracy 95.0% (epoch 2)", "95.0% of the validation images"),
     ("finished", "best validation accuracy 95.0% (epoch 2)", "4 · Test"),
     ("stopped", "stopped by request; the adapter so far is saved in last/", "Resume training in the Runs tab"),
-    ("failed", "the loss diverged at step 3 (nan): lower the learning rate", "Lower the learning rate"),
+    ("failed", "the loss became nan at step 3: training diverged", "Lower the learning rate"),
     ("failed", "ran out of memory; use a smaller batch size", "smaller batch size")])
 def test_progress_says_what_happened_and_what_next_in_plain_words(status, message, says):
     """#12.5: no 'Paused — paused', no 'last/'; every end state says what to do next."""
@@ -175,8 +175,9 @@ def test_progress_says_what_happened_and_what_next_in_plain_words(status, messag
 def test_details_keep_the_engine_words_newest_line_first():
     """#12.8 of the log: the newest line is at the top, where the box opens."""
     from lora_gui.ui.tabs.train_tab import details_text
-    text = details_text(_snap("running", "training on cpu", log=["first", "frozen prefix cached", "newest"]))
-    assert text.splitlines()[:2] == ["[running] training on cpu", "newest"]
+    log = ["10:00:00 first", "10:00:01 frozen prefix cached", "10:00:02 newest"]
+    text = details_text(_snap("running", "training on cpu", log=log))
+    assert text.splitlines()[:2] == ["[running] training on cpu", "10:00:02 newest"]
 
 
 def test_charts_wait_for_data_and_accuracy_says_when_it_comes():
@@ -215,3 +216,17 @@ def test_folder_upload_meta_from_the_browser():
                                 "12 other files left out in the browser: .txt 10, .json 2")
     assert folder_meta(json.dumps(["a/b.png"])) == (["a/b.png"], "", "")
     assert folder_meta("{not json") == ([], "", "")
+
+
+def test_a_failure_that_already_says_what_to_do_says_it_once():
+    from lora_gui.ui.tabs.train_tab import progress_html
+    message = "the loss became 2.07e+04 at step 2: training diverged. Lower the learning rate (e.g. by 10x) and start again"
+    assert progress_html(_snap("failed", message, step=2)).lower().count("lower the learning rate") == 1
+
+
+def test_details_never_show_a_traceback():
+    from lora_gui.ui.tabs.train_tab import details_text
+    log = ["13:37:19 [failed] diverged", "13:37:19 Traceback (most recent call last):",
+           '  File "/x/loop.py", line 279, in _check_loss', "lora_gui.errors.TrainingFailed: diverged"]
+    text = details_text(_snap("failed", "diverged", log=log))
+    assert "Traceback" not in text and "File " not in text and "3 technical lines" in text

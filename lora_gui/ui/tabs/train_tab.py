@@ -36,6 +36,8 @@ def _eta(seconds) -> str:
 
 def _failed_next_step(message: str) -> str:
     text = message.lower()
+    if re.search(r"start again|try again|use a smaller|lower the|pick another|install|add more", text):
+        return ""   # the engine's message already says what to do; once is enough
     if "learning rate" in text or "diverg" in text:
         return "Lower the learning rate (e.g. divide it by 10) and press Start training again."
     if "memory" in text:
@@ -85,9 +87,16 @@ def progress_html(snap) -> str:
             f"<div class='lg-fill' style='width:{pct}%'></div></div></div>")
 
 
+_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d ")
+
+
 def details_text(snap) -> str:
-    """The engine's own status line and log, newest line first (no scrolling needed to see it)."""
-    return f"[{snap.status}] {snap.message}\n" + "\n".join(reversed(snap.log))
+    """The engine's own status line and log, newest line first (no scrolling needed to see it).
+    Traceback lines (no time stamp) stay in the run's train.log: the page never shows a traceback."""
+    lines = [line for line in snap.log if _LOG_LINE.match(line) and not line[9:].startswith("Traceback")]
+    left_out = len(snap.log) - len(lines)
+    note = [f"({left_out} technical lines, e.g. a traceback, are in train.log in the run's folder)"] if left_out else []
+    return "\n".join([f"[{snap.status}] {snap.message}", *reversed(lines), *note])
 
 
 ACC_NOTE = ("**Accuracy** appears here after epoch 1: it is measured at the end of each epoch on the "
