@@ -33,3 +33,23 @@ def test_eta_reported_by_the_loop_is_remaining_steps_times_recent_rate(tmp_path)
         first = max(1, k - 20)
         recent = (times[k] - times[first]) / (k - first)
         assert etas[k] == pytest.approx(recent * (total - k), rel=1e-6, abs=1e-9), k
+
+
+def test_training_time_leaves_out_pauses(tmp_path):
+    """#12.8: the Runs tab's training time is time spent training: a pause is not counted. The bound
+    compares clock readings of the same run (a 1.5 s pause against 0.2 s of rounding), not speeds."""
+    import time
+
+    from test_train import hook_steps, new_job, wait_until
+    data_dir = write_colour_folder(tmp_path / "data")
+    job = new_job(make_config(data_dir), tmp_path)
+    hook_steps(job, lambda j, row: j.pause() if row["step"] == 2 else None)
+    started = time.time()
+    job.start()
+    wait_until(lambda: job.status == "paused", what="pause at step 2")
+    time.sleep(1.5)
+    job.unpause()
+    assert job.wait(120) and job.status == "finished", job.message
+    wall = time.time() - started
+    assert job.paused_seconds >= 1.5
+    assert job.run.read_status()["duration_s"] <= wall - job.paused_seconds + 0.2
