@@ -116,7 +116,7 @@ def main(out: Path, readme: bool) -> None:
             page.wait_for_function("['finished','failed','stopped'].includes(document.querySelector('#lg-progress')"
                                    ".dataset.status)", timeout=400_000)
             shot("train-3-finished", 2)
-            page.get_by_text("Show details").click()
+            page.locator("#lg-details").get_by_text("Show details").click()
             shot("train-3-finished-details", 1.5)
         step("train", train_run)
 
@@ -140,8 +140,13 @@ def main(out: Path, readme: bool) -> None:
 
         def runs_done():
             tab("Runs")
+            page.wait_for_selector("#lg-runs-table", state="visible", timeout=30_000)
             page.wait_for_function("document.querySelector('#lg-runs-table').innerText.includes('example')",
                                    timeout=30_000)
+            page.locator("#lg-runs-compare input").click()
+            page.keyboard.press("ArrowDown")
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#lg-runs-curves .js-plotly-plot", timeout=30_000)
             shot("runs-3-listed")
         step("runs", runs_done)
 

@@ -80,7 +80,7 @@ def test_first_run_flow(app_server, page):
     assert progress_status(page) == "finished", page.inner_text("#lg-progress")
     progress_text = page.inner_text("#lg-progress")       # #12.5: plain words and what to do next
     assert "4 · Test" in progress_text and "last/" not in progress_text and "Finished" in progress_text
-    page.get_by_text("Show details").click()               # #12.8: the newest log line is where the box opens
+    page.locator("#lg-details").get_by_text("Show details").click()   # #12.8: the newest log line is where the box opens
     page.wait_for_selector("#lg-log textarea", timeout=10_000)
     assert page.input_value("#lg-log textarea").startswith("[finished]")
     page.wait_for_function("() => document.querySelector('#lg-acc-plot .js-plotly-plot')", timeout=30_000)

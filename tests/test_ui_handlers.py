@@ -148,7 +148,7 @@ def test_runs_table_names_the_dataset_and_reads_like_a_date(tmp_path):
         run.update_status(status="finished", started=started, duration_s=75.0)
     table = runs_table(runs_with_status(tmp_path))
     assert list(table["dataset"]) == ["example dataset", "pets"]           # newest first
-    assert table["run"][1] == "2 Dec 13:15:02 · tf_efficientnet_lite0"
+    assert table["run"][1] == "2 Dec 13:15:02" and table["model"][1] == "tf_efficientnet_lite0"
     assert table["folder"][1] == "resnet18-20261202-131502-ab12" and table["training time"][1] == "1 min 15 s"
 
 

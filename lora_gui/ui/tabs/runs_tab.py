@@ -50,13 +50,13 @@ def runs_with_status(workspace) -> list[dict]:
     return rows
 
 
-def run_label(r: dict) -> str:
-    """'2 Dec 13:15:02 · resnet18' instead of the folder name resnet18-20261202-131502-ab12."""
+def run_label(r: dict, with_model: bool = True) -> str:
+    """'2 Dec 13:15:02 · resnet18' instead of the folder name run-20261202-131502-ab12."""
     try:
         when = datetime.strptime(r["started"] or "", "%Y-%m-%d %H:%M:%S")
     except ValueError:
         return r["run"]
-    return f"{when.day} {when:%b %H:%M:%S} · {r['model']}"
+    return f"{when.day} {when:%b %H:%M:%S}" + (f" · {r['model']}" if with_model else "")
 
 
 def dataset_name(source: str | None) -> str:
@@ -69,7 +69,7 @@ def dataset_name(source: str | None) -> str:
 
 
 def runs_table(rows: list[dict]) -> pd.DataFrame:
-    data_rows = [[run_label(r), dataset_name(r.get("source")), r["model"], r["rank"] if r["rank"] is not None else "",
+    data_rows = [[run_label(r, with_model=False), dataset_name(r.get("source")), r["model"], r["rank"] if r["rank"] is not None else "",
                   r["targets"] or "",
                   f"{r['best_val_acc']:.1%}" if isinstance(r["best_val_acc"], (int, float)) else "",
                   _duration(r["duration_s"]), r["status"], r["run"]] for r in rows]
