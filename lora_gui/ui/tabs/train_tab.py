@@ -114,7 +114,7 @@ def figures(snap) -> tuple:
     steps, epochs = bool(snap.step_rows), bool(snap.epoch_rows)
     return (gr.Plot(charts.loss_figure(snap.step_rows, snap.epoch_rows), visible=steps),
             gr.Plot(charts.accuracy_figure(snap.epoch_rows), visible=epochs),
-            gr.Markdown(visible=steps and not epochs),
+            gr.Markdown(visible=steps and not epochs and not snap.done),   # no promise after the run ended
             gr.Plot(charts.lr_figure(snap.step_rows), visible=steps))
 
 
