@@ -78,6 +78,11 @@ def test_first_run_flow(app_server, page):
     page.wait_for_function("['finished','failed','stopped'].includes(document.querySelector('#lg-progress').dataset.status)",
                            timeout=240_000)
     assert progress_status(page) == "finished", page.inner_text("#lg-progress")
+    progress_text = page.inner_text("#lg-progress")       # #12.5: plain words and what to do next
+    assert "4 · Test" in progress_text and "last/" not in progress_text and "Finished" in progress_text
+    page.locator("#lg-details").get_by_text("Show details").click()   # #12.8: the newest log line is where the box opens
+    page.wait_for_selector("#lg-log textarea", timeout=10_000)
+    assert page.input_value("#lg-log textarea").startswith("[finished]")
     page.wait_for_function("() => document.querySelector('#lg-acc-plot .js-plotly-plot')", timeout=30_000)
     assert loss_points(page) >= first
     shot(page, "05-trained")

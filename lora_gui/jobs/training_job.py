@@ -226,7 +226,8 @@ class TrainingJob(JobState):
                 except Exception:
                     pass
             try:
-                self.run.update_status(duration_s=round(self._earlier_s + time.time() - started, 1))
+                # time spent training: pauses left out, like the ETA
+                self.run.update_status(duration_s=round(self._earlier_s + time.time() - started - self.paused_seconds, 1))
             except OSError:
                 pass
             self.run.unlock(self._run_lock)

@@ -222,6 +222,7 @@ class RunFolder:
                 "model": run.get("model", {}).get("name", "?"),
                 "rank": run.get("lora", {}).get("rank"),
                 "targets": run.get("lora", {}).get("targets"),
+                "source": run.get("data", {}).get("source", ""),
                 "classes": len(cfg.get("classes", [])),
                 "best_val_acc": status.get("best_val_acc"),
                 "duration_s": status.get("duration_s"),

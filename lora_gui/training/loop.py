@@ -34,6 +34,7 @@ from .checkpoints import CheckpointMixin
 from .ddp import DDPHelper
 from .reporter import Reporter
 from .schedule import cosine_with_warmup
+from .eta import StepRate
 from .seeding import rng_state, seed_everything
 
 STEP_LOG_EVERY = 1
@@ -199,7 +200,7 @@ class Trainer(CheckpointMixin):
         cfg = self.cfg
         self._mark_boundary()
         self.last_checkpoint = time.time()
-        session_start, session_step0, paused0 = time.time(), self.step, self.reporter.paused_seconds
+        rate = StepRate()   # time left from the last steps' rate, never from set-up time
         self.reporter.report_progress(min(self.epoch + 1, cfg.train.epochs), self.step, self.total_steps, None)
         self.reporter.report_status("running", f"training on {self.device}")
         accum = cfg.train.grad_accum
@@ -250,10 +251,9 @@ class Trainer(CheckpointMixin):
                        "lr": lr, "images_per_s": step_images / max(now - tick, 1e-9), "time": now}
                 self._emit(row)
                 self._mark_boundary()
-                active = now - session_start - (self.reporter.paused_seconds - paused0)
-                per_step = active / max(1, self.step - session_step0)
+                rate.mark(now - self.reporter.paused_seconds, self.step)
                 self.reporter.report_progress(self.epoch + 1, self.step, self.total_steps,
-                                 max(0.0, per_step * (self.total_steps - self.step)))
+                                              rate.eta(self.total_steps - self.step))
                 tick, step_loss, step_images = time.time(), 0.0, 0
                 if (self.ddp.checkpoint_due if self.ddp else  # [ddp] rank 0's clock decides for all
                         now - self.last_checkpoint > cfg.train.checkpoint_minutes * 60):

@@ -1,8 +1,32 @@
-"""Small helpers the tabs share: turning engine errors into gr.Error, finding the current tab."""
+"""Small helpers the tabs share: engine errors as messages, escaping, finding the current tab.
+
+How errors reach people (issue #12.4). A Gradio handler that raises marks its event as failed:
+the browser then puts a red "Error" pill over *every* output of the event, and the pill stays
+after the toast is gone (the class builder's drop zone lost its label under one). So no error
+may reach Gradio from an event the browser fired. ``guard_events(demo)`` wraps every event
+handler once the app is built; on any exception the wrapper
+
+* in the browser: shows the message as a toast (``gr.Warning``, HTML-escaped because toasts
+  render HTML) and returns ``gr.skip()``, so every output keeps its last usable value;
+* for gradio_client / MCP callers (the request carries ``x-gradio-user: api`` or ``mcp``, which
+  gradio_client sets on every call): raises ``gr.Error(message)``, because a script has no toast
+  to read: it must get an ``AppError`` with the same message, as tests/test_app_client.py checks
+  for /start_training, /load_path and /predict.
+
+We tell the two apart per request instead of registering every endpoint twice (a hidden API
+twin per UI event): one wiring per event keeps the UI and the API from drifting apart, and
+the handlers keep raising ``gr.Error`` (or engine errors) the plain way. Unexpected
+exceptions are named ("evaluation failed unexpectedly: ValueError: ..."), never a traceback.
+"""
 from __future__ import annotations
 
+import functools
+import html
+import inspect
+import re
+
 import gradio as gr
-from gradio.context import Context
+from gradio.context import Context, LocalContext
 
 from ..errors import BAD_INPUT, ExportError
 from ..store.run_folder import RunBusy
@@ -10,6 +34,7 @@ from ..store.run_folder import RunBusy
 ENGINE_ERRORS = BAD_INPUT + (ExportError, RunBusy)
 # Internal UI events stay out of the public API (gradio_client, the 'Use via API' page).
 PRIVATE = {"api_visibility": "private"}
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 
 
 def this_tab() -> gr.Tab | None:
@@ -20,8 +45,64 @@ def this_tab() -> gr.Tab | None:
 
 def failure(exc: BaseException, what: str = "") -> gr.Error:
     """An engine error as a gr.Error with its own message (unexpected ones named, never a traceback)."""
+    if isinstance(exc, gr.Error):
+        return exc
     if isinstance(exc, ENGINE_ERRORS):
         message = str(exc).strip("'\"") or type(exc).__name__
     else:
         message = f"{what or 'that'} failed unexpectedly: {type(exc).__name__}: {exc}"
     return gr.Error(message[:1000])
+
+
+def md(text) -> str:
+    """Any text (a class name, a file name, an engine message) as literal Markdown: Gradio's
+    Markdown renders HTML, so '<folder>/<class>' would vanish as a tag, and '*' or '_' in a name
+    would turn into emphasis."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def from_api_client() -> bool:
+    """True when the running event was called by gradio_client (or MCP), not by the browser."""
+    request = LocalContext.request.get(None)
+    headers = getattr(request, "headers", None) or {}
+    return headers.get("x-gradio-user") in ("api", "mcp")
+
+
+def friendly(fn, what: str = ""):
+    """``fn`` that never lets an exception reach Gradio from the browser (see the module docstring)."""
+    if getattr(fn, "_lg_guarded", False) or inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        return fn
+    what = what or getattr(fn, "__name__", "").strip("_<>") or "that"
+
+    def handle(exc: BaseException):
+        err = failure(exc, what)
+        if from_api_client():
+            raise err from None
+        gr.Warning(html.escape(str(err.message)), title="Could not do that")
+        return gr.skip()
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def guarded_async(*args, **kwargs):
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                return handle(exc)
+        guarded_async._lg_guarded = True
+        return guarded_async
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            return handle(exc)
+    guarded._lg_guarded = True
+    return guarded
+
+
+def guard_events(demo: gr.Blocks) -> None:
+    """Wrap every Python event handler of ``demo`` with ``friendly`` (idempotent)."""
+    for block_fn in demo.fns.values():
+        if block_fn.fn is not None and not getattr(block_fn, "is_validator_function", False):
+            block_fn.fn = friendly(block_fn.fn)

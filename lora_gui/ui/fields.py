@@ -3,7 +3,10 @@ so the Train button, the Presets tab and "save as preset" can never disagree.
 """
 from __future__ import annotations
 
+import re
+
 from ..config import RunConfig
+from ..errors import ConfigError
 
 # field name -> (config section, config key)
 FIELDS: dict[str, tuple[str, str]] = {
@@ -64,3 +67,34 @@ def values_from_config(cfg: RunConfig) -> dict:
     if out["image_size"] is None:
         out["image_size"] = 0
     return out
+
+
+NUMBERS = ["rank", "alpha", "dropout", "epochs", "batch_size", "lr", "seed", "val_fraction", "image_size"]
+
+
+def field_problem(name: str, value) -> str | None:
+    """What is wrong with one field's value, in the config's own words (its ranges live only
+    in config.py's validation), or None when it is fine."""
+    try:
+        config_from_values({name: value})
+    except ConfigError as exc:
+        return re.sub(r"^(?:config: )?(?:[a-z]+: )?", "", str(exc))   # 'config: lora: ' means nothing here
+    return None
+
+
+def problems_text(names: list[str], values) -> str:
+    """The first bad field of a form as one markdown line ('' when all are fine)."""
+    for name, value in zip(names, values):
+        problem = field_problem(name, value)
+        if problem:
+            return f"⚠️ {problem[0].upper()}{problem[1:]}. Nothing else changed until it is fixed."
+    return ""
+
+
+def lenient(*components):
+    """Pass numbers through to the handler as typed, so the config's validation gives the one
+    message: Gradio's own bounds check (and float('abc')) would raise before any handler
+    runs, a red Error pill per event listening to the field."""
+    for component in components:
+        component.preprocess = lambda payload: payload
+    return components

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import gradio as gr
@@ -9,8 +10,9 @@ import gradio as gr
 from ... import data
 from ...data.archives import ArchiveLimits
 from ..charts import class_distribution_figure
-from ..common import PRIVATE
+from ..common import PRIVATE, md
 from ..context import MAX_UPLOAD_MB, AppContext
+from ..fields import field_problem, lenient
 
 LIMITS = ArchiveLimits()
 LIMITS_TEXT = (f"Uploads up to {MAX_UPLOAD_MB} MB each. Archives: at most {LIMITS.max_members:,} files and "
@@ -18,28 +20,81 @@ LIMITS_TEXT = (f"Uploads up to {MAX_UPLOAD_MB} MB each. Archives: at most {LIMIT
                f"megapixels. Formats: jpg, png, webp, bmp, gif, tiff.")
 
 
-def _report_rows(ds: data.Dataset) -> list[list[str]]:
+REPORT_SHOWS = [("skipped files", "skipped"), ("used files", "used"), ("all files", "all")]
+MAX_REPORT_ROWS = 2000
+
+
+def _report_rows(ds: data.Dataset | None, show: str = "all") -> list[list[str]]:
     # Skipped files first: they are what a person needs to act on.
-    rows = ds.report.as_rows()
-    return sorted(rows, key=lambda r: (r[2] == "used", r[0]))
+    rows = ds.report.as_rows() if ds is not None else []
+    rows = [r for r in rows if show == "all" or r[2] == show]
+    return sorted(rows, key=lambda r: (r[2] == "used", r[0]))[:MAX_REPORT_ROWS]
+
+
+def _group(path: str, reason: str) -> str:
+    if reason == "not an image":   # thousands of .txt/.json/.DS_Store read better as one line each
+        return f"not an image ({Path(path).suffix.lower() or 'no extension'})"
+    return reason.split(" (")[0].split(" of ")[0].split(":")[0]
+
+
+def report_groups(ds: data.Dataset | None) -> str:
+    """What happened to the files, one line per kind ('not an image' per extension)."""
+    if ds is None:
+        return ""
+    used = sum(1 for f in ds.report.files if f.status == "used")
+    skipped = Counter(_group(f.path, f.reason) for f in ds.report.files if f.status == "skipped")
+    lines = [f"- used for training: {used:,} files"] + [f"- {md(k)}: {n:,} files" for k, n in skipped.most_common()]
+    total = len(ds.report.files)
+    more = f" The table shows the first {MAX_REPORT_ROWS:,} of each choice." if total > MAX_REPORT_ROWS else ""
+    return "\n".join(lines) + more
 
 
 def dataset_outputs(ds: data.Dataset | None, label: str, val_fraction: float, split_seed: int = 0):
     """(summary markdown, report rows, split rows, chart, gallery) for a dataset or none."""
     if ds is None:
         return ("No dataset yet. Click **Use the example dataset**, or bring your own below.",
-                [], [], None, [])
-    lines = [f"**{label}** — " + ds.report.summary().replace("\n", "  \n")]
+                [], [], None, [], "", "all")
+    # The report's summary ends with its errors and warnings; they are shown once, below it.
+    counts = [line for line in ds.report.summary().splitlines() if not line.startswith(("Error: ", "Warning: "))]
+    lines = [f"**{md(label)}** — " + "  \n".join(md(line) for line in counts)]
+    lines += [f"\nNote: {md(w)}" for w in ds.report.warnings]
     if ds.report.errors:
-        lines.append("\n**Fix before training:** " + " ".join(ds.report.errors))
+        lines.append("\n**Fix before training:**\n" + "\n".join(f"- {md(e)}" for e in ds.report.errors))
     else:
         lines.append("\nReady: go to **2 · Model & LoRA** to check the settings, or straight to **3 · Train**.")
     split_rows = []
-    if not ds.report.errors:
+    problem = field_problem("val_fraction", val_fraction)
+    if problem:
+        lines.append(f"\n**Held out for validation:** {md(problem)}.")
+    elif not ds.report.errors:
         train, val = data.split_dataset(ds, val_fraction, split_seed)
         split_rows = data.split_counts(train, val, ds.classes)
     chart = class_distribution_figure(split_rows if split_rows else ds.class_counts())
-    return "\n".join(lines), _report_rows(ds), split_rows, chart, data.gallery_items(ds, per_class=4)
+    return ("\n".join(lines), _report_rows(ds), split_rows, chart, data.gallery_items(ds, per_class=4),
+            report_groups(ds), "all")
+
+
+def has_split(ds) -> bool:
+    return ds is not None and not ds.report.errors
+
+
+def folder_meta(raw: str | None) -> tuple[list[str], str, str]:
+    """What folder_paths.js sends beside a folder upload: (relative paths in upload order, the folder's
+    name, 'N other files left out: .txt 3, ...' for the files the browser did not send)."""
+    try:
+        meta = json.loads(raw) if raw else []
+    except json.JSONDecodeError:
+        meta = []
+    if isinstance(meta, list):   # older pages sent the paths alone
+        return [str(p) for p in meta], "", ""
+    if not isinstance(meta, dict):
+        return [], "", ""
+    skipped = meta.get("skipped") if isinstance(meta.get("skipped"), dict) else {}
+    counts = sorted(((str(k), int(v)) for k, v in skipped.items() if isinstance(v, int)), key=lambda kv: -kv[1])
+    total = sum(n for _, n in counts)
+    left_out = (f"{total:,} other files left out in the browser: " + ", ".join(f"{k} {n:,}" for k, n in counts[:6])
+                + (", …" if len(counts) > 6 else "")) if total else ""
+    return [str(p) for p in meta.get("paths") or []], str(meta.get("folder") or ""), left_out
 
 
 def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
@@ -70,16 +125,21 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     gr.Markdown(LIMITS_TEXT, elem_classes="lg-hint")
     val_fraction = gr.Slider(0.0, 0.5, value=0.2, step=0.05, label="Held out for validation",
                              info="This share of each class is never trained on; it measures real accuracy.")
+    lenient(val_fraction)
     ctx.fields["val_fraction"] = val_fraction
     summary = gr.Markdown(dataset_outputs(None, "", 0.2)[0], elem_id="lg-data-summary")
     with gr.Row():
+        # hidden until there is a dataset to describe
         split_table = gr.Dataframe(headers=["class", "train", "validation"], label="Images per class",
-                                   interactive=False, scale=1)
-        chart = gr.Plot(label="Class distribution", scale=2)
-    gallery = gr.Gallery(label="A few images per class", columns=8, height=220, object_fit="contain")
+                                   interactive=False, scale=1, visible=False)
+        chart = gr.Plot(label="Class distribution", scale=2, visible=False)
+    gallery = gr.Gallery(label="A few images per class", columns=8, height=220, object_fit="contain", visible=False)
     with gr.Accordion("Validation report: every file and what happened to it", open=False):
-        report = gr.Dataframe(headers=["file", "class", "status", "reason"], interactive=False, wrap=True)
-    outputs = [summary, report, split_table, chart, gallery]
+        groups = gr.Markdown(elem_id="lg-report-groups")
+        report_show = gr.Radio(REPORT_SHOWS, value="all", label="Show", elem_id="lg-report-show")
+        report = gr.Dataframe(headers=["file", "class", "status", "reason"], interactive=False, wrap=True,
+                              max_height=420)
+    outputs = [summary, report, split_table, chart, gallery, groups, report_show]
 
     def show(session, ds, label, vf):
         session.dataset, session.dataset_label = ds, label
@@ -98,16 +158,13 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     def from_folder(session, files, rel_json, vf):
         if not files:
             return (session, *dataset_outputs(session.dataset, session.dataset_label, vf))
-        try:
-            rels = json.loads(rel_json) if rel_json else []
-        except json.JSONDecodeError:
-            rels = []
+        rels, folder_name, left_out = folder_meta(rel_json)
         try:
             ds = data.dataset_from_files([str(f) for f in files], rels, ws)
         except data.DataError as exc:
             raise gr.Error(str(exc)) from None
-        top = rels[0].split("/")[0] if rels else "Uploaded folder"
-        return show(session, ds, f"Folder '{top}'", vf)
+        top = folder_name or (rels[0].split("/")[0] if rels else "Uploaded folder")
+        return show(session, ds, f"Folder '{top}'" + (f" ({left_out})" if left_out else ""), vf)
 
     def from_archive(session, file, vf):
         if not file:
@@ -119,6 +176,9 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
             raise gr.Error("Type the path of a folder, archive or CSV file first.")
         return load_source(session, path.strip(), f"'{path.strip()}'", vf)
 
+    def filter_report(session, show):
+        return _report_rows(session.dataset, show)
+
     def resplit(session, vf):
         return (session, *dataset_outputs(session.dataset, session.dataset_label, vf))
 
@@ -129,7 +189,13 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
                    api_name="load_archive")
     path_btn.click(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], api_name="load_path")
     path_box.submit(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], **PRIVATE)
-    val_fraction.release(resplit, [ctx.session, val_fraction], [ctx.session, *outputs], **PRIVATE)
+    val_fraction.change(resplit, [ctx.session, val_fraction], [ctx.session, *outputs], trigger_mode="always_last",
+                        **PRIVATE)
+    # the tables and charts show once there is a dataset (a change listener keeps the API's outputs plain)
+    summary.change(lambda session: (gr.update(visible=has_split(session.dataset)),)
+                   + (gr.update(visible=session.dataset is not None),) * 2,
+                   ctx.session, [split_table, chart, gallery], show_progress="hidden", **PRIVATE)
+    report_show.input(filter_report, [ctx.session, report_show], report, show_progress="hidden", **PRIVATE)
     ctx.shared["show_dataset"] = (show, outputs)
     if data_path:
         ctx.shared.setdefault("on_load", []).append(
@@ -148,7 +214,8 @@ def build_class_builder(ctx: AppContext) -> None:
         current = gr.Dropdown(label="Class", choices=[], scale=3, allow_custom_value=False)
         counts = gr.Markdown("No classes yet.")
     with gr.Row():
-        files = gr.File(file_count="multiple", file_types=["image"], label="Add images to this class")
+        files = gr.File(file_count="multiple", file_types=["image"], label="Add images to this class",
+                        elem_id="lg-cb-files")
         cam = gr.Image(sources=["webcam", "upload", "clipboard"], type="numpy", label="Snapshot")
     snap_btn = gr.Button("Add snapshot to this class")
     with gr.Row():
@@ -160,7 +227,7 @@ def build_class_builder(ctx: AppContext) -> None:
     def state(session, selected=None):
         found = session.class_builder(ws).classes()
         names = list(found)
-        text = ", ".join(f"**{k}**: {v} image(s)" for k, v in found.items()) or "No classes yet."
+        text = ", ".join(f"**{md(k)}**: {v} image(s)" for k, v in found.items()) or "No classes yet."
         pick = selected if selected in names else (names[0] if names else None)
         return session, gr.Dropdown(choices=names, value=pick), text
 

@@ -13,8 +13,10 @@ from ... import backbones as models
 from ... import lora
 from ...config import LoraConfig
 from ...errors import ConfigError
-from ..common import PRIVATE
+from ..common import PRIVATE, md
+from ..catalog_info import AVAILABILITY, CatalogInfo
 from ..context import AppContext
+from ..fields import field_problem, lenient, problems_text
 
 TARGET_CHOICES = [
     ("auto (recommended for this model)", "auto"),
@@ -33,19 +35,6 @@ randomly hides part of the correction while training, which helps with very few 
 **Target layers** are the layers that get a correction; the classifier head is always trained in full."""
 
 
-@lru_cache(maxsize=256)
-def catalog_label(name: str) -> str:
-    try:
-        info = models.model_info(name)
-    except Exception:
-        return name
-    return f"{name}  ·  {info['params'] / 1e6:.1f}M params  ·  {info['resolution']}px  ·  {info['weights']}"
-
-
-def catalog_choices() -> list[tuple[str, str]]:
-    return [(catalog_label(e.name), e.name) for e in models.CATALOG]
-
-
 @lru_cache(maxsize=16)
 def _skeleton(name: str, num_classes: int):
     """The model's structure without weights (meta device): enough to list layers and count."""
@@ -56,44 +45,78 @@ def _skeleton(name: str, num_classes: int):
 def layer_summary(name: str, targets: str, rank, train_norm: bool, train_bias: bool, num_classes: int):
     """(markdown, rows) describing what LoRA would wrap and train."""
     if not name or not timm.is_model(name):
-        return f"Unknown model '{name}': pick one from the list or search.", []
+        return f"Unknown model '{md(name)}': pick one from the list or search.", []
+    if field_problem("rank", rank):   # said once, in the check line under the LoRA settings
+        return "Trainable parameters appear here once the rank above is fixed.", []
     try:
-        cfg = LoraConfig(rank=int(rank or 8), targets=targets or "auto", train_norm=train_norm,
+        cfg = LoraConfig(rank=int(rank), targets=targets or "auto", train_norm=train_norm,
                          train_bias=train_bias)
         model = _skeleton(name, num_classes)
         est = lora.estimate_trainable(model, cfg)
     except (ConfigError, lora.LoraError) as exc:
-        return f"**Target layers:** {exc}", []
+        return f"**Target layers:** {md(exc)}", []
     rows = {l.name: l for l in lora.list_layers(model)}
-    table = [[n, rows[n].type, rows[n].shape, rows[n].params, "LoRA"] for n in est["layers"]]
-    table += [[n, rows[n].type, rows[n].shape, rows[n].params, f"skipped: {why}"] for n, why in est["skipped"]]
-    text = (f"**{len(est['layers'])} layers get LoRA** ({est['lora_params']:,} parameters) + the head "
-            f"({est['head_params']:,})" + (f" + norms/biases ({est['other_params']:,})" if est["other_params"] else "")
-            + f" → **{est['trainable']:,} trainable of {est['total']:,} ({est['share']:.2%})**"
-            + (f"; {len(est['skipped'])} matching layers can't take LoRA (see the table)" if est["skipped"] else ""))
+    table = [[n, rows[n].type, rows[n].shape, rows[n].params, lora_params(model, n, cfg.rank), "LoRA"]
+             for n in est["layers"]]
+    table += [[n, rows[n].type, rows[n].shape, rows[n].params, 0, f"skipped: {why}"] for n, why in est["skipped"]]
+    backbone = est["total"] - est["lora_params"] - est["head_params"]
+    text = (f"**{len(est['layers'])} layers get LoRA** ({est['lora_params']:,} parameters) + the new "
+            f"{num_classes}-class head ({est['head_params']:,})"
+            + (f" + norms/biases ({est['other_params']:,})" if est["other_params"] else "")
+            + f" → **{est['trainable']:,} trainable of {est['total']:,} ({est['share']:.2%})**. "
+            f"The total is the backbone's {backbone:,} (the size in the list) + the head + LoRA"
+            + (f"; {len(est['skipped'])} matching layers can't take LoRA (see Show details below)" if est["skipped"] else "")
+            + ".")
     return text, table
 
 
-def model_note(name: str) -> str:
+def lora_params(model, name: str, rank: int) -> int:
+    """The parameters LoRA adds to one layer (rank x (inputs + outputs), as lora.estimate_trainable counts)."""
+    m = model.get_submodule(name)
+    if isinstance(m, torch.nn.Linear):
+        return rank * (m.in_features + m.out_features)
+    return rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
+
+
+def model_note(name: str, info: CatalogInfo, compute: bool = True) -> str:
     if not name:
         return ""
+    if not timm.is_model(name):
+        return f"Unknown model '{md(name)}': pick one from the list or search."
+    facts = info.get(name, compute=compute)
+    size = (f"{facts['params'] / 1e6:.1f}M parameters (without a classifier head), {facts['resolution']} px "
+            "by default; " if facts else "")
+    return f"{size}{AVAILABILITY[models.weights_availability(name)]}."
+
+
+def target_choices(name: str) -> list[tuple[str, str]]:
+    """The target presets that find layers in this model (no attention presets on a CNN)."""
+    if not name or not timm.is_model(name):
+        return TARGET_CHOICES
     try:
-        info = models.model_info(name)
-    except models.ModelError as exc:
-        return str(exc)
-    where = {"bundled": "weights ship with lora_gui: works offline",
-             "cached": "pretrained weights are in the local cache",
-             "needs network": "pretrained weights need the internet (Hugging Face hub) the first time"}[info["weights"]]
-    return f"{info['params'] / 1e6:.1f}M parameters, {info['resolution']}px by default; {where}."
+        model = _skeleton(name, 2)
+    except Exception:
+        return TARGET_CHOICES
+    usable = []
+    for label, preset in TARGET_CHOICES:
+        try:
+            found, _ = lora.resolve_targets(model, preset)
+        except lora.LoraError:
+            continue
+        if found:
+            usable.append((label, preset))
+    return usable or TARGET_CHOICES
 
 
 def build_model_tab(ctx: AppContext) -> None:
+    info = CatalogInfo(ctx.workspace)   # sizes for the list: cached, or computed on the first visit
+    offline = gr.Markdown(info.offline_summary(), elem_id="lg-offline-models")
     with gr.Row():
         with gr.Column(scale=3):
-            model_name = gr.Dropdown(catalog_choices(), value=models.BUNDLED_MODEL, label="Backbone",
+            model_name = gr.Dropdown(info.choices(), value=models.BUNDLED_MODEL, label="Backbone",
                                      allow_custom_value=True, filterable=True,
                                      info="Fast-on-CPU models first. Type to filter, or search all of timm below.")
-            note = gr.Markdown(model_note(models.BUNDLED_MODEL), elem_id="lg-model-note")
+            note = gr.Markdown(model_note(models.BUNDLED_MODEL, info, compute=False), elem_id="lg-model-note")
         with gr.Column(scale=2):
             search = gr.Textbox(label="Search all timm models", placeholder="e.g. convnext, vit_small*")
             found = gr.Dropdown([], label="Matches (pick one to use it)", interactive=True)
@@ -109,6 +132,8 @@ def build_model_tab(ctx: AppContext) -> None:
         rank = gr.Slider(1, 64, value=8, step=1, label="Rank (r)", info="size of the learned correction")
         alpha = gr.Number(value=16, label="Alpha", info="strength: update = alpha / rank", minimum=0.01)
         dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="LoRA dropout")
+    lenient(rank, alpha, dropout)
+    check = gr.Markdown(elem_id="lg-model-check")
     targets = gr.Dropdown(TARGET_CHOICES, value="auto", allow_custom_value=True, label="Target layers",
                           info="A preset, 're:<regex>' (full match on layer names) or comma-separated name endings")
     with gr.Accordion("Advanced", open=False):
@@ -117,8 +142,9 @@ def build_model_tab(ctx: AppContext) -> None:
             train_bias = gr.Checkbox(False, label="Also train biases")
             use_rslora = gr.Checkbox(False, label="rsLoRA scaling (alpha / sqrt(rank))")
     count = gr.Markdown(elem_id="lg-trainable")
-    layers = gr.Dataframe(headers=["layer", "type", "weight shape", "params", "LoRA"], interactive=False,
-                          label="Matching layers", max_height=320)
+    with gr.Accordion("Show details: the layers LoRA changes", open=False, elem_id="lg-layers-details"):
+        layers = gr.Dataframe(headers=["layer", "type", "weight shape", "params", "LoRA params", "LoRA"],
+                              interactive=False, label="Matching layers", max_height=320)
     ctx.fields.update(model_name=model_name, weights=weights, weights_file=weights_file, rank=rank, alpha=alpha,
                       dropout=dropout, targets=targets, train_norm=train_norm, train_bias=train_bias,
                       use_rslora=use_rslora)
@@ -128,13 +154,21 @@ def build_model_tab(ctx: AppContext) -> None:
         text, rows = layer_summary(name, tg, r, tn, tb, max(2, k))
         return text, rows
 
-    def on_model(name, current_weights):
+    def on_model(name, current_weights, current_targets):
         w = current_weights
         if name == models.BUNDLED_MODEL and w == "hub":
             w = "bundled"
         elif name != models.BUNDLED_MODEL and w == "bundled":
             w = "hub"
-        return model_note(name), w
+        usable = target_choices(name)
+        presets = [v for _, v in TARGET_CHOICES]
+        keep = current_targets in [v for _, v in usable] or current_targets not in presets   # a custom pattern stays
+        return model_note(name, info), w, gr.Dropdown(choices=usable, value=current_targets if keep else "auto")
+
+    def on_visit(name):
+        """The list's sizes (computed once, then cached on disk); which weights are at hand now."""
+        info.fill()
+        return (info.offline_summary(), gr.Dropdown(choices=info.choices(), value=name), model_note(name, info))
 
     def do_search(query):
         hits = models.search_models(query or "", limit=100) if (query or "").strip() else []
@@ -161,21 +195,40 @@ def build_model_tab(ctx: AppContext) -> None:
         return str(dest)
 
     def alpha_follows_rank(r, a, prev_r):
-        return gr.skip() if a != 2 * (prev_r or 8) else 2 * r
+        if field_problem("rank", r) or a != 2 * (prev_r or 8):
+            return gr.skip()
+        return 2 * r
+
+    def remember_rank(r, prev_r):
+        return prev_r if field_problem("rank", r) else r
+
+    numbers = [rank, alpha, dropout]
+
+    def check_numbers(*values):
+        return problems_text(["rank", "alpha", "dropout"], values)
 
     summary_inputs = [ctx.session, model_name, targets, rank, train_norm, train_bias]
     for comp in (model_name, targets, train_norm, train_bias):
         comp.change(refresh, summary_inputs, [count, layers], **PRIVATE)
-    rank.release(refresh, summary_inputs, [count, layers], **PRIVATE)
-    model_name.change(on_model, [model_name, weights], [note, weights], **PRIVATE)
+    # .change: fires for drags, typing (Enter or leaving the box) and the slider clamping a typed value,
+    # so the trainable count always describes the rank shown
+    rank.change(refresh, summary_inputs, [count, layers], trigger_mode="always_last", **PRIVATE)
+    for comp in (rank, dropout):
+        comp.change(check_numbers, numbers, check, show_progress="hidden", **PRIVATE)
+    for listen in (alpha.submit, alpha.blur):
+        listen(check_numbers, numbers, check, show_progress="hidden", **PRIVATE)
+    model_name.change(on_model, [model_name, weights, targets], [note, weights, targets], **PRIVATE)
     search.submit(do_search, search, found, api_name="search_models")
     found.change(pick, found, model_name, **PRIVATE)
     weights.change(on_weights, weights, [weights_upload, weights_file], **PRIVATE)
     weights_upload.upload(upload_weights, weights_upload, weights_file, api_name="upload_weights")
     prev_rank = gr.State(8)
-    rank.release(alpha_follows_rank, [rank, alpha, prev_rank], alpha, **PRIVATE).then(lambda r: r, rank, prev_rank, **PRIVATE)
+    rank.change(alpha_follows_rank, [rank, alpha, prev_rank], alpha, trigger_mode="always_last",
+                **PRIVATE).then(remember_rank, [rank, prev_rank], prev_rank, **PRIVATE)
     def wire(demo):
         demo.load(refresh, summary_inputs, [count, layers], **PRIVATE)
         ctx.shared["tab:model"].select(refresh, summary_inputs, [count, layers], **PRIVATE)  # class count may have changed
+        ctx.shared["tab:model"].select(on_visit, model_name, [offline, model_name, note], show_progress="hidden",
+                                       **PRIVATE)
     ctx.shared.setdefault("on_load", []).append(wire)
     ctx.shared["refresh_layers"] = (refresh, summary_inputs, [count, layers])

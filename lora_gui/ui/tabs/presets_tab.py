@@ -15,7 +15,8 @@ import lora_gui
 
 from ...config import RunConfig, load_preset
 from ...errors import ConfigError
-from ..common import this_tab
+from ...backbones import weights_availability
+from ..common import guard_events, md, this_tab
 from ..fields import FIELD_NAMES, FIELDS, config_from_values, values_from_config
 
 BUILTIN_DIR = Path(lora_gui.__file__).resolve().parents[1] / "presets"
@@ -44,6 +45,22 @@ def preset_choices(workspace) -> list[tuple[str, str]]:
     return out
 
 
+def works_offline(cfg: RunConfig) -> bool:
+    return cfg.model.weights in ("bundled", "random", "file") or weights_availability(cfg.model.name) != "needs network"
+
+
+def offline_default(workspace) -> str | None:
+    """The first listed preset that can train right now without the internet (the tab opens on it)."""
+    for _, path in preset_choices(workspace):
+        try:
+            cfg, _ = load_preset(Path(path))
+        except ConfigError:
+            continue
+        if works_offline(cfg):
+            return path
+    return None
+
+
 def _known(path: str | None, workspace) -> Path:
     if not path:
         raise gr.Error("Pick a preset first")
@@ -69,12 +86,13 @@ def describe(path: str | None, workspace) -> str:
     try:
         cfg, _ = load_preset(p)
     except ConfigError as exc:
-        return f"**{meta['name']}** cannot be used: {exc}"
+        return f"**{md(meta['name'])}** cannot be used: {md(exc)}"
     m, lo, t = cfg.model, cfg.lora, cfg.train
     size = f"{m.image_size} px" if m.image_size else "default resolution"
     extras = _extras(cfg)
-    return (f"**{meta['name']}** — {meta['description'] or 'no description'}\n\n"
-            f"`{m.name}` ({m.weights} weights, {size}) · LoRA rank {lo.rank}, alpha {lo.alpha:g}, targets "
+    offline = "works offline" if works_offline(cfg) else "needs the internet the first time (downloads weights)"
+    return (f"**{md(meta['name'])}** — {md(meta['description'] or 'no description')}\n\n"
+            f"`{m.name}` ({m.weights} weights, {size}; {offline}) · LoRA rank {lo.rank}, alpha {lo.alpha:g}, targets "
             f"`{lo.targets}` · {t.epochs} epochs, batch {t.batch_size}, learning rate {t.lr:g}"
             + (f"\n\nAlso sets: {', '.join(extras)}." if extras else ""))
 
@@ -119,9 +137,9 @@ def build_presets_tab(ctx) -> None:
     workspace = Path(ctx.workspace)
     names = [n for n in FIELD_NAMES if n in ctx.fields]
     with gr.Row():
-        pick = gr.Dropdown(preset_choices(workspace), label="Preset", scale=3, elem_id="lg-preset-pick")
+        pick = gr.Dropdown(preset_choices(workspace), value=offline_default(workspace), label="Preset", scale=3, elem_id="lg-preset-pick")
         refresh_btn = gr.Button("Refresh", size="sm", scale=1)
-    about = gr.Markdown(describe(None, workspace))
+    about = gr.Markdown(describe(offline_default(workspace), workspace))
     apply_btn = gr.Button("Apply", variant="primary", interactive=bool(names))
     status_md = gr.Markdown()
     gr.Markdown("### Save the current settings as a preset\nSaved in "
@@ -134,7 +152,7 @@ def build_presets_tab(ctx) -> None:
 
     def refresh(current):
         choices = preset_choices(workspace)
-        value = current if current in [v for _, v in choices] else None
+        value = current if current in [v for _, v in choices] else offline_default(workspace)
         return gr.Dropdown(choices=choices, value=value), describe(value, workspace)
 
     def save(preset_name, desc, overwrite, session, *values):
@@ -149,6 +167,7 @@ def build_presets_tab(ctx) -> None:
     ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(**refresh_args))
     pick.change(lambda p: describe(p, workspace), pick, about, show_progress="hidden", api_visibility="private")
     if not names:   # built alone, without the Model and Train tabs: nothing to fill or read
+        ctx.shared["on_load"].append(guard_events)
         return
     fields = [ctx.fields[n] for n in names]
     session = ctx.session
@@ -156,3 +175,6 @@ def build_presets_tab(ctx) -> None:
                     [*fields, status_md, session], api_name="apply_preset")
     save_btn.click(save, [name, description, replace, session, *fields], [pick, about, status_md],
                    api_name="save_preset")
+    # The last tab built, so this is the last on_load hook: every event exists when it runs.
+    # (Belongs at the end of app.build_app; see ui/common.py for why every handler is guarded.)
+    ctx.shared["on_load"].append(guard_events)

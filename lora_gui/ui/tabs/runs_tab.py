@@ -4,19 +4,21 @@ overlay the step-loss curves of several.
 from __future__ import annotations
 
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
+from ... import data
 from ...jobs.registry import active_jobs
 from ...jobs.training_job import TrainingJob
 from ...store.run_folder import RunFolder, list_runs
 from ..common import ENGINE_ERRORS, failure, this_tab
 from .test_tab import describe_source
 
-COLUMNS = ["run", "model", "rank", "targets", "best val acc", "duration", "status", "started"]
+COLUMNS = ["run", "dataset", "model", "rank", "targets", "best val acc", "training time", "status", "folder"]
 LIVE = ("queued", "running", "paused", "stopping")
 RESUMABLE = ("stopped", "failed", "interrupted")
 MAX_CURVE_POINTS = 4000
@@ -48,15 +50,39 @@ def runs_with_status(workspace) -> list[dict]:
     return rows
 
 
+def run_label(r: dict, with_model: bool = True) -> str:
+    """'2 Dec 13:15:02 · resnet18' instead of the folder name run-20261202-131502-ab12."""
+    try:
+        when = datetime.strptime(r["started"] or "", "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return r["run"]
+    return f"{when.day} {when:%b %H:%M:%S}" + (f" · {r['model']}" if with_model else "")
+
+
+def dataset_name(source: str | None) -> str:
+    if not source:
+        return ""
+    path = Path(source)
+    if path.resolve() == data.example_dataset_path().resolve():
+        return "example dataset"
+    return path.name or str(path)
+
+
 def runs_table(rows: list[dict]) -> pd.DataFrame:
-    data = [[r["run"], r["model"], r["rank"] if r["rank"] is not None else "", r["targets"] or "",
-             f"{r['best_val_acc']:.1%}" if isinstance(r["best_val_acc"], (int, float)) else "",
-             _duration(r["duration_s"]), r["status"], r["started"] or ""] for r in rows]
-    return pd.DataFrame(data, columns=COLUMNS)
+    data_rows = [[run_label(r, with_model=False), dataset_name(r.get("source")), r["model"], r["rank"] if r["rank"] is not None else "",
+                  r["targets"] or "",
+                  f"{r['best_val_acc']:.1%}" if isinstance(r["best_val_acc"], (int, float)) else "",
+                  _duration(r["duration_s"]), r["status"], r["run"]] for r in rows]
+    return pd.DataFrame(data_rows, columns=COLUMNS)
+
+
+def has_rows(df) -> bool:
+    """Gradio hands an empty table back as one blank row."""
+    return df is not None and any(str(v).strip() for row in df.values.tolist() for v in row)
 
 
 def _choices(rows: list[dict]) -> list[tuple[str, str]]:
-    return [(f"{r['run']} · {r['model']} · {r['status']}", r["path"]) for r in rows]
+    return [(f"{run_label(r)} · {dataset_name(r.get('source')) or '?'} · {r['status']}", r["path"]) for r in rows]
 
 
 def loss_overlay_figure(paths: list[str]) -> go.Figure:
@@ -88,7 +114,10 @@ def build_runs_tab(ctx) -> None:
     workspace = Path(ctx.workspace)
     gr.Markdown(f"Runs in `{workspace}`, newest first. Pick one to test, export or resume.",
                 elem_classes=["lg-hint"])
-    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Runs", max_height=420, elem_id="lg-runs-table")
+    empty_note = gr.Markdown("**No runs yet.** Train one in **3 · Train**; it appears here with its accuracy.",
+                             elem_id="lg-runs-empty")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Runs", max_height=420,
+                         elem_id="lg-runs-table", visible=False)
     with gr.Row():
         pick = gr.Dropdown([], label="Run", scale=3, elem_id="lg-runs-pick")
         refresh_btn = gr.Button("Refresh", scale=1, size="sm")
@@ -99,7 +128,7 @@ def build_runs_tab(ctx) -> None:
     status_md = gr.Markdown()
     gr.Markdown("### Compare loss curves")
     compare = gr.Dropdown([], multiselect=True, label="Runs to overlay", elem_id="lg-runs-compare")
-    curves = gr.Plot(loss_overlay_figure([]), label="Step loss", elem_id="lg-runs-curves")
+    curves = gr.Plot(label="Step loss", elem_id="lg-runs-curves", visible=False)   # shown once runs are chosen
 
     def refresh(picked, chosen):
         rows = runs_with_status(workspace)
@@ -113,7 +142,7 @@ def build_runs_tab(ctx) -> None:
     def pick_from_table(evt: gr.SelectData):
         row = evt.row_value or []
         rows = runs_with_status(workspace)
-        match = [r["path"] for r in rows if row and r["run"] == row[0]]
+        match = [r["path"] for r in rows if row and r["run"] == row[-1]]   # the folder column
         return match[0] if match else gr.skip()
 
     def use_for(target: str):
@@ -159,6 +188,11 @@ def build_runs_tab(ctx) -> None:
     ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(api_visibility="private", **refresh_args))
     table.select(pick_from_table, None, pick, api_visibility="private", show_progress="hidden")
     compare.change(loss_overlay_figure, compare, curves, api_name="loss_curves", show_progress="hidden")
+    # no empty table or axes: a change listener (the API's outputs stay plain values)
+    compare.change(lambda chosen: gr.update(visible=bool(chosen)), compare, curves, api_visibility="private",
+                   show_progress="hidden")
+    table.change(lambda df: (gr.update(visible=has_rows(df)), gr.update(visible=not has_rows(df))), table,
+                 [table, empty_note], api_visibility="private", show_progress="hidden")
 
     for btn, target in ((test_btn, "test"), (export_btn, "export")):
         event = btn.click(use_for(target), [pick, session], [session, ctx.tabs, status_md],

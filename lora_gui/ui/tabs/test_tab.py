@@ -164,8 +164,10 @@ def build_test_tab(ctx) -> None:
     eval_btn = gr.Button("Evaluate on the validation split", elem_id="lg-evaluate")
     eval_md = gr.Markdown(elem_id="lg-eval-summary")
     with gr.Row(equal_height=False):
-        table = gr.Dataframe(label="Per class", interactive=False, wrap=True, scale=1)
-        plot = gr.Plot(label="Confusion matrix", scale=1, elem_id="lg-confusion")
+        # hidden until an evaluation fills them (no "1 2 3" headers, no empty axes)
+        table = gr.Dataframe(headers=["class", "precision", "recall", "F1", "support"], label="Per class",
+                             interactive=False, wrap=True, scale=1, visible=False)
+        plot = gr.Plot(label="Confusion matrix", scale=1, elem_id="lg-confusion", visible=False)
     gallery = gr.Gallery(label="Misclassified validation images (true → predicted)", columns=5, height="auto",
                          object_fit="contain", allow_preview=True, elem_id="lg-misclassified", visible=False)
 
@@ -175,6 +177,9 @@ def build_test_tab(ctx) -> None:
     predict_btn.click(api_name="predict", **predict_args)
     image.change(api_visibility="private", **predict_args)
     eval_btn.click(on_evaluate, [session], [eval_md, table, plot, gallery, session, source_md], api_name="evaluate")
+    # shown once there is an evaluation (a change listener keeps the API's outputs plain values)
+    eval_md.change(lambda text: (gr.update(visible=bool(text)),) * 2, eval_md, [table, plot],
+                   show_progress="hidden", api_visibility="private")
 
     refresh = dict(fn=describe_source, inputs=[session], outputs=[source_md], show_progress="hidden", api_visibility="private")
     if tab is not None:

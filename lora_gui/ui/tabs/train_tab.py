@@ -9,6 +9,7 @@ With more than one GPU, a checkbox runs the job under torchrun instead (see
 from __future__ import annotations
 
 import html
+import re
 import warnings
 
 import gradio as gr
@@ -19,7 +20,7 @@ from ...jobs.registry import get_job
 from ...jobs.training_job import TrainingJob
 from .. import charts, torchrun_choice
 from ..context import AppContext
-from ..fields import FIELD_NAMES, config_from_values
+from ..fields import FIELD_NAMES, config_from_values, lenient, problems_text
 
 SIZES = [("model default", 0), ("96 px (fastest)", 96), ("128 px", 128), ("160 px", 160), ("192 px", 192),
          ("224 px", 224), ("256 px", 256), ("288 px", 288), ("384 px", 384)]
@@ -27,9 +28,47 @@ SIZES = [("model default", 0), ("96 px (fastest)", 96), ("128 px", 128), ("160 p
 
 def _eta(seconds) -> str:
     if seconds is None:
-        return "estimating…"
+        return "estimating the time left…"
     s = int(seconds)
-    return f"{s // 60}:{s % 60:02d}" if s < 3600 else f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    left = f"{s // 60}:{s % 60:02d}" if s < 3600 else f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    return f"about {left} left"
+
+
+def _failed_next_step(message: str) -> str:
+    text = message.lower()
+    if re.search(r"start again|try again|use a smaller|lower the|pick another|install|add more", text):
+        return ""   # the engine's message already says what to do; once is enough
+    if "learning rate" in text or "diverg" in text:
+        return "Lower the learning rate (e.g. divide it by 10) and press Start training again."
+    if "memory" in text:
+        return "Use a smaller batch size or a lower resolution and press Start training again."
+    if "internet" in text or "hub" in text or "network" in text:
+        return "Pick a backbone marked ✓ offline in 2 · Model & LoRA, or connect to the internet, and start again."
+    return "Check the settings, then press Start training again; Show details has the full log."
+
+
+def headline(snap) -> tuple[str, str]:
+    """(what is happening, what to do next) in plain words; the engine's own wording stays in the details."""
+    if snap.status == "queued":
+        ahead = f": {snap.queue_position} training(s) ahead of this one" if snap.queue_position else ""
+        return f"Waiting for the computer to be free{ahead}.", "It starts by itself; you can leave this page open."
+    if snap.status == "running" and not snap.step:
+        return "Getting ready: reading the images and preparing the model…", ""
+    if snap.status == "running":
+        return "Training.", "Pause or Stop keep what it has learned so far."
+    if snap.status == "paused":
+        return "Paused.", "Press Resume to continue, or Stop to keep what it has learned so far."
+    if snap.status == "stopping":
+        return "Stopping after the current batch…", ""
+    if snap.status == "finished":
+        best = re.search(r"best validation accuracy ([\d.]+%)", snap.message)
+        done = f"Finished: {best.group(1)} of the validation images recognised." if best else "Finished."
+        return done, "Next: try it on your own pictures in 4 · Test, or download it in 5 · Export."
+    if snap.status == "stopped":
+        return ("Stopped. What it learned so far is saved.",
+                "Test it in 4 · Test, or continue it later with Resume training in the Runs tab.")
+    message = re.sub(r"^training failed: ", "", snap.message)
+    return f"Training failed: {message}", _failed_next_step(message)
 
 
 def progress_html(snap) -> str:
@@ -37,22 +76,46 @@ def progress_html(snap) -> str:
         return ("<div id='lg-progress'><b>Not started.</b> Press <b>Start training</b>; "
                 "the charts below fill in live.</div>")
     pct = int(100 * snap.progress)
-    if snap.status == "queued" and snap.queue_position:
-        text = f"Waiting: {snap.queue_position} job(s) ahead of this one on the device"
-    elif snap.status in ("running", "paused", "stopping") and snap.total_steps:
-        text = (f"Epoch {max(1, snap.epoch)}/{snap.epochs} · step {snap.step}/{snap.total_steps} · "
-                f"ETA {_eta(snap.eta_s)}")
+    if snap.status in ("running", "paused", "stopping") and snap.total_steps and snap.step:
+        text = (f"Epoch {max(1, snap.epoch)} of {snap.epochs} · step {snap.step} of {snap.total_steps} · "
+                f"{_eta(snap.eta_s)}")
     else:
         text = ""
-    return (f"<div id='lg-progress' data-status='{snap.status}'><b>{snap.status.capitalize()}</b> — "
-            f"{html.escape(snap.message)}<br>{text}<div class='lg-bar'>"
+    what, next_step = headline(snap)
+    return (f"<div id='lg-progress' data-status='{snap.status}'><b>{html.escape(what)}</b>"
+            + (f" {html.escape(next_step)}" if next_step else "") + f"<br>{text}<div class='lg-bar'>"
             f"<div class='lg-fill' style='width:{pct}%'></div></div></div>")
+
+
+_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d ")
+
+
+def details_text(snap) -> str:
+    """The engine's own status line and log, newest line first (no scrolling needed to see it).
+    Traceback lines (no time stamp) stay in the run's train.log: the page never shows a traceback."""
+    lines = [line for line in snap.log if _LOG_LINE.match(line) and not line[9:].startswith("Traceback")]
+    left_out = len(snap.log) - len(lines)
+    note = [f"({left_out} technical lines, e.g. a traceback, are in train.log in the run's folder)"] if left_out else []
+    return "\n".join([f"[{snap.status}] {snap.message}", *reversed(lines), *note])
+
+
+ACC_NOTE = ("**Accuracy** appears here after epoch 1: it is measured at the end of each epoch on the "
+            "validation images, which the model never trains on.")
 
 
 def buttons(status: str | None, can_pause: bool = True):
     active = status in ("queued", "running", "paused", "stopping")
     return (gr.Button(interactive=not active), gr.Button(interactive=status == "running" and can_pause),
             gr.Button(interactive=status == "paused"), gr.Button(interactive=status in ("queued", "running", "paused")))
+
+
+def figures(snap) -> tuple:
+    """Loss, accuracy, the note that stands in for accuracy during epoch 1, learning rate."""
+    steps, epochs = bool(snap.step_rows), bool(snap.epoch_rows)
+    return (gr.Plot(charts.loss_figure(snap.step_rows, snap.epoch_rows), visible=steps),
+            gr.Plot(charts.accuracy_figure(snap.epoch_rows), visible=epochs),
+            gr.Markdown(visible=steps and not epochs and not snap.done),   # no promise after the run ended
+            gr.Plot(charts.lr_figure(snap.step_rows), visible=steps))
 
 
 def build_train_tab(ctx: AppContext) -> None:
@@ -67,6 +130,9 @@ def build_train_tab(ctx: AppContext) -> None:
                                      "light: random crops too; strong: RandAugment")
         image_size = gr.Dropdown(SIZES, value=0, label="Resolution", info="smaller trains faster")
         seed = gr.Number(value=0, precision=0, label="Seed", info="same seed + data = same result")
+    numbers = lenient(epochs, batch_size, lr, seed, image_size)
+    number_names = ["epochs", "batch_size", "lr", "seed", "image_size"]
+    check = gr.Markdown(elem_id="lg-train-check")
     ctx.fields.update(epochs=epochs, batch_size=batch_size, lr=lr, augmentation=augmentation,
                       image_size=image_size, seed=seed)
     use_all_gpus = torchrun_choice.checkbox()
@@ -76,13 +142,21 @@ def build_train_tab(ctx: AppContext) -> None:
         resume = gr.Button("Resume", interactive=False, elem_id="lg-resume")
         stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="lg-stop")
     progress = gr.HTML(progress_html(None))
+    # charts stay hidden until there is something to draw (no empty axes)
     with gr.Row():
-        loss_plot = gr.Plot(label="Loss", elem_id="lg-loss-plot")
-        acc_plot = gr.Plot(label="Accuracy", elem_id="lg-acc-plot")
-    with gr.Row():
-        lr_plot = gr.Plot(label="Learning rate")
-        log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, elem_id="lg-log")
+        loss_plot = gr.Plot(label="Loss", elem_id="lg-loss-plot", visible=False)
+        acc_plot = gr.Plot(label="Accuracy", elem_id="lg-acc-plot", visible=False)
+        acc_note = gr.Markdown(ACC_NOTE, elem_id="lg-acc-note", visible=False)
+    with gr.Accordion("Show details (log, learning rate)", open=False, elem_id="lg-details"):
+        log = gr.Textbox(label="Log (newest line first)", lines=10, max_lines=10, elem_id="lg-log")
+        lr_plot = gr.Plot(label="Learning rate", visible=False)
     timer = gr.Timer(1.0)
+
+    def check_numbers(*values):
+        return problems_text(number_names, values)
+
+    for listen in (epochs.change, batch_size.change, image_size.change, lr.submit, lr.blur, seed.submit, seed.blur):
+        listen(check_numbers, list(numbers), check, show_progress="hidden", api_visibility="private")
 
     def start_job(session, browser, *values):
         *values, use_all_gpus = values
@@ -127,16 +201,14 @@ def build_train_tab(ctx: AppContext) -> None:
             if job is not None:
                 session.attach(job)
         if job is None:
-            return session, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * 4
+            return session, *[gr.skip()] * 10
         _, count = job.events_since(0)
         snap = job.snapshot()
         if count == session.event_index and snap.done:
-            return session, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * 4
+            return session, *[gr.skip()] * 10
         changed = count != session.event_index
         session.event_index = count
-        figs = ((charts.loss_figure(snap.step_rows, snap.epoch_rows), charts.accuracy_figure(snap.epoch_rows),
-                 charts.lr_figure(snap.step_rows)) if changed else (gr.skip(),) * 3)
-        return (session, progress_html(snap), *figs, "\n".join(snap.log),
+        return (session, progress_html(snap), *(figures(snap) if changed else (gr.skip(),) * 4), details_text(snap),
                 *buttons(snap.status, torchrun_choice.can_pause(job)))
 
     def wire(demo):
@@ -147,5 +219,5 @@ def build_train_tab(ctx: AppContext) -> None:
     for btn, action in ((pause, "pause"), (resume, "unpause"), (stop, "stop")):
         btn.click(control(action), ctx.session, [start, pause, resume, stop], api_name=f"{action}_training")
     timer.tick(poll, [ctx.session, ctx.browser],
-               [ctx.session, progress, loss_plot, acc_plot, lr_plot, log, start, pause, resume, stop],
+               [ctx.session, progress, loss_plot, acc_plot, acc_note, lr_plot, log, start, pause, resume, stop],
                show_progress="hidden", api_name="training_status")

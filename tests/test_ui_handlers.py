@@ -1,0 +1,232 @@
+"""The UI's event handlers called over plain values, without a browser (issue #12)."""
+from __future__ import annotations
+
+
+import gradio as gr
+import pytest
+
+from lora_gui import data
+from lora_gui.errors import DataError
+from lora_gui.ui.common import friendly, md
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from lora_gui.ui.app import build_app
+    return build_app(tmp_path_factory.mktemp("ws"))
+
+
+def test_every_event_handler_is_guarded(demo):
+    """#12.4: no handler may let an exception reach Gradio from the browser (Error pills)."""
+    handlers = [f for f in demo.fns.values() if f.fn is not None]
+    assert handlers
+    # app.py's gr.State(lambda: Session()) factory is wired when the Blocks closes, after the
+    # guard ran; it only builds an empty Session
+    unguarded = [f.name for f in handlers if not getattr(f.fn, "_lg_guarded", False)
+                 and not f.fn.__qualname__.startswith("build_app.")]
+    assert unguarded == []
+
+
+def test_a_failing_handler_keeps_its_outputs_in_the_browser():
+    def load(path):
+        raise DataError("no usable images found in <folder>/<class>")
+    # called outside a gradio_client request: the browser path, a toast and no output change
+    with pytest.warns(UserWarning, match="&lt;folder&gt;"):
+        assert friendly(load)("/x") == gr.skip()
+
+
+def test_unexpected_errors_are_named_not_raised():
+    def boom():
+        return {}["missing"]
+    with pytest.warns(UserWarning, match="boom failed unexpectedly: KeyError"):
+        assert friendly(boom)() == gr.skip()
+
+
+def test_markdown_escaping_keeps_text_literal():
+    assert md("<b>cat</b>_1 *x*") == r"&lt;b&gt;cat&lt;/b&gt;\_1 \*x\*"
+
+
+def test_dataset_errors_are_escaped_and_said_once(tmp_path):
+    """#12.5: '(<folder>/<class>/<image>)' was eaten as HTML and the sentence printed twice."""
+    from lora_gui.ui.tabs.data_tab import dataset_outputs
+    folder = tmp_path / "Pictures" / "<b>odd"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("not an image")
+    ds = data.load_dataset(str(folder), tmp_path / "ws")
+    summary = dataset_outputs(ds, f"Folder '{folder.name}'", 0.2)[0]
+    assert summary.count("no usable images found") == 1
+    assert "\\(&lt;folder&gt;/&lt;class&gt;/&lt;image&gt;\\)" in summary
+    assert "&lt;b&gt;odd" in summary and "<b>" not in summary
+
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("rank", 0, "from 1 to 1024, got 0"), ("rank", -5.0, "got -5"), ("rank", "abc", "got 'abc'"),
+    ("alpha", -1.0, "positive"), ("dropout", 0.99 + 0.01, "[0, 1)"), ("epochs", 2.5, "from 1 to 10000"),
+    ("batch_size", 0.0, "from 1 to 4096"), ("lr", None, "positive number"), ("seed", "x", "whole number"),
+    ("val_fraction", 1.0, "[0, 1)"), ("image_size", 20, "from 32 to 1024")])
+def test_each_bad_number_gets_one_message_from_the_config(name, value, words):
+    """#12.6: the message is config.py's own (no second copy of the ranges), once, without 'config: lora:'."""
+    from lora_gui.ui.fields import NUMBERS, problems_text
+    assert name in NUMBERS
+    text = problems_text([name], [value])
+    assert words in text and "config:" not in text and text.count("must") == 1
+
+
+def test_numbers_pass_gradio_preprocess_as_typed():
+    """'abc' or -5 must reach the handler (and its message), not fail in Gradio's own bounds check."""
+    from lora_gui.ui.fields import lenient
+    slider, number = lenient(gr.Slider(1, 64, step=1), gr.Number(minimum=0.01))
+    assert slider.preprocess(-5) == -5 and number.preprocess("abc") == "abc"
+
+
+def test_layer_summary_follows_the_rank_or_says_it_waits():
+    from lora_gui.ui.tabs.model_tab import layer_summary
+    text, rows = layer_summary("resnet18", "auto", 0, False, False, 2)
+    assert rows == [] and "once the rank above is fixed" in text
+    low, _ = layer_summary("resnet18", "auto", 4, False, False, 2)
+    high, _ = layer_summary("resnet18", "auto", 1000.0, False, False, 2)
+    assert low != high and "trainable" in high
+
+
+def test_catalog_facts_are_cached_in_the_workspace_not_computed_at_start(tmp_path):
+    """#12.7: the backbone list's sizes cost ~7 s per start; now once, kept under the workspace."""
+    from lora_gui.ui.catalog_info import CatalogInfo
+    info = CatalogInfo(tmp_path)
+    assert info.get("resnet18", compute=False) is None
+    assert "resnet18" in dict((v, k) for k, v in info.choices())          # listed before any size is known
+    info.fill()
+    again = CatalogInfo(tmp_path)                                          # the next start reads the file
+    assert again.get("resnet18", compute=False) == {"params": 11_176_512, "resolution": 224}
+    assert (tmp_path / ".cache" / "catalog-info.json").is_file()
+    assert "11.2M params" in again.label("resnet18")
+
+
+def test_the_model_tab_says_which_backbones_work_offline(tmp_path):
+    from lora_gui.ui.catalog_info import CatalogInfo
+    text = CatalogInfo(tmp_path).offline_summary()
+    assert "`tf_efficientnet_lite0`" in text.split(". The other")[0] and "needs internet" in text
+
+
+def test_attention_targets_are_not_offered_for_a_cnn():
+    from lora_gui.ui.tabs.model_tab import target_choices
+    cnn = [v for _, v in target_choices("resnet18")]
+    vit = [v for _, v in target_choices("vit_tiny_patch16_224")]
+    assert "attention" not in cnn and "all-conv" in cnn and "auto" in cnn
+    assert "attention" in vit
+
+
+def test_presets_tab_opens_on_a_preset_that_works_offline(tmp_path):
+    from lora_gui.ui.tabs.presets_tab import describe, offline_default
+    path = offline_default(tmp_path)
+    assert path is not None and path.endswith("quick-cpu-demo.json")
+    assert "works offline" in describe(path, tmp_path)
+
+
+def test_layer_table_has_lora_params_and_the_counts_agree(tmp_path):
+    """#12.8: per-layer LoRA params add up to the trainable line; the total = list size + head + LoRA."""
+    from lora_gui.ui.catalog_info import CatalogInfo
+    from lora_gui.ui.tabs.model_tab import layer_summary
+    text, rows = layer_summary("resnet18", "auto", 8, False, False, 3)
+    lora_total = sum(r[4] for r in rows)
+    assert lora_total > 0 and f"({lora_total:,} parameters)" in text
+    backbone = CatalogInfo(tmp_path).get("resnet18")["params"]
+    assert f"backbone's {backbone:,}" in text and "3-class head" in text
+
+
+def test_runs_table_names_the_dataset_and_reads_like_a_date(tmp_path):
+    """#12.8: a dataset column and '2 Dec 13:15:02 · model' instead of the folder name; the folder
+    stays in the last column (a click on a row finds its run by it)."""
+    from lora_gui.config import DataConfig, RunConfig
+    from lora_gui.store.run_folder import RunFolder, write_json_atomic
+    from lora_gui.ui.tabs.runs_tab import runs_table, runs_with_status
+    for name, source, started in (("resnet18-20261202-131502-ab12", "/root/Pictures/pets", "2026-12-02 13:15:02"),
+                                  ("r2", str(data.example_dataset_path()), "2026-12-03 09:00:00")):
+        run = RunFolder(tmp_path / name).create()
+        cfg = RunConfig(data=DataConfig(source=source))
+        write_json_atomic(run.config_file, {"config": cfg.to_dict(), "classes": ["a", "b"]})
+        run.update_status(status="finished", started=started, duration_s=75.0)
+    table = runs_table(runs_with_status(tmp_path))
+    assert list(table["dataset"]) == ["example dataset", "pets"]           # newest first
+    assert table["run"][1] == "2 Dec 13:15:02" and table["model"][1] == "tf_efficientnet_lite0"
+    assert table["folder"][1] == "resnet18-20261202-131502-ab12" and table["training time"][1] == "1 min 15 s"
+
+
+def _snap(status, message, step=0, **kw):
+    from lora_gui.jobs.job_state import JobSnapshot
+    return JobSnapshot("j", "/r", status, message, 1, 3, step, 30, kw.pop("eta_s", None), None, **kw)
+
+
+@pytest.mark.parametrize("status, message, says", [
+    ("paused", "paused; press Resume to continue", "Press Resume to continue"),
+    ("finished", "best validation accuracy 95.0% (epoch 2)", "95.0% of the validation images"),
+    ("finished", "best validation accuracy 95.0% (epoch 2)", "4 · Test"),
+    ("stopped", "stopped by request; the adapter so far is saved in last/", "Resume training in the Runs tab"),
+    ("failed", "the loss became nan at step 3: training diverged", "Lower the learning rate"),
+    ("failed", "ran out of memory; use a smaller batch size", "smaller batch size")])
+def test_progress_says_what_happened_and_what_next_in_plain_words(status, message, says):
+    """#12.5: no 'Paused — paused', no 'last/'; every end state says what to do next."""
+    from lora_gui.ui.tabs.train_tab import progress_html
+    text = progress_html(_snap(status, message, step=5))
+    assert says in text
+    assert "last/" not in text and "— paused" not in text and "Paused — " not in text
+
+
+def test_details_keep_the_engine_words_newest_line_first():
+    """#12.8 of the log: the newest line is at the top, where the box opens."""
+    from lora_gui.ui.tabs.train_tab import details_text
+    log = ["10:00:00 first", "10:00:01 frozen prefix cached", "10:00:02 newest"]
+    text = details_text(_snap("running", "training on cpu", log=log))
+    assert text.splitlines()[:2] == ["[running] training on cpu", "10:00:02 newest"]
+
+
+def test_charts_wait_for_data_and_accuracy_says_when_it_comes():
+    """#12.6: no empty axes; during epoch 1 a note stands in for the accuracy chart."""
+    from lora_gui.ui.tabs.train_tab import figures
+    rows = [{"kind": "step", "epoch": 1, "step": 1, "loss": 1.2, "lr": 1e-3, "images_per_s": 10.0, "time": 0.0}]
+    loss, acc, note, lr = figures(_snap("running", "", step=1, step_rows=rows))
+    assert loss.visible and not acc.visible and note.visible and lr.visible
+    epoch = [{"kind": "epoch", "epoch": 1, "step": 5, "train_acc": 0.5, "val_acc": 0.6, "val_loss": 1.0}]
+    loss, acc, note, _ = figures(_snap("running", "", step=5, step_rows=rows, epoch_rows=epoch))
+    assert acc.visible and not note.visible
+
+
+def test_validation_report_groups_non_images_by_extension_and_filters(make_image_folder):
+    """#12.8: thousands of files: 'not an image' grouped per extension; the table filters by status."""
+    from lora_gui.ui.tabs.data_tab import _report_rows, report_groups
+    root = make_image_folder({f"{c}/{i}.png": None for c in ("cat", "dog") for i in range(3)}, "Pictures")
+    for i in range(3):
+        (root / "cat" / f"notes{i}.txt").write_text("x")
+    (root / "dog" / "meta.json").write_text("{}")
+    (root / "dog" / "README").write_text("x")
+    ds = data.load_dataset(str(root), root.parent / "ws")
+    text = report_groups(ds)
+    assert "- used for training: 6 files" in text
+    assert "not an image \\(.txt\\): 3 files" in text and "not an image \\(.json\\): 1 files" in text
+    assert {r[2] for r in _report_rows(ds, "skipped")} == {"skipped"} and len(_report_rows(ds, "used")) == 6
+
+
+def test_folder_upload_meta_from_the_browser():
+    """#12.9: the browser sends the folder's name and what it left out; both reach the summary label."""
+    import json
+
+    from lora_gui.ui.tabs.data_tab import folder_meta
+    raw = json.dumps({"paths": ["pets/cat/1.jpg"], "folder": "pets", "skipped": {".txt": 10, ".json": 2}})
+    assert folder_meta(raw) == (["pets/cat/1.jpg"], "pets",
+                                "12 other files left out in the browser: .txt 10, .json 2")
+    assert folder_meta(json.dumps(["a/b.png"])) == (["a/b.png"], "", "")
+    assert folder_meta("{not json") == ([], "", "")
+
+
+def test_a_failure_that_already_says_what_to_do_says_it_once():
+    from lora_gui.ui.tabs.train_tab import progress_html
+    message = "the loss became 2.07e+04 at step 2: training diverged. Lower the learning rate (e.g. by 10x) and start again"
+    assert progress_html(_snap("failed", message, step=2)).lower().count("lower the learning rate") == 1
+
+
+def test_details_never_show_a_traceback():
+    from lora_gui.ui.tabs.train_tab import details_text
+    log = ["13:37:19 [failed] diverged", "13:37:19 Traceback (most recent call last):",
+           '  File "/x/loop.py", line 279, in _check_loss', "lora_gui.errors.TrainingFailed: diverged"]
+    text = details_text(_snap("failed", "diverged", log=log))
+    assert "Traceback" not in text and "File " not in text and "3 technical lines" in text
