@@ -1,0 +1,50 @@
+"""Shared by the demo-mode tests: a synthetic 'bright square in corner X' dataset and a model
+trained on it (the bundled EfficientNet-Lite0 at 64 px), whose answer depends on the square."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lora_gui.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
+from lora_gui.jobs.device_queue import DeviceQueue
+from lora_gui.jobs.training_job import TrainingJob
+
+CORNERS = ("bottom_left", "bottom_right", "top_left", "top_right")
+
+
+def square_image(corner: str, seed: int, side: int = 96, square: int = 34) -> np.ndarray:
+    """Dark noisy background, a bright (slightly coloured) square in ``corner``."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 70, (side, side, 3)).astype(np.uint8)
+    margin = 6 + int(rng.integers(0, 6))
+    top = margin if corner.startswith("top") else side - margin - square
+    left = margin if corner.endswith("left") else side - margin - square
+    img[top:top + square, left:left + square] = (np.array([235, 225, 120]) + rng.integers(-20, 20, 3)).clip(0, 255)
+    return img
+
+
+def write_squares(root: Path, per_class: int = 24) -> Path:
+    for c, corner in enumerate(CORNERS):
+        folder = root / corner
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(square_image(corner, 100 * c + i)).save(folder / f"{corner}_{i:02d}.png")
+    return root
+
+
+def squares_config(data: Path, epochs: int = 4) -> RunConfig:
+    return RunConfig(model=ModelConfig(name="tf_efficientnet_lite0", weights="bundled", image_size=64),
+                     lora=LoraConfig(rank=4, alpha=8.0),
+                     data=DataConfig(source=str(data), val_fraction=0.25, augmentation="none"),
+                     train=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, num_threads=2, seed=3,
+                                       label_smoothing=0.0))
+
+
+def train_squares(workspace: Path, data: Path, epochs: int = 4, timeout: float = 300) -> Path:
+    job = TrainingJob(squares_config(data, epochs), workspace=str(workspace), run_dir=str(workspace / "squares"),
+                      queue=DeviceQueue()).start()
+    assert job.wait(timeout), f"training did not finish: {job.snapshot().message}"
+    assert job.status == "finished", job.snapshot().message
+    return job.run.path
