@@ -63,6 +63,11 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) ->
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
     """The T minimising the validation NLL of logits / T (L-BFGS on log T, so T stays positive)."""
     logits, labels = logits.detach().float(), labels.detach().long()
+    right = int((logits.argmax(dim=-1) == labels).sum())
+    if right in (0, len(labels)):
+        # every answer right (or every one wrong): the NLL keeps falling as T goes to 0 (or infinity),
+        # so the split says nothing about over- or under-confidence; leave the probabilities alone
+        return 1.0
     log_t = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
