@@ -192,8 +192,9 @@ def build_demo_tab(ctx) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             with gr.Tab("Live webcam"):
+                # not mirrored: the model must see the scene as it is (a mirrored 'left' is 'right')
                 cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Live webcam",
-                               elem_id="lg-demo-cam", height=320)
+                               elem_id="lg-demo-cam", height=320, webcam_options=gr.WebcamOptions(mirror=False))
             with gr.Tab("Photo"):
                 photo = gr.Image(sources=["upload", "clipboard"], type="numpy", label="Photo",
                                  elem_id="lg-demo-photo", height=320)
