@@ -52,9 +52,11 @@ def frames(n: int, w: int, h: int) -> list[np.ndarray]:
     return [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def handler_fps(adapter: Path, frames_: list[np.ndarray]) -> dict:
+def handler_fps(adapter: Path, frames_: list[np.ndarray], threads: int) -> dict:
+    import torch
     from lora_gui.inference.calibration import verdict
     from lora_gui.inference.predict import load_adapter, predict
+    torch.set_num_threads(threads)
     loaded = load_adapter(adapter)
     predict(loaded, [Image.fromarray(frames_[0])])   # warm-up
     start = time.perf_counter()
@@ -62,8 +64,8 @@ def handler_fps(adapter: Path, frames_: list[np.ndarray]) -> dict:
         top = predict(loaded, [Image.fromarray(f)], topk=5)[0]
         verdict(loaded, top)
     s = time.perf_counter() - start
-    return {"frames": len(frames_), "seconds": round(s, 3), "fps": round(len(frames_) / s, 2),
-            "ms_per_frame": round(1000 * s / len(frames_), 1)}
+    return {"torch_threads": threads, "frames": len(frames_), "seconds": round(s, 3),
+            "fps": round(len(frames_) / s, 2), "ms_per_frame": round(1000 * s / len(frames_), 1)}
 
 
 def _jpeg_payload(img: np.ndarray) -> dict:
@@ -73,13 +75,13 @@ def _jpeg_payload(img: np.ndarray) -> dict:
             "meta": {"_type": "gradio.FileData"}}
 
 
-def served_fps(adapter: Path, workspace: Path, frames_: list[np.ndarray]) -> dict:
+def served_fps(adapter: Path, workspace: Path, frames_: list[np.ndarray], threads: int) -> dict:
     import httpx
     from demo_stream_client import fn_index
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(REPO))
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "demo_server.py"), str(port), str(workspace),
                              str(adapter)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -118,7 +120,7 @@ def served_fps(adapter: Path, workspace: Path, frames_: list[np.ndarray]) -> dic
                         "event_id": event_id})
         steady = times[3:] or times   # the first frames load the model
         s = sum(steady)
-        return {"frames": len(steady), "seconds": round(s, 3), "fps": round(len(steady) / s, 2),
+        return {"torch_threads": threads, "frames": len(steady), "seconds": round(s, 3), "fps": round(len(steady) / s, 2),
                 "ms_per_frame": round(1000 * s / len(steady), 1), "first_frame_s": round(times[0], 2)}
     finally:
         proc.terminate()
@@ -130,18 +132,19 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                    help="torch intra-op threads to measure (on a busy 2-core machine 2 threads collapse)")
     args = ap.parse_args()
-    import torch
     with tempfile.TemporaryDirectory(prefix="live_fps_") as tmp:
         adapter = make_adapter(Path(tmp))
         fr = frames(args.frames, args.width, args.height)
         result = {
             "benchmark": "live_fps", "model": "tf_efficientnet_lite0 (bundled) + LoRA r8, merged", "resolution": 224,
             "frame": f"{args.width}x{args.height}", "host": platform.node(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "load_average_at_start": list(os.getloadavg()),
+            "load_average_at_start": list(os.getloadavg()),
             "date": time.strftime("%Y-%m-%d %H:%M"), "device": "cpu",
-            "handler": handler_fps(adapter, fr),
-            "served": served_fps(adapter, Path(tmp) / "ws", fr),
+            "handler": [handler_fps(adapter, fr, t) for t in args.threads],
+            "served": [served_fps(adapter, Path(tmp) / "ws", fr, t) for t in args.threads],
             "load_average_at_end": list(os.getloadavg()),
         }
     out = REPO / "benchmarks" / "results" / f"live-fps-{platform.node() or 'host'}-{time.strftime('%Y-%m-%d')}.json"

@@ -118,8 +118,17 @@ def on_retrain_poll(job_id, session):
         step = f" — epoch {snap.epoch}/{snap.epochs}" if snap.epoch else ""
         return gr.skip(), f"Retraining ({snap.status}{step}): {snap.message}", gr.skip(), gr.skip()
     if snap.status in ("finished", "stopped") and (job.run.best_dir / "adapter.safetensors").is_file():
+        before = session.test_model.calibration if session.test_model is not None else None
         session.use_test_source(str(job.run.path))
-        return None, f"Done: the demo now uses **{job.id}** ({snap.message}).", gr.Timer(active=False), session
+        note = ""
+        if before is not None:   # keep an honest "not sure": refit T for the new model, same threshold
+            try:
+                calibrate(get_test_model(session), job.run.path, threshold=before.threshold)
+                note = f" Calibrated again, still \"not sure\" below {before.threshold:.0%}."
+            except Exception as exc:
+                note = f" (Calibrate it again: {failure(exc, 'calibration').message})"
+        return (None, f"Done: the demo now uses **{job.id}** ({snap.message}).{note}", gr.Timer(active=False),
+                session)
     return None, f"The retrain {snap.status}: {snap.message}", gr.Timer(active=False), gr.skip()
 
 
@@ -226,7 +235,7 @@ def build_demo_tab(ctx) -> None:
     gr.Markdown("### Share it", elem_classes=["lg-hint"])
     share_btn = gr.Button("Export a demo app (zip)", elem_id="lg-demo-share")
     share_md = gr.Markdown()
-    share_file = gr.File(label="Demo app", interactive=False, elem_id="lg-demo-zip")
+    share_file = gr.File(label="Demo app", interactive=False, elem_id="lg-demo-zip", height=90)
 
     cam.stream(on_frame, [cam, session], [label, answer, last], stream_every=STREAM_EVERY,
                time_limit=STREAM_LIMIT, concurrency_limit=LIVE_CONCURRENCY, concurrency_id="lg-demo-live",
