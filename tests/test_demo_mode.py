@@ -296,3 +296,45 @@ def test_live_webcam_in_a_real_browser(demo_server, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "demo-live-heatmap.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_an_open_live_stream_does_not_block_another_session(demo_server):
+    """Session A keeps its webcam stream open (no more frames, not closed); session B's stream
+    still gets its answers meanwhile (each stream holds a slot; LIVE_CONCURRENCY > 1)."""
+    import json
+    import threading
+    import uuid
+
+    import httpx
+    from demo_stream_client import fn_index, frame_payload
+    index, trigger = fn_index(demo_server, "demo_frame")
+    a_answered, b_done = threading.Event(), threading.Event()
+    a_session = uuid.uuid4().hex[:10]
+    state = {}
+
+    def session_a():
+        with httpx.Client(timeout=120) as client:
+            state["event"] = client.post(f"{demo_server}/gradio_api/queue/join", json={
+                "data": [frame_payload(square_image("top_left", 1)), None], "fn_index": index,
+                "session_hash": a_session, "trigger_id": trigger}).json()["event_id"]
+            with client.stream("GET", f"{demo_server}/gradio_api/queue/data",
+                               params={"session_hash": a_session}) as sse:
+                for line in sse.iter_lines():
+                    if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_streaming":
+                        a_answered.set()
+                        # A's stream stays open while B streams; if B is queued behind A, A gives up
+                        state["a_gave_up"] = not b_done.wait(60)
+                        client.post(f"{demo_server}/gradio_api/stream/{state['event']}/close")
+                        break
+
+    a = threading.Thread(target=session_a, daemon=True)
+    a.start()
+    assert a_answered.wait(120), "session A's first frame was never answered"
+    try:
+        answers = stream_frames(demo_server, "demo_frame", [square_image("bottom_left", 2),
+                                                            square_image("top_right", 3)], extra_inputs=1, timeout=120)
+    finally:
+        b_done.set()
+        a.join(30)
+    assert not state.get("a_gave_up"), "session B was only answered after session A closed its stream"
+    assert len(answers) == 2 and all(ans[0]["label"] in CORNERS for ans in answers)
