@@ -338,3 +338,15 @@ def test_an_open_live_stream_does_not_block_another_session(demo_server):
         a.join(30)
     assert not state.get("a_gave_up"), "session B was only answered after session A closed its stream"
     assert len(answers) == 2 and all(ans[0]["label"] in CORNERS for ans in answers)
+
+
+def test_heatmap_for_a_vit_token_model(tmp_path):
+    """ViT-style models: the last block's tokens, class token dropped, reshaped to the patch grid."""
+    from test_export import make_adapter
+
+    from lora_gui.inference.explain import _cam_model
+    vit = load_adapter(make_adapter(tmp_path, "vit_tiny_patch16_224", classes=3).run_dir)
+    img = np.concatenate([square_image("top_left", 1), square_image("top_right", 2)], axis=0)   # 192 x 96
+    hm = explain(vit, img, target="class_2")
+    assert hm.target == "class_2" and hm.cam.shape == (192, 96) and hm.overlay.size == (96, 192)
+    assert hm.cam.max() > 0 and _cam_model(vit).reshape_transform is not None
