@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -14,6 +15,7 @@ from ..errors import AdapterError
 from ..lora.inject import merge_lora
 from ..store.adapter_check import build_checked
 from ..store.adapter_file import AdapterMeta, read_adapter
+from ..store.calibration_file import Calibration, read_calibration
 from ..store.exports import locate
 from ..store.merged_format import load_merged
 from ..store.peft_format import read_peft_export
@@ -27,6 +29,8 @@ class LoadedAdapter:
     meta: AdapterMeta
     layout: str               # "native", "peft" or "merged": what was read
     device: torch.device
+    calibration: Calibration | None = None   # calibration.json beside the adapter: temperature, "not sure"
+    source_file: Path | None = None          # the file read (calibration.json is saved beside it)
 
 
 def load_adapter(path: str | os.PathLike, device: str | torch.device = "cpu", merge: bool = True) -> LoadedAdapter:
@@ -47,7 +51,8 @@ def load_adapter(path: str | os.PathLike, device: str | torch.device = "cpu", me
     except (KeyError, TypeError, ValueError) as exc:
         raise AdapterError(f"adapter metadata: the data config is invalid ({exc})") from None
     dev = torch.device(device)
-    return LoadedAdapter(model.to(dev).eval(), list(meta.classes), transform, meta, layout, dev)
+    return LoadedAdapter(model.to(dev).eval(), list(meta.classes), transform, meta, layout, dev,
+                         read_calibration(file), Path(file))
 
 
 def predict(loaded: LoadedAdapter, images: list, topk: int = 5,
@@ -65,7 +70,10 @@ def predict(loaded: LoadedAdapter, images: list, topk: int = 5,
                  for im in images[start:start + batch_size]]
         batch = torch.stack([loaded.transform(im) for im in chunk]).to(loaded.device)
         with torch.inference_mode():
-            probs = loaded.model(batch).float().softmax(dim=-1)
+            logits = loaded.model(batch).float()
+        if loaded.calibration is not None:   # temperature scaling: same ranking, honest probabilities
+            logits = logits / loaded.calibration.temperature
+        probs = logits.softmax(dim=-1)
         values, indices = probs.topk(k, dim=-1)
         results += [[(loaded.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
                     for vs, ix in zip(values, indices)]

@@ -32,6 +32,8 @@ class TrainingJob(JobState):
     ``interactive`` leaves a CPU core free so a UI in the same process stays responsive.
     """
 
+    trainer_factory = Trainer   # a subclass may train another way (jobs.retrain_job: from an adapter)
+
     def __init__(self, config: RunConfig, workspace: str = "runs", run_dir: str | None = None, *,
                  dataset=None, interactive: bool = False, resume: bool = False, queue: DeviceQueue = DEVICE_QUEUE):
         self.config = config
@@ -206,7 +208,7 @@ class TrainingJob(JobState):
                 return
             acquired = True
             self.report_status("running", "preparing data and model")
-            Trainer(self.config, self.run, self.device, reporter=self, dataset=self.dataset,
+            self.trainer_factory(self.config, self.run, self.device, reporter=self, dataset=self.dataset,
                     workspace=self.workspace, resume=self.resume, interactive=self.interactive).run()
         except StopRequested:
             self.report_status("stopped", "stopped by request; the adapter so far is saved in last/")
