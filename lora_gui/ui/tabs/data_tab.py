@@ -9,7 +9,7 @@ import gradio as gr
 from ... import data
 from ...data.archives import ArchiveLimits
 from ..charts import class_distribution_figure
-from ..common import PRIVATE
+from ..common import PRIVATE, caller_host, thumbnails
 from ..context import MAX_UPLOAD_MB, AppContext
 
 LIMITS = ArchiveLimits()
@@ -39,7 +39,7 @@ def dataset_outputs(ds: data.Dataset | None, label: str, val_fraction: float, sp
         train, val = data.split_dataset(ds, val_fraction, split_seed)
         split_rows = data.split_counts(train, val, ds.classes)
     chart = class_distribution_figure(split_rows if split_rows else ds.class_counts())
-    return "\n".join(lines), _report_rows(ds), split_rows, chart, data.gallery_items(ds, per_class=4)
+    return "\n".join(lines), _report_rows(ds), split_rows, chart, thumbnails(data.gallery_items(ds, per_class=4))
 
 
 def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
@@ -76,7 +76,8 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
         split_table = gr.Dataframe(headers=["class", "train", "validation"], label="Images per class",
                                    interactive=False, scale=1)
         chart = gr.Plot(label="Class distribution", scale=2)
-    gallery = gr.Gallery(label="A few images per class", columns=8, height=220, object_fit="contain")
+    gallery = gr.Gallery(label="A few images per class", columns=8, height=220, object_fit="contain",
+                         format="jpeg", elem_id="lg-data-gallery")
     with gr.Accordion("Validation report: every file and what happened to it", open=False):
         report = gr.Dataframe(headers=["file", "class", "status", "reason"], interactive=False, wrap=True)
     outputs = [summary, report, split_table, chart, gallery]
@@ -114,10 +115,16 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
             return (session, *dataset_outputs(session.dataset, session.dataset_label, vf))
         return load_source(session, str(file), f"Archive '{Path(str(file)).name}'", vf)
 
-    def from_path(session, path, vf):
+    def from_path(session, path, vf, request: gr.Request):
         if not (path or "").strip():
             raise gr.Error("Type the path of a folder, archive or CSV file first.")
-        return load_source(session, path.strip(), f"'{path.strip()}'", vf)
+        path = path.strip()
+        if path != (data_path or "").strip():   # the operator's own --data needs no permission
+            try:
+                ctx.policy.check_path(path, caller_host(request))
+            except PermissionError as exc:
+                raise gr.Error(str(exc)) from None
+        return load_source(session, path, f"'{path}'", vf)
 
     def resplit(session, vf):
         return (session, *dataset_outputs(session.dataset, session.dataset_label, vf))
