@@ -54,7 +54,11 @@ def multi_server(tmp_path_factory, home_folders):
     root, _, _ = home_folders
     workspace = tmp_path_factory.mktemp("multi") / "ws"
     workspace.mkdir()
+    stale = workspace / ".gradio_cache" / "0123abcd" / "left-from-last-time.zip"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
     with launched_app(workspace, args=["--host", "0.0.0.0", "--multi-user", "--data-root", str(root / "allowed")]) as url:
+        assert not stale.exists(), "the Gradio cache inside the workspace is emptied at start"
         yield url, workspace
 
 
@@ -144,6 +148,8 @@ def test_server_paths_only_for_loopback_or_data_root(multi_server, home_folders)
     assert "18 images used in 3 classes" in summary, summary
     with pytest.raises(AppError, match="turned off for remote users"):   # '..' does not climb out
         remote.predict(str(allowed / ".." / ".." / "other" / "set"), 0.2, api_name="/load_path")
+    with pytest.raises(AppError, match="turned off for remote users"):   # a weights file is a server path too
+        remote.predict(*_values(weights="file", weights_file="/etc/hostname"), api_name="/start_training")
     local = _client(url)   # someone at this machine may type any path (the app is not shared)
     summary, *_ = local.predict(str(other), 0.2, api_name="/load_path")
     assert "18 images used in 3 classes" in summary, summary
