@@ -118,7 +118,9 @@ def build_app(workspace: str | os.PathLike = "runs", data_path: str | None = Non
               policy: AccessPolicy | None = None) -> gr.Blocks:
     workspace = Path(workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
-    with gr.Blocks(title="lora_gui — LoRA for vision models") as demo:
+    # the cache (uploads, handed-out downloads) is swept hourly of files older than a day: handlers copy
+    # what they keep into the workspace at once, and a download link older than a day has been used or lost
+    with gr.Blocks(title="lora_gui — LoRA for vision models", delete_cache=(3600, 24 * 3600)) as demo:
         gr.HTML(header_html())
         session = gr.State(lambda: Session(), time_to_live=SESSION_TTL_S, delete_callback=lambda s: s.close())
         browser = gr.BrowserState({"owner": ""}, storage_key="lora_gui_owner", secret=browser_secret(workspace))
