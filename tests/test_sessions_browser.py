@@ -73,6 +73,7 @@ def test_two_tabs_own_jobs_and_reload_reattaches(server, browser):
         two.wait_for_selector("#lg-other-tab", state="visible", timeout=30_000)
         assert status(two) == "", two.inner_text("#lg-progress")
         assert "another tab of this browser" in two.inner_text("#lg-other-tab")
+        shot(two, "sessions-00-other-tab-offered")
         open_tab(two, "1 · Data")
         use_example(two)
         open_tab(two, "3 · Train")
