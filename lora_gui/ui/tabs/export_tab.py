@@ -67,7 +67,7 @@ def on_export(fmt: str, session, workspace: Path, progress=gr.Progress()):
     except Exception as exc:
         raise failure(exc, f"the {fmt} export") from None
     size = zip_path.stat().st_size / 2**20
-    status = f"Built **{zip_path.name}** ({size:.1f} MB) from {describe_source(session).removeprefix('Model: ')}"
+    status = f"Built **{zip_path.name}** ({size:.1f} MB) from {describe_source(session).removeprefix('Model under test: ')}"
     return hand_out(zip_path), snippet, status, session
 
 
