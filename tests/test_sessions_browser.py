@@ -70,8 +70,12 @@ def test_two_tabs_own_jobs_and_reload_reattaches(server, browser):
         two = context.new_page()              # same browser, another tab: not taken over
         ready(two, url)
         open_tab(two, "3 · Train")
-        two.wait_for_selector("#lg-other-tab", state="visible", timeout=30_000)
+        # wait until the page has polled: the offer shows, or (the old bug) tab 1's job was taken over
+        two.wait_for_function("() => { const o = document.querySelector('#lg-other-tab');"
+                              " return (o && o.offsetParent !== null) ||"
+                              " !!document.querySelector('#lg-progress').dataset.status; }", timeout=30_000)
         assert status(two) == "", two.inner_text("#lg-progress")
+        assert two.locator("#lg-other-tab").is_visible()
         assert "another tab of this browser" in two.inner_text("#lg-other-tab")
         shot(two, "sessions-00-other-tab-offered")
         open_tab(two, "1 · Data")
@@ -147,7 +151,6 @@ def test_switching_models_clears_evaluation(server, browser):
         page.wait_for_function("document.querySelector('#lg-eval-summary').innerText.includes('ccuracy')",
                                timeout=60_000)
         trained = page.inner_text("#lg-test-source")
-        assert "best adapter (epoch 1" in trained, trained
 
         open_tab(page, "3 · Train")           # a second run, stopped before its first epoch ends
         page.get_by_label("strong").check()
@@ -160,15 +163,18 @@ def test_switching_models_clears_evaluation(server, browser):
         page.wait_for_function("document.querySelector('#lg-test-source').innerText.includes('is training') ||"
                                " document.querySelector('#lg-test-source').innerText.includes('best adapter')",
                                timeout=30_000)
-        assert "best adapter (epoch 1" in page.inner_text("#lg-test-source")
+        assert trained.split("—")[0] in page.inner_text("#lg-test-source")   # the same run as before
         assert "ccuracy" in page.inner_text("#lg-eval-summary")
 
         open_tab(page, "Runs")                # pick the stopped run (newest) for testing
         page.wait_for_function("document.querySelector('#lg-runs-table').innerText.includes('stopped')", timeout=30_000)
         page.get_by_role("button", name="Use for testing").click()
-        page.wait_for_function("document.querySelector('#lg-test-source').innerText.includes('No trained adapter yet')",
+        page.wait_for_function(f"document.querySelector('#lg-test-source').innerText !== {trained!r}"
+                               " && document.querySelector('[role=tab][aria-selected=true]').innerText.includes('Test')",
                                timeout=30_000)
-        assert page.inner_text("#lg-eval-summary").strip() == ""     # not the other model's evaluation
+        assert "ccuracy" not in page.inner_text("#lg-eval-summary")     # not the other model's evaluation
+        assert "No trained adapter yet" in page.inner_text("#lg-test-source")
+        assert "best adapter (epoch 1" in trained, trained
         page.click("#lg-evaluate")
         page.wait_for_selector("text=has no trained adapter yet", timeout=30_000)
         shot(page, "sessions-04-stopped-run-not-tested")

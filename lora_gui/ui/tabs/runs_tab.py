@@ -129,7 +129,7 @@ def build_runs_tab(ctx) -> None:
             run = _picked(path, workspace, visibility(session, request))
             session.set_model(str(run.path))
             what = "Testing" if target == "test" else "Exporting"
-            return session, gr.Tabs(selected=target), f"{what} run **{run.path.name}**."
+            return session, f"{what} run **{run.path.name}**."
         return handler
 
     def curves_of(paths, session, request: gr.Request):
@@ -176,9 +176,11 @@ def build_runs_tab(ctx) -> None:
     compare.change(curves_of, [compare, session], curves, api_name="loss_curves", show_progress="hidden")
 
     for btn, target in ((test_btn, "test"), (export_btn, "export")):
-        event = btn.click(use_for(target), [pick, session], [session, ctx.tabs, status_md],
-                          api_name=f"use_run_for_{target}")
+        event = btn.click(use_for(target), [pick, session], [session, status_md], api_name=f"use_run_for_{target}")
         for sync in (ctx.shared.get("test_sync"), ctx.shared.get("export_sync")):
-            if sync is not None:   # both tabs name the new model and drop what the old one made
+            if sync is not None:   # both tabs name the new model and drop what the old one made...
                 event = event.then(**sync)
+        # ...before the tab is shown: it never shows the old model's results under the new name
+        event.then(lambda t=target: gr.Tabs(selected=t), None, ctx.tabs, api_visibility="private",
+                   show_progress="hidden")
     resume_btn.click(resume, [pick, session], [session, ctx.tabs, status_md], api_name="resume_run")
