@@ -2,6 +2,7 @@
 the working folder, and the model under test. Screenshots go to test-artifacts/ (look at them)."""
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -150,31 +151,41 @@ def test_switching_models_clears_evaluation(server, browser):
         page.click("#lg-evaluate")
         page.wait_for_function("document.querySelector('#lg-eval-summary').innerText.includes('ccuracy')",
                                timeout=60_000)
-        trained = page.inner_text("#lg-test-source")
+        page.wait_for_function("/best adapter \\(epoch 1/.test(document.querySelector('#lg-test-source').innerText)"
+                               " && !document.querySelector('#lg-test-source').innerText.includes('images -')",
+                               timeout=60_000)
+        trained = re.search(r"run (run-[\w-]+)", page.inner_text("#lg-test-source")).group(1)
 
         open_tab(page, "3 · Train")           # a second run, stopped before its first epoch ends
         page.get_by_label("strong").check()
         set_epochs(page, 5)
         page.click("#lg-start")
-        wait_status(page, "running")
+        page.wait_for_function("/step [1-9]/.test(document.querySelector('#lg-progress').innerText)",
+                               timeout=120_000)   # training steps: the run folder is complete (listed in Runs)
         page.click("#lg-stop")
         wait_status(page, "stopped", "finished", "failed")
         open_tab(page, "4 · Test")            # still the trained model, and says why
         page.wait_for_function("document.querySelector('#lg-test-source').innerText.includes('is training') ||"
                                " document.querySelector('#lg-test-source').innerText.includes('best adapter')",
                                timeout=30_000)
-        assert trained.split("—")[0] in page.inner_text("#lg-test-source")   # the same run as before
+        assert trained in page.inner_text("#lg-test-source")   # the same run as before
         assert "ccuracy" in page.inner_text("#lg-eval-summary")
 
         open_tab(page, "Runs")                # pick the stopped run (newest) for testing
         page.wait_for_function("document.querySelector('#lg-runs-table').innerText.includes('stopped')", timeout=30_000)
+        name = max(re.findall(r"run-\d{8}-\d{6}-\w{4}", page.inner_text("#lg-runs-table")))  # the newest run
+        box = page.locator("#lg-runs-pick input")
+        box.click()
+        box.fill(name)
+        page.get_by_role("option", name=re.compile(name)).click()
+        page.wait_for_function(f"document.querySelector('#lg-runs-pick input').value.includes({name!r})",
+                               timeout=30_000)
         page.get_by_role("button", name="Use for testing").click()
-        page.wait_for_function(f"document.querySelector('#lg-test-source').innerText !== {trained!r}"
+        page.wait_for_function(f"!document.querySelector('#lg-test-source').innerText.includes({trained!r})"
                                " && document.querySelector('[role=tab][aria-selected=true]').innerText.includes('Test')",
                                timeout=30_000)
         assert "ccuracy" not in page.inner_text("#lg-eval-summary")     # not the other model's evaluation
         assert "No trained adapter yet" in page.inner_text("#lg-test-source")
-        assert "best adapter (epoch 1" in trained, trained
         page.click("#lg-evaluate")
         page.wait_for_selector("text=has no trained adapter yet", timeout=30_000)
         shot(page, "sessions-04-stopped-run-not-tested")

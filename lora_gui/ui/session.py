@@ -16,6 +16,7 @@ from pathlib import Path
 from ..data.class_builder import ClassBuilder
 from ..data.scan import Dataset
 from ..jobs.registry import get_job
+from ..store.run_folder import FINAL_STATUSES, RunFolder
 
 SESSION_TTL_S = 12 * 3600   # a state untouched this long is dropped (gr.State time_to_live)
 
@@ -58,6 +59,8 @@ class Session:
         if self.pending_run and (Path(self.pending_run) / "best").is_dir():
             run = self.pending_run
             self.set_model(run, "")
+        elif self.pending_run and RunFolder(self.pending_run).read_status().get("status") in FINAL_STATUSES:
+            self.pending_run = None   # it ended without a trained adapter: the model under test stays
         return self.model_source
 
     def current_run(self) -> str | None:   # the name the Test and Export tabs have always used
