@@ -45,12 +45,18 @@ def _no_adapter_yet(source: str) -> str | None:
     return None
 
 
+def _own_run_note(session) -> str | None:
+    """Why this session's own run is not tested (no trained adapter yet), if that is the reason."""
+    job = session.job()
+    run = session.pending_run or (str(job.run.path) if job is not None else None)
+    return _no_adapter_yet(run) if run else None
+
+
 def get_test_model(session) -> LoadedAdapter:
     """The shared cache's model for the session's model under test; gr.Error with what to do otherwise."""
     source = session.current_model()
     if not source:
-        pending = session.pending_run
-        raise gr.Error(_no_adapter_yet(pending) if pending and _no_adapter_yet(pending) else NO_MODEL)
+        raise gr.Error(_own_run_note(session) or NO_MODEL)
     missing = _no_adapter_yet(source)
     if missing:
         raise gr.Error(missing)
@@ -84,7 +90,7 @@ def describe_source(session) -> str:
     note = (f" Run **{Path(pending).name}** is training: testing switches to it once it has saved its first "
             "adapter (end of epoch 1)." if pending and pending != source else "")
     if not source:
-        return f"**No model yet.** {NO_MODEL}.{note}"
+        return f"**No model yet.** {_own_run_note(session) or NO_MODEL + '.'}"
     if session.model_note:
         return f"Model under test: {session.model_note}.{note}"
     if _no_adapter_yet(source):
