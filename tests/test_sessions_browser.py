@@ -159,6 +159,9 @@ def test_switching_models_clears_evaluation(server, browser):
         open_tab(page, "3 · Train")           # a second run, stopped before its first epoch ends
         page.get_by_label("strong").check()
         set_epochs(page, 5)
+        batch = page.locator("input[aria-label='number input for Batch size']")
+        batch.fill("2")                       # 48 slow steps in epoch 1: Stop lands well before its end
+        batch.press("Enter")
         page.click("#lg-start")
         page.wait_for_function("/step [1-9]/.test(document.querySelector('#lg-progress').innerText)",
                                timeout=120_000)   # training steps: the run folder is complete (listed in Runs)
@@ -172,7 +175,9 @@ def test_switching_models_clears_evaluation(server, browser):
         assert "ccuracy" in page.inner_text("#lg-eval-summary")
 
         open_tab(page, "Runs")                # pick the stopped run (newest) for testing
-        page.wait_for_function("document.querySelector('#lg-runs-table').innerText.includes('stopped')", timeout=30_000)
+        page.wait_for_function(   # the list has refreshed: it holds a run newer than the trained one
+            f"(document.querySelector('#lg-runs-table').innerText.match(/run-\\d{{8}}-\\d{{6}}-\\w{{4}}/g) || [])"
+            f".some(n => n > {trained!r})", timeout=30_000)
         name = max(re.findall(r"run-\d{8}-\d{6}-\w{4}", page.inner_text("#lg-runs-table")))  # the newest run
         box = page.locator("#lg-runs-pick input")
         box.click()
