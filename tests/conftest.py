@@ -88,13 +88,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched_app(workspace: Path, env: dict | None = None, stop_wait: float = 10):
-    """``python app.py`` in a subprocess on a free port, until the block ends; yields its url."""
+def launched_app(workspace: Path, env: dict | None = None, stop_wait: float = 10, args=(), cwd: Path | None = None):
+    """``python app.py`` (plus ``args``) in a subprocess on a free port, until the block ends; yields its url."""
     port = _free_port()
     log = open(workspace.parent / f"app-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), "--workspace",
-                             str(workspace)], cwd=workspace, env=env or offline_env(), stdout=log,
-                            stderr=subprocess.STDOUT)
+                             str(workspace), *args], cwd=cwd or workspace, env=env or offline_env(), stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:

@@ -37,10 +37,10 @@ def test_endpoints_train_predict_export(client, tmp_path):
     summary, *_ = client.predict(0.2, api_name="/use_example")
     assert "120 images used in 4 classes" in summary
 
-    client.predict({"job_id": None}, *_values(), api_name="/start_training")
+    client.predict(*_values(), api_name="/start_training")
     deadline = time.time() + 240
     while time.time() < deadline:
-        progress, *_ = client.predict({"job_id": None}, api_name="/training_status")
+        progress, *_ = client.predict(api_name="/training_status")
         if progress and any(f"data-status='{s}'" in progress for s in ("finished", "failed", "stopped")):
             break
         time.sleep(1)
@@ -50,7 +50,7 @@ def test_endpoints_train_predict_export(client, tmp_path):
     bad = dict(FIELD_VALUES, lr=-1)
     from lora_gui.ui.fields import FIELD_NAMES
     with pytest.raises(AppError, match="learning rate"):
-        client.predict({"job_id": None}, *[bad[n] for n in FIELD_NAMES], api_name="/start_training")
+        client.predict(*[bad[n] for n in FIELD_NAMES], api_name="/start_training")
 
     label, _ = client.predict(handle_file(str(REPO / "assets/example/sneaker/00.png")), api_name="/predict")
     assert label["label"] == "sneaker", label
@@ -73,7 +73,7 @@ def test_endpoints_train_predict_export(client, tmp_path):
 def test_errors_reach_the_client_as_messages(client):
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match="Choose a dataset first"):
-        client.predict({"job_id": None}, *_values(), api_name="/start_training")
+        client.predict(*_values(), api_name="/start_training")
     with pytest.raises(AppError, match="does not exist"):
         client.predict("/no/such/folder", 0.2, api_name="/load_path")
     with pytest.raises(AppError, match="Train a model first"):

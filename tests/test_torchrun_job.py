@@ -209,10 +209,10 @@ def test_the_app_trains_with_two_processes_when_the_box_is_ticked(two_process_ap
               "alpha": 8, "dropout": 0.0, "targets": "auto", "train_norm": False, "train_bias": False,
               "use_rslora": False, "epochs": 2, "batch_size": 4, "lr": 0.002, "seed": 0, "augmentation": "none",
               "val_fraction": 0.25}
-    client.predict({"job_id": None}, *[values[n] for n in FIELD_NAMES], True, api_name="/start_training")
+    client.predict(*[values[n] for n in FIELD_NAMES], True, api_name="/start_training")
     deadline, progress = time.time() + 150, ""
     while time.time() < deadline:
-        progress, *_, log = client.predict({"job_id": None}, api_name="/training_status")
+        progress, _, _, _, log, *_ = client.predict(api_name="/training_status")
         if progress and any(f"data-status='{s}'" in progress for s in ("finished", "failed", "stopped")):
             break
         time.sleep(1)

@@ -84,3 +84,21 @@ def clean(workspace, keep_days: float = DEFAULT_KEEP_DAYS) -> tuple[list[Path], 
         removed.append(folder)
         freed += size
     return removed, freed
+
+
+GRADIO_CACHE = ".gradio_cache"
+
+
+def gradio_cache_dir(workspace) -> Path:
+    """Where the app's Gradio keeps uploads and the files it hands out (GRADIO_TEMP_DIR): inside the workspace."""
+    return Path(workspace) / GRADIO_CACHE
+
+
+def clear_gradio_cache(workspace) -> None:
+    """Empty the Gradio cache at start: its files belonged to pages of the previous server, now gone."""
+    cache = gradio_cache_dir(workspace)
+    if cache.is_symlink():
+        cache.unlink()
+    elif cache.is_dir():
+        shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)

@@ -106,3 +106,35 @@ def guard_events(demo: gr.Blocks) -> None:
     for block_fn in demo.fns.values():
         if block_fn.fn is not None and not getattr(block_fn, "is_validator_function", False):
             block_fn.fn = friendly(block_fn.fn)
+
+
+def hand_out(path) -> str:
+    """A copy of ``path`` in Gradio's cache (a content-hash folder inside the workspace), to return from a handler.
+
+    Only the cache is served: the workspace itself is not in allowed_paths, so the original
+    (and every other run file) stays unreachable by URL; the link goes only to the caller.
+    """
+    from gradio import processing_utils, utils
+    return processing_utils.save_file_to_cache(str(path), utils.get_upload_folder())
+
+
+def thumbnails(items, side: int = 160) -> list:
+    """(PIL thumbnail, caption) for (image path, caption) pairs; unreadable files are left out.
+
+    Pictures are sent as images, not as file paths, so a dataset anywhere on disk can be shown
+    without making its folder downloadable."""
+    from ..data.images import load_rgb
+    out = []
+    for path, caption in items:
+        try:
+            im = load_rgb(path, side)
+        except Exception:
+            continue
+        im.thumbnail((side, side))
+        out.append((im, caption))
+    return out
+
+
+def caller_host(request) -> str | None:
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None)

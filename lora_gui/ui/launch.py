@@ -1,6 +1,9 @@
 """Launch the app: ``python app.py``, ``lora-gui`` or ``lora-gui app``, with the same flags.
 
-Flags: --host, --port, --share, --auth, --workspace, --data, --inbrowser, --keep-uploads-days.
+Flags: --host, --port, --share, --auth, --multi-user, --workspace, --data, --data-root, --inbrowser,
+--keep-uploads-days. Bad flags get one line saying what is wrong and exit code 2.
+Gradio is imported only after GRADIO_TEMP_DIR points into the workspace, so
+uploads and the files the app hands out never pile up outside it.
 """
 from __future__ import annotations
 
@@ -9,14 +12,48 @@ import getpass
 import os
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
-from ..store.cleanup import clean
-from .app import build_app, launch_kwargs
+from ..errors import EXIT_BAD_INPUT
+from ..store.cleanup import clean, clear_gradio_cache, gradio_cache_dir
+from .access import AccessPolicy, is_loopback
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class BadFlag(SystemExit):
+    def __init__(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        super().__init__(EXIT_BAD_INPUT)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line, not the usage block
+        raise BadFlag(f"{message} (see --help)")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--port must be a whole number from 1 to 65535, not '{text}'") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"--port must be from 1 to 65535, not {port}")
+    return port
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--keep-uploads-days must be a number of days, not '{text}'") from None
+    if not days >= 0 or days == float("inf"):
+        raise argparse.ArgumentTypeError(f"--keep-uploads-days must be 0 or more (0 keeps everything), not {text}")
+    return days
 
 
 def free_port(host: str, preferred: int) -> int:
@@ -28,31 +65,61 @@ def free_port(host: str, preferred: int) -> int:
                 return s.getsockname()[1]
             except OSError:
                 continue
-    raise SystemExit(f"error: no free port on {host}")
+    raise BadFlag(f"no free port on {host}")
 
 
 def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog, description="lora_gui: fine-tune vision models with LoRA in your browser.")
+    p = _Parser(prog=prog, description="lora_gui: fine-tune vision models with LoRA in your browser.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860; the next free one if taken)")
+    p.add_argument("--port", type=_port, default=7860, help="port (default 7860; the next free one if taken)")
     p.add_argument("--share", action="store_true", help="make a public gradio.live link (off by default)")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (asked for when --host is not loopback)")
+    p.add_argument("--multi-user", action="store_true",
+                   help="each person sees only their own runs (on by itself with --auth, --share or a non-loopback host)")
     p.add_argument("--workspace", default="runs", help="folder for runs, uploads and exports (default ./runs)")
     p.add_argument("--data", help="open with this dataset folder/archive already loaded")
+    p.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                   help="let every user load datasets by path from under DIR (repeatable); without it only "
+                        "someone at this machine may type paths")
     p.add_argument("--inbrowser", action="store_true", help="open the page in the desktop's browser")
-    p.add_argument("--keep-uploads-days", type=float, default=7.0, metavar="DAYS",
+    p.add_argument("--keep-uploads-days", type=_days, default=7.0, metavar="DAYS",
                    help="at start, remove uploads, unpacked archives and class-builder folders unchanged for "
                         "this many days that no run uses (default 7; 0 keeps everything)")
     return p.parse_args(argv)
+
+
+def check_workspace(path: str) -> Path:
+    """The workspace folder, created if needed and proven writable; BadFlag otherwise."""
+    ws = Path(path).expanduser()
+    if ws.exists() and not ws.is_dir():
+        raise BadFlag(f"--workspace {path} is a file, not a folder; give a folder for runs and uploads")
+    try:
+        ws.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=ws, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise BadFlag(f"--workspace {path} cannot be written ({exc.strerror or exc}); "
+                      "choose a folder you can write to") from None
+    return ws.resolve()
+
+
+def check_data_roots(paths: list[str]) -> tuple[Path, ...]:
+    roots = []
+    for path in paths:
+        root = Path(os.path.realpath(os.path.expanduser(path)))
+        if not root.is_dir():
+            raise BadFlag(f"--data-root {path} is not a folder")
+        roots.append(root)
+    return tuple(roots)
 
 
 def resolve_auth(args) -> tuple[str, str] | None:
     if args.auth:
         user, sep, password = args.auth.partition(":")
         if not sep or not user or not password:
-            raise SystemExit("error: --auth must look like user:password")
+            raise BadFlag("--auth must look like user:password")
         return user, password
-    exposed = args.share or args.host not in LOOPBACK
+    exposed = args.share or not is_loopback(args.host) and args.host not in LOOPBACK
     if not exposed:
         return None
     if sys.stdin.isatty():
@@ -62,24 +129,37 @@ def resolve_auth(args) -> tuple[str, str] | None:
         if user:
             return user, getpass.getpass("password: ")
     print("!" * 72 + "\nWARNING: the app is reachable from other machines WITHOUT a login. Anyone who can\n"
-          "reach it can train on this machine and read its runs. Use --auth user:password.\n" + "!" * 72,
-          file=sys.stderr)
+          "reach it can train on this machine. Each browser sees only its own runs (multi-user mode).\n"
+          "Use --auth user:password.\n" + "!" * 72, file=sys.stderr)
     return None
+
+
+def policy_for(args, auth) -> AccessPolicy:
+    multi = bool(args.multi_user or args.share or auth or not (is_loopback(args.host) or args.host in LOOPBACK))
+    return AccessPolicy(multi_user=multi, shared=bool(args.share), data_roots=check_data_roots(args.data_root))
 
 
 def main(argv=None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
+    workspace = check_workspace(args.workspace)
     auth = resolve_auth(args)
+    policy = policy_for(args, auth)
+    os.environ["GRADIO_TEMP_DIR"] = str(gradio_cache_dir(workspace))
+    clear_gradio_cache(workspace)
     port = free_port(args.host, args.port)
     if port != args.port:
         print(f"port {args.port} is taken; using {port}")
-    removed, freed = clean(args.workspace, args.keep_uploads_days)
+    removed, freed = clean(workspace, args.keep_uploads_days)
     if removed:
-        print(f"removed {len(removed)} old upload/staging folder(s) from {args.workspace} "
+        print(f"removed {len(removed)} old upload/staging folder(s) from {workspace} "
               f"({freed / 2**20:.0f} MB) that no run uses; --keep-uploads-days 0 keeps them")
-    demo = build_app(args.workspace, args.data)
+    print(f"{'multi-user' if policy.multi_user else 'single-user'} mode; workspace {workspace}")
+    from .app import (  # gradio reads GRADIO_TEMP_DIR when imported
+        build_app,
+        launch_kwargs,
+    )
+    demo = build_app(workspace, args.data, policy)
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=args.host, server_port=port, share=args.share, auth=auth,
-                inbrowser=args.inbrowser, **launch_kwargs(args.workspace))
+                inbrowser=args.inbrowser, **launch_kwargs(workspace))
     return 0
-

@@ -1,12 +1,14 @@
-"""What one browser session owns: its dataset, its class builder, its job, its test model.
+"""What one page load (or one API client) owns: who it is, its dataset, its job, its model under test.
 
-Kept in a ``gr.State`` so two people using the same server never see each
-other's data. The running job lives in the engine's registry (``train.get_job``),
-not here, so closing the tab does not stop it and a reloaded page can
-re-attach through the job id kept in the browser's localStorage.
+Kept in a ``gr.State``, which lives on the server: a client never names a job or a
+run folder by id, it can only act on what its own state holds. The running job lives
+in the engine's registry, not here, so closing the tab does not stop it; a reloaded
+tab finds it again by its owner and tab ids (``jobs.registry.jobs_of``).
 """
 from __future__ import annotations
 
+import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,41 +16,98 @@ from pathlib import Path
 from ..data.class_builder import ClassBuilder
 from ..data.scan import Dataset
 from ..jobs.registry import get_job
+from ..store.run_folder import FINAL_STATUSES, RunFolder
+
+SESSION_TTL_S = 12 * 3600   # a state untouched this long is dropped (gr.State time_to_live)
 
 
 @dataclass
 class Session:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    owner_id: str = ""               # login name or browser id, set when the page loads (access.owner_id)
+    tab_id: str = ""                 # this browser tab's id (sessionStorage), set when the page loads
     dataset: Dataset | None = None
     dataset_label: str = ""          # where the data came from, for people
     builder: ClassBuilder | None = None
-    job_id: str | None = None
-    test_source: str | None = None   # adapter/run path the Test tab uses
-    test_model: object | None = None  # export.LoadedAdapter, cached
-    test_model_key: tuple | None = None  # (source, adapter file, mtime) of test_model
+    job_id: str | None = None        # set only by the server: a job this session started or was allowed to watch
+    watching: bool = False           # the job is another tab's (same person), attached by a click
     base_config: object | None = None    # RunConfig of the last applied preset; form fields override it
     event_index: int = 0             # how many job events the charts have drawn
+    # the model under test (Test and Export tabs)
+    model_source: str | None = None  # run folder or adapter path
+    model_note: str = ""             # where it came from, for people ("uploaded adapter x.safetensors")
+    model_version: int = 0           # bumped on every change: outputs made from an older one are cleared
+    pending_run: str | None = None   # a run started here, tested once it has saved an adapter (best/)
+    shown: dict = field(default_factory=dict)   # output group -> model_version it was made from
+    uploads: list = field(default_factory=list)  # folders this session uploaded into (removed on close)
+    weights_upload: str | None = None  # the weights file this session uploaded (the only file path it may name)
 
     def class_builder(self, workspace: Path) -> ClassBuilder:
         if self.builder is None:
             self.builder = ClassBuilder(workspace, self.id)
         return self.builder
 
-    def use_test_source(self, path: str | None) -> None:
-        if path != self.test_source:
-            self.test_source, self.test_model, self.test_model_key = path, None, None
+    # the model under test -----------------------------------------------------------
+    def set_model(self, source: str | None, note: str = "") -> None:
+        if source != self.model_source or note != self.model_note:
+            self.model_source, self.model_note = source, note
+            self.model_version += 1
+        self.pending_run = None
 
+    def current_model(self) -> str | None:
+        """The model under test, switching to the run started here once it has saved its first adapter."""
+        if self.pending_run and (Path(self.pending_run) / "best").is_dir():
+            run = self.pending_run
+            self.set_model(run, "")
+        elif self.pending_run and RunFolder(self.pending_run).read_status().get("status") in FINAL_STATUSES:
+            self.pending_run = None   # it ended without a trained adapter: the model under test stays
+        return self.model_source
+
+    def current_run(self) -> str | None:   # the name the Test and Export tabs have always used
+        return self.current_model()
+
+    def stale(self, group: str) -> bool:
+        """Do the outputs of ``group`` come from another model than the current one? (marks them current)"""
+        self.current_model()
+        old = self.shown.get(group, 0) != self.model_version
+        self.shown[group] = self.model_version
+        return old
+
+    # the job --------------------------------------------------------------------------
     def job(self):
         return get_job(self.job_id) if self.job_id else None
 
-    def attach(self, job) -> None:
+    def attach(self, job, watching: bool = False) -> None:
         """Follow ``job`` from now on (charts redraw from its first event)."""
         self.job_id = job.id if job is not None else None
+        self.watching = watching and job is not None
         self.event_index = 0
 
-    def current_run(self) -> str | None:
-        """The run the Test and Export tabs work on: one picked explicitly, else this session's job."""
-        if self.test_source:
-            return self.test_source
-        job = self.job()
-        return str(job.run.path) if job is not None else None
+    def started(self, job) -> None:
+        """A job this session started: follow it; test it once it has an adapter (until then the old model stays)."""
+        self.attach(job)
+        self.pending_run = str(job.run.path)
+
+    def close(self) -> None:
+        """The page is gone: drop what only it used (its uploaded adapters); running jobs go on."""
+        for folder in self.uploads:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.uploads.clear()
+
+
+# The sessions of open pages, by Gradio session hash, so the page's unload can clean up after it.
+_OPEN: dict[str, Session] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def remember(session_hash: str | None, session: Session) -> None:
+    if session_hash:
+        with _OPEN_LOCK:
+            _OPEN[session_hash] = session
+
+
+def close(session_hash: str | None) -> None:
+    with _OPEN_LOCK:
+        session = _OPEN.pop(session_hash, None) if session_hash else None
+    if session is not None:
+        session.close()

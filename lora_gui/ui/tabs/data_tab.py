@@ -10,7 +10,7 @@ import gradio as gr
 from ... import data
 from ...data.archives import ArchiveLimits
 from ..charts import class_distribution_figure
-from ..common import PRIVATE, md
+from ..common import PRIVATE, caller_host, md, thumbnails
 from ..context import MAX_UPLOAD_MB, AppContext
 from ..fields import field_problem, lenient
 
@@ -70,7 +70,7 @@ def dataset_outputs(ds: data.Dataset | None, label: str, val_fraction: float, sp
         train, val = data.split_dataset(ds, val_fraction, split_seed)
         split_rows = data.split_counts(train, val, ds.classes)
     chart = class_distribution_figure(split_rows if split_rows else ds.class_counts())
-    return ("\n".join(lines), _report_rows(ds), split_rows, chart, data.gallery_items(ds, per_class=4),
+    return ("\n".join(lines), _report_rows(ds), split_rows, chart, thumbnails(data.gallery_items(ds, per_class=4)),
             report_groups(ds), "all")
 
 
@@ -133,7 +133,8 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
         split_table = gr.Dataframe(headers=["class", "train", "validation"], label="Images per class",
                                    interactive=False, scale=1, visible=False)
         chart = gr.Plot(label="Class distribution", scale=2, visible=False)
-    gallery = gr.Gallery(label="A few images per class", columns=8, height=220, object_fit="contain", visible=False)
+    gallery = gr.Gallery(label="A few images per class", columns=8, height=220, object_fit="contain",
+                         format="jpeg", elem_id="lg-data-gallery", visible=False)
     with gr.Accordion("Validation report: every file and what happened to it", open=False):
         groups = gr.Markdown(elem_id="lg-report-groups")
         report_show = gr.Radio(REPORT_SHOWS, value="all", label="Show", elem_id="lg-report-show")
@@ -171,10 +172,16 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
             return (session, *dataset_outputs(session.dataset, session.dataset_label, vf))
         return load_source(session, str(file), f"Archive '{Path(str(file)).name}'", vf)
 
-    def from_path(session, path, vf):
+    def from_path(session, path, vf, request: gr.Request):
         if not (path or "").strip():
             raise gr.Error("Type the path of a folder, archive or CSV file first.")
-        return load_source(session, path.strip(), f"'{path.strip()}'", vf)
+        path = path.strip()
+        if path != (data_path or "").strip():   # the operator's own --data needs no permission
+            try:
+                ctx.policy.check_path(path, caller_host(request))
+            except PermissionError as exc:
+                raise gr.Error(str(exc)) from None
+        return load_source(session, path, f"'{path}'", vf)
 
     def filter_report(session, show):
         return _report_rows(session.dataset, show)

@@ -14,8 +14,8 @@ import gradio as gr
 from ...inference.evaluate import find_run_dir
 from ...inference.predict import load_adapter
 from ...store.exports import FORMATS, export_zip, locate
-from ..common import ENGINE_ERRORS, failure, this_tab
-from .test_tab import cache_model, describe_source
+from ..common import ENGINE_ERRORS, failure, hand_out, this_tab
+from .test_tab import _no_adapter_yet, cache_model, describe_source
 
 FORMAT_CHOICES = [
     ("Native — adapter.safetensors + JSON, small; reloads in lora_gui (this app, the CLI, load_adapter)", "native"),
@@ -44,9 +44,12 @@ def readme_snippet(zip_path: Path) -> str:
 
 
 def on_export(fmt: str, session, workspace: Path, progress=gr.Progress()):
-    source = session.current_run()
+    source = session.current_model()
     if not source:
         raise gr.Error(NO_RUN)
+    if _no_adapter_yet(source):
+        raise gr.Error(_no_adapter_yet(source))
+    session.stale("export")   # what is built now is of the model under test now
     if fmt not in FORMATS:
         raise gr.Error(f"pick an export format: {', '.join(FORMATS)}")
     try:
@@ -57,15 +60,15 @@ def on_export(fmt: str, session, workspace: Path, progress=gr.Progress()):
         raise gr.Error(f"{Path(source).name} is already a {layout} export, not a lora_gui adapter; "
                        "export the run it came from instead (Runs tab)")
     progress(0.1, desc=f"exporting {fmt}")
-    zip_path = workspace / "exports" / f"{_export_name(source)}-{fmt}.zip"
+    zip_path = workspace / "exports" / session.id / f"{_export_name(source)}-{fmt}.zip"   # sessions never share one
     try:
         export_zip(source, fmt, zip_path)
         snippet = readme_snippet(zip_path)
     except Exception as exc:
         raise failure(exc, f"the {fmt} export") from None
     size = zip_path.stat().st_size / 2**20
-    status = f"Built **{zip_path.name}** ({size:.1f} MB) from {describe_source(session).removeprefix('Model: ')}"
-    return str(zip_path), snippet, status, session
+    status = f"Built **{zip_path.name}** ({size:.1f} MB) from {describe_source(session).removeprefix('Model under test: ')}"
+    return hand_out(zip_path), snippet, status, session
 
 
 def _upload_paths(files) -> list[Path]:
@@ -86,6 +89,7 @@ def on_upload(files, session, workspace: Path):
                        "with its adapter_config.json)")
     dest = workspace / "uploaded_adapters" / f"{session.id}-{uuid.uuid4().hex[:6]}"
     dest.mkdir(parents=True, exist_ok=True)
+    session.uploads.append(str(dest))
     for p in paths:
         shutil.copyfile(p, dest / p.name)
     file = dest / weights[0].name
@@ -103,12 +107,13 @@ def on_upload(files, session, workspace: Path):
         shutil.rmtree(dest, ignore_errors=True)
         err = failure(exc, "loading the adapter")
         raise gr.Error(f"{file.name} cannot be used: {err.message}") from None
-    session.use_test_source(str(source))
+    m = loaded.meta
+    session.set_model(str(source), f"uploaded adapter **{file.name}** ({loaded.layout}) — `{m.model.name}`, "
+                                   f"{len(m.classes)} classes, LoRA rank {m.lora.rank}")
     cache_model(session, str(source), loaded)
     for old in dest.parent.glob(f"{session.id}-*"):   # this session's earlier uploads are no longer used
         if old != dest:
             shutil.rmtree(old, ignore_errors=True)
-    m = loaded.meta
     status = (f"Loaded **{file.name}** ({loaded.layout}): `{m.model.name}`, {len(m.classes)} classes "
               f"({', '.join(m.classes[:8])}{', …' if len(m.classes) > 8 else ''}), LoRA rank {m.lora.rank}. "
               "The Test tab now uses it.")
@@ -116,7 +121,13 @@ def on_upload(files, session, workspace: Path):
 
 
 def on_forget_upload(session):
-    session.use_test_source(None)
+    job = session.job()
+    run = str(job.run.path) if job is not None and not session.watching else None
+    if run and (Path(run) / "best").is_dir():
+        session.set_model(run)
+    else:
+        session.set_model(None)
+        session.pending_run = run
     line = describe_source(session)
     return f"Back to this session's own run. {line}", session, line
 
@@ -149,14 +160,23 @@ def build_export_tab(ctx) -> None:
     def load(files, sess):
         return on_upload(files, sess, workspace)
 
+    def sync(sess):
+        line = describe_source(sess)
+        if sess.stale("export"):   # a build of another model must not be offered under this one's name
+            return line, None, "", "", sess
+        return line, gr.skip(), gr.skip(), gr.skip(), sess
+
+    refresh = dict(fn=sync, inputs=[session], outputs=[source_md, download, code, export_md, session],
+                   show_progress="hidden", api_visibility="private")
     build_btn.click(export, [fmt, session], [download, code, export_md, session], api_name="export")
     fmt.change(lambda: (None, "", ""), None, [download, code, export_md], api_visibility="private", show_progress="hidden")
     upload.upload(load, [upload, session], [upload_md, session, source_md],
-                  api_name="load_adapter")
-    forget_btn.click(on_forget_upload, [session], [upload_md, session, source_md], api_visibility="private")
+                  api_name="load_adapter").then(**refresh)
+    forget_btn.click(on_forget_upload, [session], [upload_md, session, source_md],
+                     api_visibility="private").then(**refresh)
 
-    refresh = dict(fn=describe_source, inputs=[session], outputs=[source_md], show_progress="hidden", api_visibility="private")
     if tab is not None:
         tab.select(**refresh)
+    ctx.shared["export_sync"] = refresh
     ctx.shared["export_source_md"] = source_md
     ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(**refresh))

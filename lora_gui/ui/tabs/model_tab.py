@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from ... import backbones as models
 from ... import lora
 from ...config import LoraConfig
 from ...errors import ConfigError
-from ..common import PRIVATE, md
 from ..catalog_info import AVAILABILITY, CatalogInfo
+from ..common import PRIVATE, md
 from ..context import AppContext
 from ..fields import field_problem, lenient, problems_text
 
@@ -180,19 +181,21 @@ def build_model_tab(ctx: AppContext) -> None:
     def on_weights(w):
         return gr.File(visible=w == "file"), gr.Textbox(visible=w == "file")
 
-    def upload_weights(file):
+    def upload_weights(file, session):
         if not file:
-            return gr.skip()
-        dest_dir = ctx.workspace / "weights"
+            return gr.skip(), session
+        # a folder per upload: two people uploading 'model.pth' never overwrite each other's file
+        dest_dir = ctx.workspace / "weights" / f"{session.id}-{uuid.uuid4().hex[:8]}"
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / Path(str(file)).name
         shutil.copyfile(str(file), dest)
         try:
             models.load_weights_file(dest)
         except models.ModelError as exc:
-            dest.unlink(missing_ok=True)
+            shutil.rmtree(dest_dir, ignore_errors=True)
             raise gr.Error(str(exc)) from None
-        return str(dest)
+        session.weights_upload = str(dest)
+        return str(dest), session
 
     def alpha_follows_rank(r, a, prev_r):
         if field_problem("rank", r) or a != 2 * (prev_r or 8):
@@ -221,7 +224,8 @@ def build_model_tab(ctx: AppContext) -> None:
     search.submit(do_search, search, found, api_name="search_models")
     found.change(pick, found, model_name, **PRIVATE)
     weights.change(on_weights, weights, [weights_upload, weights_file], **PRIVATE)
-    weights_upload.upload(upload_weights, weights_upload, weights_file, api_name="upload_weights")
+    weights_upload.upload(upload_weights, [weights_upload, ctx.session], [weights_file, ctx.session],
+                          api_name="upload_weights")
     prev_rank = gr.State(8)
     rank.change(alpha_follows_rank, [rank, alpha, prev_rank], alpha, trigger_mode="always_last",
                 **PRIVATE).then(remember_rank, [rank, prev_rank], prev_rank, **PRIVATE)

@@ -13,10 +13,10 @@ import gradio as gr
 
 import lora_gui
 
+from ...backbones import weights_availability
 from ...config import RunConfig, load_preset
 from ...errors import ConfigError
-from ...backbones import weights_availability
-from ..common import guard_events, md, this_tab
+from ..common import md, this_tab
 from ..fields import FIELD_NAMES, FIELDS, config_from_values, values_from_config
 
 BUILTIN_DIR = Path(lora_gui.__file__).resolve().parents[1] / "presets"
@@ -167,7 +167,6 @@ def build_presets_tab(ctx) -> None:
     ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(**refresh_args))
     pick.change(lambda p: describe(p, workspace), pick, about, show_progress="hidden", api_visibility="private")
     if not names:   # built alone, without the Model and Train tabs: nothing to fill or read
-        ctx.shared["on_load"].append(guard_events)
         return
     fields = [ctx.fields[n] for n in names]
     session = ctx.session
@@ -175,6 +174,3 @@ def build_presets_tab(ctx) -> None:
                     [*fields, status_md, session], api_name="apply_preset")
     save_btn.click(save, [name, description, replace, session, *fields], [pick, about, status_md],
                    api_name="save_preset")
-    # The last tab built, so this is the last on_load hook: every event exists when it runs.
-    # (Belongs at the end of app.build_app; see ui/common.py for why every handler is guarded.)
-    ctx.shared["on_load"].append(guard_events)

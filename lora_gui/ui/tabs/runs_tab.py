@@ -12,11 +12,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ... import data
-from ...jobs.registry import active_jobs
+from ...jobs.registry import active_jobs, set_owner
 from ...jobs.training_job import TrainingJob
 from ...store.run_folder import RunFolder, list_runs
+from ..access import owner_id
 from ..common import ENGINE_ERRORS, failure, this_tab
-from .test_tab import describe_source
 
 COLUMNS = ["run", "dataset", "model", "rank", "targets", "best val acc", "training time", "status", "folder"]
 LIVE = ("queued", "running", "paused", "stopping")
@@ -100,12 +100,12 @@ def loss_overlay_figure(paths: list[str]) -> go.Figure:
     return fig
 
 
-def _picked(path: str | None, workspace: Path) -> RunFolder:
+def _picked(path: str | None, workspace: Path, visible=lambda p: True) -> RunFolder:
     if not path:
         raise gr.Error("Pick a run in the list first")
     run = RunFolder(path)
-    if not run.exists() or Path(path).resolve().parent != workspace.resolve():
-        raise gr.Error(f"{Path(path).name} is not a run in {workspace} (deleted?); press Refresh")
+    if not run.exists() or Path(path).resolve().parent != workspace.resolve() or not visible(str(run.path)):
+        raise gr.Error(f"{Path(path).name} is not one of your runs in this workspace (deleted?); press Refresh")
     return run
 
 
@@ -130,8 +130,16 @@ def build_runs_tab(ctx) -> None:
     compare = gr.Dropdown([], multiselect=True, label="Runs to overlay", elem_id="lg-runs-compare")
     curves = gr.Plot(label="Step loss", elem_id="lg-runs-curves", visible=False)   # shown once runs are chosen
 
-    def refresh(picked, chosen):
-        rows = runs_with_status(workspace)
+    def visible_rows(session, request):
+        who = owner_id(session, request)
+        return [r for r in runs_with_status(workspace) if ctx.policy.sees_run(r["path"], who)]
+
+    def visibility(session, request):
+        who = owner_id(session, request)
+        return lambda path: ctx.policy.sees_run(path, who)
+
+    def refresh(picked, chosen, session, request: gr.Request):
+        rows = visible_rows(session, request)
         paths = [r["path"] for r in rows]
         picked = picked if picked in paths else (paths[0] if paths else None)
         chosen = [c for c in (chosen or []) if c in paths]
@@ -139,22 +147,28 @@ def build_runs_tab(ctx) -> None:
         return (runs_table(rows), gr.Dropdown(choices=choices, value=picked),
                 gr.Dropdown(choices=choices, value=chosen))
 
-    def pick_from_table(evt: gr.SelectData):
+    def pick_from_table(session, evt: gr.SelectData, request: gr.Request):
         row = evt.row_value or []
-        rows = runs_with_status(workspace)
+        rows = visible_rows(session, request)
         match = [r["path"] for r in rows if row and r["run"] == row[-1]]   # the folder column
         return match[0] if match else gr.skip()
 
     def use_for(target: str):
-        def handler(path, session):
-            run = _picked(path, workspace)
-            session.use_test_source(str(run.path))
+        def handler(path, session, request: gr.Request):
+            run = _picked(path, workspace, visibility(session, request))
+            session.set_model(str(run.path))
             what = "Testing" if target == "test" else "Exporting"
-            return session, gr.Tabs(selected=target), f"{what} run **{run.path.name}**."
+            return session, f"{what} run **{run.path.name}**."
         return handler
 
-    def resume(path, session):
-        run = _picked(path, workspace)
+    def curves_of(paths, session, request: gr.Request):
+        seen = visibility(session, request)   # only runs of this workspace the caller may see
+        ok = [p for p in (paths or []) if isinstance(p, str) and RunFolder(p).exists()
+              and Path(p).resolve().parent == workspace.resolve() and seen(p)]
+        return loss_overlay_figure(ok)
+
+    def resume(path, session, request: gr.Request):
+        run = _picked(path, workspace, visibility(session, request))
         if str(run.path.resolve()) in _live_paths():
             raise gr.Error(f"{run.path.name} is already training; follow it in the Train tab")
         status = runs_with_status(workspace)
@@ -175,19 +189,20 @@ def build_runs_tab(ctx) -> None:
             raise failure(exc) from None
         except Exception as exc:
             raise failure(exc, "resuming") from None
-        session.attach(job)
-        session.use_test_source(None)
-        return session, {"job_id": job.id}, gr.Tabs(selected="train"), f"Resumed **{run.path.name}**."
+        session.owner_id = owner_id(session, request)
+        set_owner(job, session.owner_id, session.tab_id)
+        session.started(job)
+        return session, gr.Tabs(selected="train"), f"Resumed **{run.path.name}**."
 
     session = ctx.session
-    refresh_args = dict(fn=refresh, inputs=[pick, compare], outputs=[table, pick, compare],
+    refresh_args = dict(fn=refresh, inputs=[pick, compare, session], outputs=[table, pick, compare],
                         show_progress="hidden")
     refresh_btn.click(api_name="list_runs", **refresh_args)
     if tab is not None:
         tab.select(api_visibility="private", **refresh_args)
     ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(api_visibility="private", **refresh_args))
-    table.select(pick_from_table, None, pick, api_visibility="private", show_progress="hidden")
-    compare.change(loss_overlay_figure, compare, curves, api_name="loss_curves", show_progress="hidden")
+    table.select(pick_from_table, session, pick, api_visibility="private", show_progress="hidden")
+    compare.change(curves_of, [compare, session], curves, api_name="loss_curves", show_progress="hidden")
     # no empty table or axes: a change listener (the API's outputs stay plain values)
     compare.change(lambda chosen: gr.update(visible=bool(chosen)), compare, curves, api_visibility="private",
                    show_progress="hidden")
@@ -195,9 +210,11 @@ def build_runs_tab(ctx) -> None:
                  [table, empty_note], api_visibility="private", show_progress="hidden")
 
     for btn, target in ((test_btn, "test"), (export_btn, "export")):
-        event = btn.click(use_for(target), [pick, session], [session, ctx.tabs, status_md],
-                          api_name=f"use_run_for_{target}")
-        md = ctx.shared.get(f"{target}_source_md")
-        if md is not None:   # the tab we switch to shows which run it now works on
-            event.then(describe_source, session, md, api_visibility="private", show_progress="hidden")
-    resume_btn.click(resume, [pick, session], [session, ctx.browser, ctx.tabs, status_md], api_name="resume_run")
+        event = btn.click(use_for(target), [pick, session], [session, status_md], api_name=f"use_run_for_{target}")
+        for sync in (ctx.shared.get("test_sync"), ctx.shared.get("export_sync")):
+            if sync is not None:   # both tabs name the new model and drop what the old one made...
+                event = event.then(**sync)
+        # ...before the tab is shown: it never shows the old model's results under the new name
+        event.then(lambda t=target: gr.Tabs(selected=t), None, ctx.tabs, api_visibility="private",
+                   show_progress="hidden")
+    resume_btn.click(resume, [pick, session], [session, ctx.tabs, status_md], api_name="resume_run")

@@ -1,9 +1,11 @@
-"""Test tab: classify an uploaded, pasted or webcam image with the session's model,
-and evaluate it on its run's validation split.
+"""Test tab: classify an uploaded, pasted or webcam image with the session's model
+under test, and evaluate it on its run's validation split.
 
-The model is ``session.current_run()`` (a run folder or an adapter path), loaded
-once and kept in ``session.test_model``; it is reloaded when the source changes
-or its adapter file does (a newer best/ adapter after more training).
+The model under test is one explicit thing in the session (``Session.current_model()``:
+a run folder or an adapter path, with where it came from). Models are loaded into one
+cache all sessions share (``inference.adapter_cache``, a few models at most), reloaded
+when the adapter file changes. Every output made from a model is cleared when the
+model under test changes, so a page never shows one model's results under another's name.
 """
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ import gradio as gr
 import pandas as pd
 
 from ...data.images import load_rgb
+from ...inference.adapter_cache import ADAPTERS, adapter_key
 from ...inference.evaluate import evaluate_run, find_run_dir
-from ...inference.predict import LoadedAdapter, load_adapter, predict
-from ...store.exports import locate
+from ...inference.predict import LoadedAdapter, predict
 from ...store.run_folder import RunFolder
 from ..charts import confusion_figure
 from ..common import ENGINE_ERRORS, failure, this_tab
@@ -26,66 +28,85 @@ GALLERY_MAX = 48
 THUMB = 192
 
 
-def _model_key(source: str) -> tuple:
-    layout, file = locate(source)
-    return str(source), str(file), file.stat().st_mtime_ns
-
-
 def cache_model(session, source: str, loaded: LoadedAdapter) -> None:
-    session.test_model = loaded
-    session.test_model_key = _model_key(source)   # (source, file, mtime): reload after more training
+    """Keep an adapter already loaded (the upload check) in the shared cache."""
+    ADAPTERS.put(source, loaded)
 
 
 def _no_adapter_yet(source: str) -> str | None:
     run = RunFolder(source)
-    if run.exists():
+    if run.exists() and not (run.path / "best").is_dir():
         status = run.read_status().get("status", "")
         if status in ("queued", "running", "paused", "stopping"):
-            return (f"Run {run.path.name} has no saved adapter yet: the first one is written at the end of the "
+            return (f"Run {run.path.name} has no trained adapter yet: the first one is saved at the end of the "
                     "first epoch. Wait for it, or pick a finished run in the Runs tab.")
-        return f"Run {run.path.name} ({status or 'unknown status'}) never saved an adapter; pick another run in the Runs tab."
+        return (f"Run {run.path.name} ({status or 'unknown status'}) has no trained adapter yet: it ended before "
+                "its first epoch finished. Pick another run in the Runs tab, or resume this one.")
     return None
 
 
+def _own_run_note(session) -> str | None:
+    """Why this session's own run is not tested (no trained adapter yet), if that is the reason."""
+    job = session.job()
+    run = session.pending_run or (str(job.run.path) if job is not None else None)
+    return _no_adapter_yet(run) if run else None
+
+
 def get_test_model(session) -> LoadedAdapter:
-    """The cached model for session.current_run(), (re)loaded when needed; gr.Error otherwise."""
-    source = session.current_run()
+    """The shared cache's model for the session's model under test; gr.Error with what to do otherwise."""
+    source = session.current_model()
     if not source:
-        raise gr.Error(NO_MODEL)
+        raise gr.Error(_own_run_note(session) or NO_MODEL)
+    missing = _no_adapter_yet(source)
+    if missing:
+        raise gr.Error(missing)
     try:
-        key = _model_key(source)
+        adapter_key(source)
     except ENGINE_ERRORS as exc:
-        raise gr.Error(_no_adapter_yet(source) or str(exc)) from None
+        raise gr.Error(str(exc)) from None
     except OSError as exc:
         raise gr.Error(f"cannot read the adapter at {source} ({exc}); pick another run in the Runs tab") from None
-    if session.test_model is not None and session.test_model_key == key:
-        return session.test_model
     try:
-        loaded = load_adapter(source)
+        return ADAPTERS.get(source)
     except Exception as exc:
         raise failure(exc, "loading the adapter") from None
-    session.test_model, session.test_model_key = loaded, key
-    return loaded
+
+
+def _run_line(run_dir: Path) -> str:
+    s = RunFolder(run_dir).summary()
+    status = RunFolder(run_dir).read_status()
+    acc = status.get("best_val_acc")
+    epoch = status.get("best_epoch")
+    best = (f"best adapter (epoch {epoch}" + (f", validation accuracy {acc:.1%}" if isinstance(acc, (int, float)) else "")
+            + ")") if epoch else "best adapter so far"
+    return (f"Model under test: run **{s['run']}**, {best} — `{s['model']}`, {s['classes']} classes, "
+            f"LoRA rank {s['rank']}, run status *{s['status']}*.")
 
 
 def describe_source(session) -> str:
-    """One markdown line: which model/run is being tested (reads no tensors)."""
-    source = session.current_run()
+    """One markdown line: the model under test and where it came from (reads no tensors)."""
+    source = session.current_model()
+    pending = session.pending_run
+    note = (f" Run **{Path(pending).name}** is training: testing switches to it once it has saved its first "
+            "adapter (end of epoch 1)." if pending and pending != source else "")
     if not source:
-        return f"**No model yet.** {NO_MODEL}."
+        return f"**No model yet.** {_own_run_note(session) or NO_MODEL + '.'}"
+    if session.model_note:
+        return f"Model under test: {session.model_note}.{note}"
+    if _no_adapter_yet(source):
+        return f"**No trained adapter yet.** {_no_adapter_yet(source)}"
     run_dir = find_run_dir(source) or (Path(source) if RunFolder(source).exists() else None)
     if run_dir is not None:
-        s = RunFolder(run_dir).summary()
-        acc = f", best validation accuracy {s['best_val_acc']:.1%}" if isinstance(s["best_val_acc"], (int, float)) else ""
-        return (f"Model: run **{s['run']}** — `{s['model']}`, {s['classes']} classes, LoRA rank {s['rank']}, "
-                f"status *{s['status']}*{acc}.")
-    loaded = session.test_model
-    if isinstance(loaded, LoadedAdapter):
-        m = loaded.meta
-        name = Path(source).name if Path(source).is_file() else "adapter_model.safetensors + adapter_config.json"
-        return (f"Model: uploaded adapter **{name}** ({loaded.layout}) — `{m.model.name}`, "
-                f"{len(m.classes)} classes, LoRA rank {m.lora.rank}.")
-    return f"Model: adapter **{Path(source).name}**."
+        return _run_line(run_dir) + note
+    return f"Model under test: adapter **{Path(source).name}**.{note}"
+
+
+def sync_outputs(session):
+    """The model line, and every output cleared if it came from another model than the one under test now."""
+    line = describe_source(session)
+    if session.stale("test"):
+        return (line, None, "", None, None, gr.Gallery(value=[], visible=False), session)
+    return (line, *[gr.skip()] * 5, session)
 
 
 # handlers ---------------------------------------------------------------------
@@ -93,6 +114,8 @@ def on_predict(image, session):
     if image is None:   # cleared
         return None, session, describe_source(session)
     loaded = get_test_model(session)
+    if session.stale("test"):   # a new model: the evaluation shown came from the old one
+        session.shown["clear-eval"] = True
     started = time.perf_counter()
     try:
         top = predict(loaded, [image], topk=5)[0]
@@ -121,7 +144,9 @@ def _thumb(path: str):
 
 def on_evaluate(session, progress=gr.Progress()):
     loaded = get_test_model(session)
-    run = find_run_dir(session.current_run())
+    if session.stale("test"):   # a new model: the prediction shown came from the old one
+        session.shown["clear-label"] = True
+    run = find_run_dir(session.current_model())
     if run is None:
         raise gr.Error("The model being tested is an uploaded adapter, which has no validation split. "
                        "Pick a run in the Runs tab to evaluate it.")
@@ -172,18 +197,33 @@ def build_test_tab(ctx) -> None:
                          object_fit="contain", allow_preview=True, elem_id="lg-misclassified", visible=False)
 
     session = ctx.session
+
+    def clear_eval(sess):
+        if sess.shown.pop("clear-eval", False):
+            return "", None, None, gr.Gallery(value=[], visible=False), sess
+        return *[gr.skip()] * 4, sess
+
+    def clear_label(sess):
+        return (None if sess.shown.pop("clear-label", False) else gr.skip()), sess
+
+    hidden = dict(show_progress="hidden", api_visibility="private")
     predict_args = dict(fn=on_predict, inputs=[image, session], outputs=[label, session, source_md],
                         show_progress="minimal", trigger_mode="always_last")
-    predict_btn.click(api_name="predict", **predict_args)
-    image.change(api_visibility="private", **predict_args)
-    eval_btn.click(on_evaluate, [session], [eval_md, table, plot, gallery, session, source_md], api_name="evaluate")
+    predict_btn.click(api_name="predict", **predict_args).then(
+        clear_eval, session, [eval_md, table, plot, gallery, session], **hidden)
+    image.change(api_visibility="private", **predict_args).then(
+        clear_eval, session, [eval_md, table, plot, gallery, session], **hidden)
+    eval_btn.click(on_evaluate, [session], [eval_md, table, plot, gallery, session, source_md],
+                   api_name="evaluate").then(clear_label, session, [label, session], **hidden)
     # shown once there is an evaluation (a change listener keeps the API's outputs plain values)
     eval_md.change(lambda text: (gr.update(visible=bool(text)),) * 2, eval_md, [table, plot],
                    show_progress="hidden", api_visibility="private")
 
-    refresh = dict(fn=describe_source, inputs=[session], outputs=[source_md], show_progress="hidden", api_visibility="private")
+    refresh = dict(fn=sync_outputs, inputs=[session], outputs=[source_md, label, eval_md, table, plot, gallery, session],
+                   **hidden)
     if tab is not None:
         tab.select(**refresh)
     ctx.shared["test_source_md"] = source_md
     ctx.shared["test_source_line"] = describe_source
+    ctx.shared["test_sync"] = refresh
     ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(**refresh))

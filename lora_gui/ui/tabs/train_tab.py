@@ -1,8 +1,10 @@
 """Train tab: settings, Start / Pause / Resume / Stop, live progress and charts.
 
 The job runs in the engine's background thread; a ``gr.Timer`` polls its
-snapshot about once a second, so every session stays responsive and a
-reloaded page (job id kept in localStorage) re-attaches to a running job.
+snapshot about once a second, so every session stays responsive. The job is
+recorded with its owner and browser tab (``jobs.registry``): a reloaded tab
+re-attaches to its own job, and another tab of the same person is only offered
+to watch it. A client never names a job: it acts on the one its session holds.
 With more than one GPU, a checkbox runs the job under torchrun instead (see
 ``torchrun_choice``); the polling below follows either kind of job.
 """
@@ -16,9 +18,12 @@ import gradio as gr
 
 from ...backbones.build import check_model_available
 from ...errors import ConfigError, ModelError
-from ...jobs.registry import get_job
+from ...jobs.registry import set_owner
 from ...jobs.training_job import TrainingJob
-from .. import charts, torchrun_choice
+from ...store.run_folder import FINAL_STATUSES
+from .. import attach, charts, torchrun_choice
+from ..access import owner_id
+from ..common import PRIVATE, caller_host
 from ..context import AppContext
 from ..fields import FIELD_NAMES, config_from_values, lenient, problems_text
 
@@ -120,7 +125,8 @@ def figures(snap) -> tuple:
 
 def build_train_tab(ctx: AppContext) -> None:
     with gr.Row():
-        epochs = gr.Slider(1, 50, value=3, step=1, label="Epochs", info="passes over the training images")
+        epochs = gr.Slider(1, 50, value=3, step=1, label="Epochs", info="passes over the training images",
+                           elem_id="lg-epochs")
         batch_size = gr.Slider(1, 128, value=16, step=1, label="Batch size", info="smaller uses less memory")
         lr = gr.Number(value=1e-3, label="Learning rate", info="1e-3 suits LoRA; lower it if loss jumps")
     with gr.Row():
@@ -141,6 +147,9 @@ def build_train_tab(ctx: AppContext) -> None:
         pause = gr.Button("Pause", interactive=False, elem_id="lg-pause")
         resume = gr.Button("Resume", interactive=False, elem_id="lg-resume")
         stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="lg-stop")
+    with gr.Row(visible=False, elem_id="lg-other-tab") as other_tab:
+        gr.Markdown("A training started in another tab of this browser is running.")
+        watch_btn = gr.Button("Watch it", size="sm", scale=0, min_width=120, elem_id="lg-watch")
     progress = gr.HTML(progress_html(None))
     # charts stay hidden until there is something to draw (no empty axes)
     with gr.Row():
@@ -158,20 +167,23 @@ def build_train_tab(ctx: AppContext) -> None:
     for listen in (epochs.change, batch_size.change, image_size.change, lr.submit, lr.blur, seed.submit, seed.blur):
         listen(check_numbers, list(numbers), check, show_progress="hidden", api_visibility="private")
 
-    def start_job(session, browser, *values):
+    def start_job(request: gr.Request, session, *values):
         *values, use_all_gpus = values
         if session.dataset is None:
             raise gr.Error("Choose a dataset first: tab 1 · Data (one click: 'Use the example dataset').")
         if session.dataset.report.errors:
             raise gr.Error("The dataset can't be used yet: " + " ".join(session.dataset.report.errors))
         running = session.job()
-        if running is not None and not running.snapshot(last_steps=0).done:
+        if running is not None and not session.watching and not running.snapshot(last_steps=0).done:
             raise gr.Error("A training is already running in this page: stop it first, or wait for it to end.")
         try:
             cfg = config_from_values(dict(zip(FIELD_NAMES, values)), source=session.dataset.root,
                                      base=session.base_config)
+            attach.check_weights_path(cfg, session, ctx.policy, caller_host(request))
             check_model_available(cfg.model)
         except (ConfigError, ModelError) as exc:
+            raise gr.Error(str(exc)) from None
+        except PermissionError as exc:
             raise gr.Error(str(exc)) from None
         if cfg.model.weights == "random":
             gr.Warning("Random starting weights: expect poor accuracy from a few hundred images.")
@@ -182,9 +194,10 @@ def build_train_tab(ctx: AppContext) -> None:
                 warnings.simplefilter("ignore")
                 job = TrainingJob(cfg, workspace=str(ctx.workspace), dataset=session.dataset,
                                   interactive=True).start()
-        session.attach(job)
-        session.use_test_source(None)
-        return session, {"job_id": job.id}, *buttons("queued", torchrun_choice.can_pause(job))
+        session.owner_id = owner_id(session, request)   # an API client: its own session from now on
+        set_owner(job, session.owner_id, session.tab_id)
+        session.started(job)
+        return session, *buttons("queued", torchrun_choice.can_pause(job)), gr.Row(visible=False)
 
     def control(action):
         def handler(session):
@@ -194,30 +207,38 @@ def build_train_tab(ctx: AppContext) -> None:
             return buttons(job.status if job else None, job is None or torchrun_choice.can_pause(job))
         return handler
 
-    def poll(session, browser):
+    def poll(session):
         job = session.job()
-        if job is None and browser and browser.get("job_id"):
-            job = get_job(browser["job_id"])  # page reloaded: pick the job up again
-            if job is not None:
-                session.attach(job)
+        following = job is not None and job.status not in FINAL_STATUSES
+        offer = gr.Row(visible=not following and attach.other_tab_job(session) is not None)
         if job is None:
-            return session, *[gr.skip()] * 10
+            return session, *[gr.skip()] * 10, offer
         _, count = job.events_since(0)
         snap = job.snapshot()
         if count == session.event_index and snap.done:
-            return session, *[gr.skip()] * 10
+            return session, *[gr.skip()] * 10, offer
         changed = count != session.event_index
         session.event_index = count
         return (session, progress_html(snap), *(figures(snap) if changed else (gr.skip(),) * 4), details_text(snap),
-                *buttons(snap.status, torchrun_choice.can_pause(job)))
+                *buttons(snap.status, torchrun_choice.can_pause(job)), offer)
+
+    def watch(session):
+        other = attach.other_tab_job(session)
+        if other is None:
+            raise gr.Error("That training has ended; its run is in the Runs tab.")
+        session.attach(other, watching=True)
+        return session, gr.Row(visible=False)
 
     def wire(demo):
         inputs = [ctx.fields[n] for n in FIELD_NAMES]  # every tab has added its fields by now
-        start.click(start_job, [ctx.session, ctx.browser, *inputs, use_all_gpus],
-                    [ctx.session, ctx.browser, start, pause, resume, stop], api_name="start_training")
+        start.click(start_job, [ctx.session, *inputs, use_all_gpus],
+                    [ctx.session, start, pause, resume, stop, other_tab], api_name="start_training")
     ctx.shared.setdefault("on_load", []).append(wire)
+    ctx.shared.setdefault("after_identify", []).append(lambda identified: attach.wire_reattach(ctx, identified))
+    watch_btn.click(watch, ctx.session, [ctx.session, other_tab], **PRIVATE)
     for btn, action in ((pause, "pause"), (resume, "unpause"), (stop, "stop")):
         btn.click(control(action), ctx.session, [start, pause, resume, stop], api_name=f"{action}_training")
-    timer.tick(poll, [ctx.session, ctx.browser],
-               [ctx.session, progress, loss_plot, acc_plot, acc_note, lr_plot, log, start, pause, resume, stop],
+    timer.tick(poll, [ctx.session],
+               [ctx.session, progress, loss_plot, acc_plot, acc_note, lr_plot, log, start, pause, resume, stop,
+                other_tab],
                show_progress="hidden", api_name="training_status")
