@@ -8,7 +8,7 @@ validation folder of their class resized x3 and re-saved as JPEG (leaks), one bl
 writes timings and recall to ``benchmarks/results/audit-<machine>-<date>.json``. A script, not a
 test: it asserts nothing.
 
-    python benchmarks/audit_speed.py [--device-note TEXT]
+    python benchmarks/audit_speed.py [--image-size 128] [--device-note TEXT]
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 
 from fmnist_folder import build_folder  # noqa: E402
 
+from lora_gui.config import ModelConfig  # noqa: E402
 from lora_gui.data import load_dataset  # noqa: E402
 from lora_gui.health import run_audit  # noqa: E402
 
@@ -84,6 +85,7 @@ def score(result, injected: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--image-size", type=int, help="embedding resolution (default: the model's 224)")
     ap.add_argument("--device-note", default="", help="free text describing the machine")
     args = ap.parse_args()
     data = HERE / ".data"
@@ -94,17 +96,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as ws:
         for name in ("cold", "warm"):
             t = time.time()
-            result = run_audit(ds, ws)
+            result = run_audit(ds, ws, ModelConfig(image_size=args.image_size))
             runs.append({"run": name, "seconds": round(time.time() - t, 1),
                          "parts": {k: round(v, 1) for k, v in result.seconds.items()}})
             print(name, runs[-1], flush=True)
     quality = score(result, injected)
     print(json.dumps(quality, indent=2))
-    out = {"images": len(ds.samples), "model": "tf_efficientnet_lite0 (bundled weights, 224 px)",
+    out = {"images": len(ds.samples), "model": f"tf_efficientnet_lite0 (bundled weights, {args.image_size or 224} px)",
            "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(), "machine": platform.machine(),
            "note": args.device_note, "runs": runs, "quality": quality}
     stamp = datetime.date.today().isoformat()
-    path = HERE / "results" / f"audit-{platform.machine()}-{os.cpu_count()}cpu-{stamp}.json"
+    path = HERE / "results" / f"audit-{platform.machine()}-{os.cpu_count()}cpu-{args.image_size or 224}px-{stamp}.json"
     path.write_text(json.dumps(out, indent=2))
     print("wrote", path)
 

@@ -18,6 +18,8 @@ def add_audit_parser(sub) -> None:
                    "(default ./runs)")
     a.add_argument("--val-fraction", type=float, default=0.2, help="validation share, as in training (default 0.2)")
     a.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split (default 0)")
+    a.add_argument("--image-size", type=int, help="embed at this square resolution instead of the model's own "
+                   "(224 for the default backbone); smaller is faster on a CPU")
     a.add_argument("--json", action="store_true", help="print every finding as JSON on stdout")
     a.set_defaults(func=cmd_audit)
 
@@ -42,7 +44,7 @@ def _print_text(result, ds) -> None:
 
 
 def cmd_audit(args) -> int:
-    from ..config import DataConfig
+    from ..config import DataConfig, ModelConfig
     from ..data.sources import load_dataset
     from ..health import run_audit
     try:
@@ -50,7 +52,8 @@ def cmd_audit(args) -> int:
         ds.report.raise_if_blocking()
         split = DataConfig(source=str(args.data), val_fraction=args.val_fraction, split_seed=args.split_seed)
         progress = None if args.json else (lambda f, m: print(f"\r{f:4.0%} {m:50}", end="", file=sys.stderr))
-        result = run_audit(ds, args.workspace, split=split, progress=progress)
+        model = ModelConfig(image_size=args.image_size)
+        result = run_audit(ds, args.workspace, model, split=split, progress=progress)
         if progress:
             print(file=sys.stderr)
     except (UserError, ValueError) as exc:

@@ -52,10 +52,6 @@ class AuditResult:
     def of_kind(self, *kinds: str) -> list[Finding]:
         return [f for f in self.findings if f.kind in kinds]
 
-    def flagged(self) -> set[str]:
-        return {f.paths[0] for f in self.findings} | {p for f in self.findings if f.kind != "label"
-                                                      for p in f.paths}
-
     def as_json(self, ds: Dataset) -> dict:
         return {"classes": self.classes, "images": len(self.paths),
                 "counts": {k: len(self.of_kind(k)) for k in KINDS},
