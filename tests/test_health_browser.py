@@ -30,8 +30,7 @@ def test_health_check_lists_findings_and_fixes_one_in_place(tmp_path, page):
                                timeout=600_000)
         summary = page.inner_text("#lg-health-summary")
         assert "suspected wrong label" in summary and "leak" in summary
-        first = page.locator("#lg-health-labels tbody tr").first
-        first.locator("td").nth(1).click()
+        page.click('#lg-health-labels [data-testid="cell-0-1"]')  # the first suspect's file
         page.wait_for_function("document.querySelector('#lg-health-details').innerText.includes('suggest')",
                                timeout=60_000)
         shot(page, "health-01-check")
