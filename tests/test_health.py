@@ -186,3 +186,15 @@ def test_training_honours_exclude_and_relabel(tmp_path):
     classes = run.read_config()["classes"]
     assert classes[labels[moved]] == "class_2"
     assert dropped not in labels and len(labels) == len(ds.samples) - 1
+
+
+def test_exact_copies_the_scan_left_out_are_listed_with_both_files(tmp_path):
+    # a wrapper folder above the class folders, as archives and downloads often have
+    root = tmp_path / "Downloads" / "clothes" / "inner"
+    shutil.copytree(EXAMPLE, root)
+    shutil.copy(root / "bag" / "00.png", root / "trouser" / "zz.png")  # the same bytes under another class
+    from lora_gui.health.audit import _exact_duplicates
+    found = _exact_duplicates(load_dataset(tmp_path / "Downloads" / "clothes", tmp_path / "ws"))
+    assert len(found) == 1 and found[0].kind == "exact duplicate"
+    assert found[0].paths == [str(root / "trouser" / "zz.png"), str((root / "bag" / "00.png").resolve())]
+    assert found[0].labels == ["trouser", "bag"] and "already left out" in found[0].note

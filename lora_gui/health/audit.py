@@ -67,12 +67,16 @@ def _exact_duplicates(ds: Dataset) -> list[Finding]:
     """Byte-identical files the scan already left out (kept copy named in the report)."""
     base = ds.unfixed or ds
     by_rel = {relative_path(base, s.path): s for s in base.samples}
+    # report paths are relative to what the user gave, maybe a folder above the root: find that prefix
+    prefix = next((f.path[:-len(r)] for f in base.report.files for r in [relative_path(base, s.path)
+                   for s in base.samples[:1]] if f.status == "used" and f.path.endswith(r)), "")
     out = []
     for f in base.report.files:
         if f.status == "skipped" and f.reason.startswith("duplicate of "):
             kept = f.reason[len("duplicate of "):]
             kept_sample = next((s for r, s in by_rel.items() if kept == r or kept.endswith("/" + r)), None)
-            paths = [os.path.join(base.root, f.path)] + ([kept_sample.path] if kept_sample else [])
+            inside = f.path[len(prefix):] if f.path.startswith(prefix) else f.path
+            paths = [os.path.join(base.root, inside)] + ([kept_sample.path] if kept_sample else [])
             out.append(Finding("exact duplicate", paths, [f.label] + ([base.classes[kept_sample.label]]
                                if kept_sample else []), None, 1.0, f"already left out: same bytes as {kept}"))
     return out
