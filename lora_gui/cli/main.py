@@ -95,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--workspace", default="runs", help="where archives are unpacked")
     c.add_argument("-v", "--verbose", action="store_true", help="list every file with its status")
     c.set_defaults(func=cmd_check_data)
+    from .audit_command import add_audit_parser
+    add_audit_parser(sub)  # `audit DATA [--json]`: the health check
 
     m = sub.add_parser("models", help="list the curated backbones, or search all timm models")
     m.add_argument("--search", help="a name fragment or wildcard, e.g. 'vit_*' ")

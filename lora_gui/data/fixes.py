@@ -1,83 +1,134 @@
-"""Fix it on the spot: an image the model got wrong, saved under the class it really is.
+"""The health check's fixes record: which files to relabel or leave out, honoured by every load.
 
-Copy-on-fix: the user's own data folder is never written to. Each fix is one PNG in
-``<workspace>/fixes/<run>/<class>/<sha256 of the pixels>.png``, so clicking twice on the
-same image writes it once, and a retrain (``jobs.retrain_job``) trains on the run's own
-training images plus these.
+A person reviews the health check's findings and decides per file: ``relabel`` (train it under
+another class), ``exclude`` (leave it out of training and validation) or ``keep`` (the finding was
+wrong; remember that). The decisions live in ``<workspace>/data_fixes/<dataset-key>.json`` as
+``{relative path: {"action": ..., "label": ...}}``; the user's files are never touched.
+``load_dataset`` applies the record, so a run started from the CLI or the app trains on the
+fixed dataset and its validation report says what the fixes did.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
-import io
+import json
 import os
+import re
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from ..errors import DataError
-from .images import to_rgb
-from .scan import Sample
+from .scan import Dataset, FileReport, Sample, _check_counts
 
-FIXES_DIR = "fixes"
-MAX_FIX_SIDE = 1024   # a webcam frame or a phone photo is shrunk to this: training never needs more
-
-
-def fixes_dir(workspace: str | os.PathLike, run_name: str) -> Path:
-    if not run_name or run_name in (".", "..") or "/" in run_name or "\\" in run_name:
-        raise DataError(f"bad run name {run_name!r}")
-    return Path(workspace) / FIXES_DIR / run_name
+ACTIONS = ("relabel", "exclude", "keep")
+EXCLUDED_REASON = "excluded by health check"
 
 
-def _png_bytes(image) -> bytes:
-    if isinstance(image, np.ndarray):
-        if image.ndim not in (2, 3) or image.size == 0:
-            raise DataError(f"not an image: an array of shape {image.shape}")
-        image = Image.fromarray(np.ascontiguousarray(image).astype(np.uint8))
-    if not isinstance(image, Image.Image):
-        raise DataError("no image to add: upload one or take a webcam picture first")
-    im = to_rgb(image)
-    im.thumbnail((MAX_FIX_SIDE, MAX_FIX_SIDE))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+def dataset_key(ds: Dataset) -> str:
+    """A stable file name for this dataset's record: its folder name and a hash of its real path
+    (archives unpack to a content-named folder, so the same archive gets the same key)."""
+    root = Path(ds.root).resolve()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", root.name)[:40] or "dataset"
+    return f"{name}-{hashlib.sha1(str(root).encode()).hexdigest()[:12]}"
 
 
-def add_fix(workspace: str | os.PathLike, run_name: str, classes: list[str], true_class: str,
-            image) -> tuple[Path, bool]:
-    """Save ``image`` (PIL or an HxWx3 array) as an example of ``true_class``; (path, newly written?)."""
-    if true_class not in classes:
-        raise DataError(f"pick the right class from the list ({', '.join(classes[:10])}); "
-                        f"{true_class!r} is not one of the model's classes")
-    data = _png_bytes(image)
-    folder = fixes_dir(workspace, run_name) / true_class
-    path = folder / f"{hashlib.sha256(data).hexdigest()[:20]}.png"
-    if path.is_file():
-        return path, False
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp"   # atomic: a half-written PNG is never trained on
+def fixes_file(workspace: str | os.PathLike, ds: Dataset) -> Path:
+    return Path(workspace) / "data_fixes" / f"{dataset_key(ds)}.json"
+
+
+def relative_path(ds: Dataset, path: str) -> str:
+    """A sample's key in the record: its path inside the dataset root, with forward slashes."""
+    return Path(os.path.relpath(path, ds.root)).as_posix()
+
+
+def read_fixes(workspace: str | os.PathLike, ds: Dataset) -> dict[str, dict]:
+    """The record for this dataset ({} when none or unreadable: fixes never block loading)."""
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path, True
+        record = json.loads(fixes_file(workspace, ds).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {k: v for k, v in record.items() if isinstance(v, dict) and v.get("action") in ACTIONS}
 
 
-def fixed_samples(workspace: str | os.PathLike, run_name: str, classes: list[str]) -> list[Sample]:
-    """The fixes saved for a run, as training samples (class folders not among ``classes`` are ignored)."""
-    root = fixes_dir(workspace, run_name)
-    out = []
-    for label, name in enumerate(classes):
-        folder = root / name
-        if folder.is_dir():
-            out += [Sample(str(p.resolve()), label) for p in sorted(folder.glob("*.png"))]
-    return out
+def write_fix(workspace: str | os.PathLike, ds: Dataset, path: str, action: str,
+              label: str | None = None) -> dict[str, dict]:
+    """Record one decision for the file ``path`` (absolute, or relative to the dataset root);
+    returns the whole record. ``ds`` may be the fixed or the original dataset."""
+    base = ds.unfixed or ds
+    if action not in ACTIONS:
+        raise DataError(f"unknown fix {action!r}: use one of {', '.join(ACTIONS)}")
+    rel = relative_path(base, path) if os.path.isabs(path) else Path(path).as_posix()
+    if rel not in {relative_path(base, s.path) for s in base.samples}:
+        raise DataError(f"{path} is not an image of this dataset; run the health check again")
+    entry = {"action": action}
+    if action == "relabel":
+        if label not in base.classes:
+            raise DataError(f"relabel needs one of the classes ({', '.join(base.classes)}), got {label!r}")
+        entry["label"] = label
+    record = read_fixes(workspace, base)
+    record[rel] = entry
+    target = fixes_file(workspace, base)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    os.replace(tmp, target)  # atomic: a training run reading it never sees half a file
+    return record
 
 
-def count_fixes(workspace: str | os.PathLike, run_name: str, classes: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for s in fixed_samples(workspace, run_name, classes):
-        counts[classes[s.label]] = counts.get(classes[s.label], 0) + 1
-    return counts
+def _report_entry(report_files: list[FileReport], rel: str) -> FileReport | None:
+    # report paths are relative to what the user gave (maybe a folder above the root)
+    for f in report_files:
+        if f.status == "used" and (f.path == rel or f.path.endswith("/" + rel)):
+            return f
+    return None
+
+
+def apply_fixes(ds: Dataset, workspace: str | os.PathLike) -> Dataset:
+    """The dataset with the record's fixes applied (``ds`` itself when there are none).
+
+    Works from the original samples, so calling it again after the record changed is safe. The
+    result's ``unfixed`` is the original, its report lists each fixed file with what was done.
+    """
+    base = ds.unfixed or ds
+    record = {k: v for k, v in read_fixes(workspace, base).items() if v["action"] != "keep"}
+    if not record:
+        return base
+    index = {name: i for i, name in enumerate(base.classes)}
+    report = copy.deepcopy(base.report)
+    mapping: dict[str, Sample | None] = {}
+    for s in base.samples:
+        fix = record.get(relative_path(base, s.path))
+        if fix is None or (fix["action"] == "relabel" and fix.get("label") not in index):
+            continue
+        entry = _report_entry(report.files, relative_path(base, s.path))
+        if fix["action"] == "exclude":
+            mapping[s.path] = None
+            if entry:
+                entry.status, entry.reason = "skipped", EXCLUDED_REASON
+        elif index[fix["label"]] != s.label:
+            mapping[s.path] = Sample(s.path, index[fix["label"]])
+            if entry:
+                entry.label = fix["label"]
+                entry.reason = f"relabelled by health check (was {base.classes[s.label]})"
+
+    def fixed(samples: list[Sample]) -> list[Sample]:
+        out = [mapping.get(s.path, s) for s in samples]
+        return [s for s in out if s is not None]
+    given = None if base.given_split is None else {k: fixed(v) for k, v in base.given_split.items()}
+    # the counts' errors and warnings are redone: leaving files out can empty a class
+    report.errors = [e for e in report.errors if not _is_count_message(e)]
+    report.warnings = [w for w in report.warnings if not _is_count_message(w)]
+    train_counts = None if given is None else Counter(base.classes[s.label] for s in given["train"])
+    _check_counts(report.counts(), train_counts, report)
+    return Dataset(base.classes, fixed(base.samples), report, base.root, given, unfixed=base)
+
+
+def _is_count_message(text: str) -> bool:
+    return text.startswith(("no usable images", "only 1 class", "class '", "classes are imbalanced"))
+
+
+def fix_counts(ds: Dataset, workspace: str | os.PathLike) -> dict[str, int]:
+    """How many files each action covers in this dataset's record."""
+    return dict(Counter(v["action"] for v in read_fixes(workspace, ds.unfixed or ds).values()))

@@ -81,6 +81,7 @@ class Dataset:
     report: ValidationReport
     root: str
     given_split: dict[str, list[Sample]] | None = None
+    unfixed: Dataset | None = None  # before the health check's fixes (data.fixes), when any applied
 
     def class_counts(self) -> dict[str, int]:
         c = Counter(s.label for s in self.samples)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .archives import ArchiveLimits, extract_archive, is_archive_name, place_uploads
+from .fixes import apply_fixes
 from .scan import Dataset, FileReport, build_dataset, unwrap
 
 
@@ -19,6 +20,10 @@ def load_dataset(source: str | os.PathLike, workspace: str | os.PathLike,
     unsupported, a hostile or damaged archive). Archives are unpacked under
     ``<workspace>/datasets/``; nothing is written anywhere else.
     """
+    return apply_fixes(_load(source, workspace, limits), workspace)  # the health check's record
+
+
+def _load(source, workspace, limits: ArchiveLimits | None) -> Dataset:
     path = Path(source).expanduser()
     if not str(source).strip() or not path.exists():
         raise DataError(f"'{source}' does not exist: give a folder of class folders, a "

@@ -1,5 +1,5 @@
 """The demo's "Retrain": a short new run that continues from a run's adapter, on the run's own
-split plus the images fixed on the spot (``data.fixes``), with the same configuration."""
+split plus the images fixed on the spot (``data.corrections``), with the same configuration."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..config import RunConfig
-from ..data.fixes import fixed_samples
+from ..data.corrections import fixed_samples
 from ..data.scan import Dataset, Sample, ValidationReport
 from ..errors import DataError
 from ..store.adapter_file import ADAPTER_FILE

@@ -4,7 +4,7 @@ a demo app to share.
 
 The model is the Test tab's (``session.current_run()``, cached by ``get_test_model``). Frames
 are numpy arrays kept in memory only (``last`` state): nothing is written to disk except a
-fix, which goes to ``<workspace>/fixes/<run>/<class>/`` (``data.fixes``). Gradio replaces a
+fix, which goes to ``<workspace>/fixes/<run>/<class>/`` (``data.corrections``). Gradio replaces a
 stream's pending frame by the newest one, so a slow model skips frames instead of lagging.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from ...data.fixes import add_fix, count_fixes
+from ...data.corrections import add_fix, count_fixes
 from ...inference.calibration import calibrate, set_threshold, verdict
 from ...inference.evaluate import find_run_dir
 from ...inference.explain import explain
