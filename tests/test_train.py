@@ -103,8 +103,7 @@ def evaluate_adapter(adapter_dir: Path, run: RunFolder) -> tuple[float, float, t
     decoding exactly as the trainer does (decoded cache, eval transform)."""
     tensors, meta = read_adapter(adapter_dir)
     model = build_from_adapter(tensors, meta)
-    split = run.read_json(run.split_file)
-    samples = [Sample(p, l) for p, l in split["val"]]
+    samples = [Sample(p, l) for p, l in run.split().val]
     dc = dict(meta.data_config)
     ds = ImageDataset(samples, build_transform(dc, "none", False), DecodedCache(2**26, cache_max_side(dc)))
     x = torch.stack([ds[i][0] for i in range(len(ds))])
@@ -152,8 +151,8 @@ def test_run_events_metrics_config_and_adapters(data_dir, tmp_path):
     assert key_metrics(run.read_metrics()) == key_metrics(events)
 
     # config.json: everything needed to reproduce the run
-    saved = run.read_config()
-    assert RunConfig.from_dict(saved["config"]) == cfg
+    assert run.record().config == cfg
+    saved = json.loads(run.config_file.read_text())  # the file's own format
     assert saved["config"]["model"] == {"name": "resnet18", "weights": "random", "weights_file": None,
                                         "image_size": 32}
     assert saved["config"]["lora"]["rank"] == 4 and saved["config"]["train"]["seed"] == 7
@@ -165,8 +164,8 @@ def test_run_events_metrics_config_and_adapters(data_dir, tmp_path):
     assert list(saved["data_config"]["input_size"]) == [3, 32, 32]
     assert {"python", "torch", "timm"} <= set(saved["versions"])
     assert saved["versions"]["torch"] == torch.__version__
-    split = run.read_json(run.split_file)
-    assert (len(split["train"]), len(split["val"])) == (18, 6)
+    split = run.split()
+    assert (len(split.train), len(split.val)) == (18, 6)
 
     status = run.read_status()
     assert status["status"] == "finished" and status["duration_s"] >= 0

@@ -69,11 +69,11 @@ class TrainingJob(JobState):
     def resume_run(cls, run_dir: str, **kwargs) -> "TrainingJob":
         """A job that continues the run in ``run_dir`` from its last checkpoint."""
         run = RunFolder(run_dir)
-        raw = run.read_config()
-        if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
-            raise ValueError(f"{run.config_file} has no training configuration (damaged, or not made by "
-                             "lora_gui): this run cannot be resumed")
-        config = RunConfig.from_dict(raw["config"], where=f"{run.config_file}")
+        # every file a resume reads is checked here, before the run is locked or queued: a damaged
+        # run is refused at once (DamagedRun) instead of failing (or worse) inside the job
+        config = run.record().config
+        run.split()
+        run.read_metrics()
         return cls(config, workspace=str(run.path.parent), run_dir=str(run.path), resume=True, **kwargs)
 
     # control -------------------------------------------------------------------
@@ -142,8 +142,11 @@ class TrainingJob(JobState):
                 status = self._status
                 message = self._message
             self._set(status, message)
-        self.run.update_status(status=status, message=message)
-        self.run.log(f"[{status}] {message}")
+        try:
+            self.run.update_status(status=status, message=message)
+            self.run.log(f"[{status}] {message}")
+        except OSError:  # a full disk or a removed folder: viewers still see the status; the
+            pass         # loop's own writes (metrics, checkpoint) fail next and say why
 
     def report_progress(self, epoch: int, step: int, total: int, eta: float | None) -> None:
         with self._lock:
@@ -217,20 +220,23 @@ class TrainingJob(JobState):
         except BaseException as exc:  # never a silent death: one line for people, the traceback in the log
             self._fail("training", _human_message(exc))
         finally:
-            if acquired:
-                self.queue.release(self.device, self)
-            if self.device.startswith("cuda"):
-                try:
-                    import torch
-                    torch.cuda.empty_cache()
-                except Exception:
-                    pass
+            # each clean-up step on its own: one that fails (a full disk, a damaged folder) must not
+            # skip the others — above all the unlock and the done event, without which the run
+            # stays locked and a waiting CLI hangs, deaf to Ctrl-C
             try:
+                if acquired:
+                    self.queue.release(self.device, self)
+                if self.device.startswith("cuda"):
+                    _empty_cuda_cache()
                 self.run.update_status(duration_s=round(self._earlier_s + time.time() - started, 1))
-            except OSError:
+            except Exception:
                 pass
-            self.run.unlock(self._run_lock)
-            self._done.set()
+            finally:
+                with self._lock:  # never left 'running' (or 'queued') once the thread is over
+                    if self._status not in FINAL_STATUSES:
+                        self._set("failed", "training ended unexpectedly (see train.log for details)")
+                self.run.unlock(self._run_lock)
+                self._done.set()
 
     def _fail(self, kind: str, message: str) -> None:
         try:
@@ -238,11 +244,15 @@ class TrainingJob(JobState):
         except OSError:
             pass
         self.failure_kind = kind
-        try:
-            self.report_status("failed", message)
-        except OSError:  # the run folder itself is gone or full: viewers still see the failure
-            with self._lock:
-                self._set("failed", _one_line(message))
+        self.report_status("failed", message)  # in memory even when the folder is gone or full
+
+
+def _empty_cuda_cache() -> None:
+    try:
+        import torch
+        torch.cuda.empty_cache()
+    except Exception:
+        pass
 
 
 def preflight(config: RunConfig, workspace: str):

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DamagedRun
+from .records import RunRecord, SplitRecord, write_json_atomic  # noqa: F401  (write_json_atomic: re-exported)
+
 try:
     import fcntl  # POSIX; on Windows runs are not locked
 except ImportError:  # pragma: no cover
@@ -34,19 +37,6 @@ _STATUS_LOCK = threading.Lock()  # status.json is updated from the job thread an
 
 def new_run_id(prefix: str = "run") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-
-
-def write_json_atomic(path: Path, data, sort_keys: bool = True) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=sort_keys, default=str))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class RunBusy(FileExistsError):
@@ -118,18 +108,23 @@ class RunFolder:
     # json ------------------------------------------------------------------
     def read_json(self, path: Path, default=None):
         try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            return json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return default
 
-    def read_config(self) -> dict:
-        raw = self.read_json(self.config_file)
-        if raw is None:
-            raise FileNotFoundError(f"{self.path} is not a run folder (no readable config.json)")
-        return raw
+    def record(self) -> RunRecord:
+        """config.json, checked (``DamagedRun`` names what is wrong)."""
+        return RunRecord.read(self)
+
+    def split(self) -> SplitRecord:
+        """split.json, checked (``DamagedRun`` names what is wrong)."""
+        return SplitRecord.read(self)
 
     def read_status(self) -> dict:
-        return self.read_json(self.status_file, {}) or {}
+        # a status.json that is not an object (damaged by hand or by a disk) counts as none:
+        # every status update rewrites it whole
+        status = self.read_json(self.status_file, {})
+        return status if isinstance(status, dict) else {}
 
     def update_status(self, **fields) -> dict:
         with _STATUS_LOCK:
@@ -174,10 +169,13 @@ class RunFolder:
 
     def read_metrics(self) -> list[dict]:
         try:
-            with open(self.metrics_file, newline="") as f:
+            with open(self.metrics_file, newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
         except FileNotFoundError:
             return []
+        except UnicodeDecodeError as exc:
+            raise DamagedRun(f"{self.metrics_file} is damaged (not text: byte {exc.start} is not UTF-8); rename "
+                             "or delete it to use the run without its earlier curves") from None
         out = []
         for r in rows:
             if r.get("kind") not in ("step", "epoch") or r.get("time") in (None, "") or None in r:
@@ -191,22 +189,28 @@ class RunFolder:
                 if (r["kind"] == "step" and r["step"] is not None and r["step"] <= keep_step)
                 or (r["kind"] == "epoch" and r["epoch"] is not None and r["epoch"] <= keep_epoch)]
         tmp = self.metrics_file.with_name("metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            w.writeheader()
-            w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.metrics_file)
+        try:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+                w.writeheader()
+                w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.metrics_file)
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk leaves the old file, and no half-written copy
 
     # checkpoints -------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
         tmp = self.checkpoint_file.with_name("checkpoint.pt.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.checkpoint_file)  # a kill mid-write leaves the old checkpoint intact
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.checkpoint_file)  # a kill mid-write leaves the old checkpoint intact
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk: the old checkpoint stays, no half-written copy
 
     def load_checkpoint(self) -> dict | None:
         if not self.checkpoint_file.is_file():
@@ -215,18 +219,20 @@ class RunFolder:
 
     # summary for tables -------------------------------------------------------
     def summary(self) -> dict:
-        cfg = self.read_json(self.config_file, {}) or {}
+        """One row for tables of runs; a damaged run gets status 'damaged' and the reason in 'damaged'."""
         status = self.read_status()
-        run = cfg.get("config", {})
-        return {"run": self.path.name, "path": str(self.path),
-                "model": run.get("model", {}).get("name", "?"),
-                "rank": run.get("lora", {}).get("rank"),
-                "targets": run.get("lora", {}).get("targets"),
-                "classes": len(cfg.get("classes", [])),
-                "best_val_acc": status.get("best_val_acc"),
-                "duration_s": status.get("duration_s"),
-                "status": status.get("status", "unknown"),
-                "started": status.get("started", "")}
+        row = {"run": self.path.name, "path": str(self.path), "model": "?", "rank": None, "targets": None,
+               "classes": 0, "best_val_acc": status.get("best_val_acc"), "duration_s": status.get("duration_s"),
+               "status": status.get("status", "unknown"), "started": str(status.get("started") or ""), "damaged": ""}
+        try:
+            rec = self.record()
+            row.update(model=rec.config.model.name, rank=rec.config.lora.rank, targets=rec.config.lora.targets,
+                       classes=len(rec.classes))
+            self.split()
+            self.read_metrics()
+        except DamagedRun as exc:
+            row.update(status="damaged", damaged=str(exc))
+        return row
 
 
 def _num(v):
@@ -245,5 +251,6 @@ def list_runs(workspace: str | os.PathLike) -> list[dict]:
     if not root.is_dir():
         return []
     runs = [RunFolder(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    # a damaged run is listed too (status 'damaged', the reason in 'damaged'): it never hides the others
     rows = [r.summary() for r in runs]
     return sorted(rows, key=lambda r: (r["started"] or "", r["run"]), reverse=True)

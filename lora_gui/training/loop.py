@@ -84,11 +84,10 @@ class Trainer(CheckpointMixin):
         torch.set_num_threads(threads)
         seed_everything(cfg.train.seed)
         if self.resume:
-            saved = run.read_config()
-            self.classes = saved["classes"]
-            split = run.read_json(run.split_file)
-            self.train_samples = [Sample(p, l) for p, l in split["train"]]
-            self.val_samples = [Sample(p, l) for p, l in split["val"]]
+            saved, split = run.record(), run.split()
+            self.classes = saved.classes
+            self.train_samples = [Sample(p, l) for p, l in split.train]
+            self.val_samples = [Sample(p, l) for p, l in split.val]
         else:
             ds = self.dataset or load_dataset(cfg.data.source, self.workspace)
             ds.report.raise_if_blocking()
@@ -100,7 +99,7 @@ class Trainer(CheckpointMixin):
 
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, len(self.classes))
-        self.layers = (run.read_config()["layers"] if self.resume else
+        self.layers = (saved.layers if self.resume else
                        lora.inject_lora(self.model, cfg.lora))
         if self.resume:
             lora.inject_lora(self.model, cfg.lora, self.layers)
