@@ -83,13 +83,17 @@ def test_class_folders_and_every_bad_file_reported(tmp_path, make_image_folder):
     assert 8000 * 8000 > MAX_IMAGE_PIXELS
 
 
-def test_linked_class_folder_is_followed_once(tmp_path, make_image_folder):
-    root = make_image_folder(two_classes(), "set")
-    elsewhere = make_image_folder(["0.png", "1.png"], "bird_pictures")
-    (root / "bird").symlink_to(elsewhere, target_is_directory=True)
+def test_links_inside_are_followed_once_links_out_are_reported(tmp_path, make_image_folder):
+    # #13.7: a link never takes a scan out of the dataset folder (it could point anywhere:
+    # /dev, /etc, another person's uploads); one that stays inside is followed, each folder once
+    root = make_image_folder(two_classes() + ["bird_pictures/0.png", "bird_pictures/1.png"], "set")
+    (root / "bird").symlink_to(root / "bird_pictures", target_is_directory=True)
+    elsewhere = make_image_folder(["0.png", "1.png"], "fish_pictures")
+    (root / "fish").symlink_to(elsewhere, target_is_directory=True)
     (root / "cat" / "loop").symlink_to(root, target_is_directory=True)  # must not recurse forever
     ds = load_dataset(root, tmp_path / "ws")
-    assert ds.class_counts() == {"bird": 2, "cat": 3, "dog": 3}
+    assert ds.class_counts() == {"bird_pictures": 2, "cat": 3, "dog": 3}
+    assert by_path(ds)["fish"].reason == "link to outside the dataset folder (not followed)"
 
 
 def test_blocking_problems_are_errors(tmp_path, make_image_folder):

@@ -8,7 +8,10 @@ module holds the record types and the scanning rules.
 from __future__ import annotations
 
 import csv
+import io
 import os
+import stat
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .archives import safe_parts
-from .images import probe_image
+from .images import file_type, probe_image, read_regular
 
 FEW_PER_CLASS = 10
 IMBALANCE_RATIO = 5.0
@@ -26,6 +29,8 @@ _TRAIN_DIRS = ("train", "training")
 _VAL_DIRS = ("val", "valid", "validation", "test")  # the first one present is used
 _CSV_FILE_COLUMNS = ("filename", "file", "path", "image", "filepath", "image_path")
 _CSV_LABEL_COLUMNS = ("label", "class", "category")
+SCAN_SECONDS = 120.0   # a scan that takes longer is stopped (DataError) rather than holding a worker
+MAX_CSV_BYTES = 64 * 1024**2
 
 
 @dataclass
@@ -92,28 +97,97 @@ def is_ignored(name: str) -> bool:
     return name.startswith(".") or name.lower() in _SYSTEM_FILES or name.lower() in _SYSTEM_DIRS
 
 
-def _walk(top: Path) -> list[Path]:
-    """All non-ignored files under ``top``, sorted.
+_TOOL_DIRS = {".git", ".svn", ".hg", ".ipynb_checkpoints", ".cache", ".trash", ".trashes", ".fseventsd",
+              ".spotlight-v100", ".thumbnails", ".temporaryitems"}
 
-    Folder links are followed (people link class folders together on their
-    own disk; archives and uploads never contain links), each real folder
-    once, so a link loop can't recurse forever.
+
+def _is_hidden_dir(name: str) -> bool:
+    """A folder someone hid (".secret/"): its images are left out, but the report says so
+    (folders that tools keep, such as .git, stay silent clutter)."""
+    return name.startswith(".") and name not in (".", "..") and name.lower() not in _TOOL_DIRS
+
+
+class Scan:
+    """One scan of a dataset folder: its root, its time limit and what it skipped on the way.
+
+    Only regular files and folders inside the root are ever opened: a link is followed only
+    when what it points to is inside the root, and FIFOs, sockets and devices are reported
+    and left alone (opening a FIFO blocks forever; /dev/zero never ends).
     """
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
-        found += [Path(dirpath, f) for f in filenames if not is_ignored(f)]
-    return sorted(found)
 
+    def __init__(self, root: Path, seconds: float | None = None):
+        self.root = Path(root)
+        self.real_root = os.path.realpath(root)
+        self.seconds = SCAN_SECONDS if seconds is None else seconds
+        self.deadline = time.monotonic() + self.seconds
+        self.files_seen = 0
+        self.skipped: list[tuple[Path, str]] = []
 
-def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
-    items = sorted(p for p in folder.iterdir() if not is_ignored(p.name))
-    return [p for p in items if p.is_dir()], [p for p in items if not p.is_dir()]
+    def tick(self) -> None:
+        """Called per file: past the time limit, stop with a DataError saying how far it got."""
+        self.files_seen += 1
+        if time.monotonic() > self.deadline:
+            raise DataError(f"scanning {self.root} took longer than {self.seconds:g} s "
+                            f"({self.files_seen} files scanned so far) and was stopped; point to a smaller "
+                            "folder (only the images to train on), or split the dataset")
+
+    def kind(self, path: Path) -> str:
+        """'dir', 'file', or a reason to skip ``path`` (recorded in ``skipped``)."""
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(path)
+                if real != self.real_root and not real.startswith(self.real_root.rstrip(os.sep) + os.sep):
+                    return self._skip(path, "link to outside the dataset folder (not followed)")
+                st = os.stat(path)
+        except OSError as exc:
+            return self._skip(path, f"unreadable ({exc.strerror or exc})")
+        if stat.S_ISDIR(st.st_mode):
+            return "dir"
+        if stat.S_ISREG(st.st_mode):
+            return "file"
+        return self._skip(path, f"not a regular file ({file_type(st.st_mode)})")
+
+    def _skip(self, path: Path, reason: str) -> str:
+        self.skipped.append((path, reason))
+        return reason
+
+    def entries(self, folder: Path) -> tuple[list[Path], list[Path]]:
+        """(folders, files) directly in ``folder``, sorted; links out, specials and hidden folders reported."""
+        dirs, files = [], []
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            self._skip(folder, f"unreadable folder ({exc.strerror or exc})")
+            return [], []
+        for name in names:
+            path = folder / name
+            if is_ignored(name):
+                if _is_hidden_dir(name) and os.path.isdir(path) and name.lower() not in _SYSTEM_DIRS:
+                    self._skip(path, "hidden folder (its name starts with a dot); rename it to use its images")
+                continue
+            self.tick()
+            kind = self.kind(path)
+            if kind == "dir":
+                dirs.append(path)
+            elif kind == "file":
+                files.append(path)
+        return dirs, files
+
+    def walk(self, top: Path) -> list[Path]:
+        """All regular, non-ignored files under ``top``, sorted; each real folder visited once
+        (so a link loop inside the root cannot recurse forever)."""
+        found, seen, todo = [], set(), [top]
+        while todo:
+            folder = todo.pop()
+            real = os.path.realpath(folder)
+            if real in seen:
+                continue
+            seen.add(real)
+            dirs, files = self.entries(folder)
+            found += files
+            todo += dirs
+        return sorted(found)
 
 
 def unwrap(folder: Path) -> Path:
@@ -122,11 +196,12 @@ def unwrap(folder: Path) -> Path:
     Only when that folder itself holds folders or a CSV: a lone folder of
     images is one class, and saying so beats calling it "no class folders".
     """
+    quiet = Scan(folder)  # only looks; the real scan reports what is skipped
     while True:
-        dirs, files = _entries(folder)
+        dirs, files = quiet.entries(folder)
         if files or len(dirs) != 1:
             return folder
-        inner_dirs, inner_files = _entries(dirs[0])
+        inner_dirs, inner_files = quiet.entries(dirs[0])
         if not inner_dirs and not any(f.suffix.lower() == ".csv" for f in inner_files):
             return folder
         folder = dirs[0]
@@ -135,9 +210,11 @@ def unwrap(folder: Path) -> Path:
 def _read_csv(path: Path) -> list[tuple[str, str]]:
     """(filename, label) rows; DataError if the header names no usable columns."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = read_regular(path, MAX_CSV_BYTES).decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except DataError as exc:
+        raise DataError(f"could not read {path.name}: {str(exc).removeprefix(f'{path}: ')}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"could not read {path.name}: {exc}. Save it as UTF-8 CSV.") from None
     header = [h.strip().lower() for h in rows[0]] if rows else []
     fcol = next((header.index(c) for c in _CSV_FILE_COLUMNS if c in header), None)
@@ -151,7 +228,7 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
 
 
 def _labelled_csv(folder: Path) -> Path | None:
-    csvs = [p for p in _entries(folder)[1] if p.suffix.lower() == ".csv"]
+    csvs = [p for p in Scan(folder).entries(folder)[1] if p.suffix.lower() == ".csv"]
     for p in sorted(csvs, key=lambda p: p.name.lower() != "labels.csv"):
         try:
             _read_csv(p)
@@ -161,19 +238,20 @@ def _labelled_csv(folder: Path) -> Path | None:
     return None
 
 
-def _plan(root: Path, csv_file: Path | None):
+def _plan(scan: Scan, csv_file: Path | None):
     """Decide the layout: (candidates, skipped, split_of) before any decoding.
 
     candidates: (path, label) to probe; skipped: (path, reason) known without
     decoding; split_of: path -> "train"/"val" for split layouts.
     """
+    root = scan.root
     candidates, skipped, split_of = [], [], {}
     # a CSV given as the source labels only what it lists; one found in a
     # folder source means the rest of that folder must be accounted for too
     walk_rest = csv_file is None
     csv_file = csv_file or _labelled_csv(root)
     if csv_file is not None:
-        listed, mentioned = {}, set()
+        listed, labels, mentioned = {}, {}, set()
         for name, label in _read_csv(csv_file):
             parts = safe_parts(name)
             path = csv_file.parent.joinpath(*parts) if parts else None
@@ -182,25 +260,36 @@ def _plan(root: Path, csv_file: Path | None):
                 skipped.append((name, "unsafe path in CSV"))
             elif not label:
                 skipped.append((path, "no label in CSV"))
-            elif path in listed:
-                if listed[path] != label:
-                    skipped.append((path, f"listed twice in CSV with different labels ({listed[path]}, {label})"))
-            elif not path.is_file():
-                skipped.append((path, "listed in CSV but missing"))
+            elif path in labels:  # listed again: one line for the file, whatever the count
+                labels[path].append(label)
             else:
-                listed[path] = label
+                scan.tick()
+                kind = scan.kind(path) if os.path.lexists(path) else "listed in CSV but missing"
+                labels[path] = [label]
+                if kind == "file":
+                    listed[path] = label
+                elif kind == "dir":
+                    skipped.append((path, "listed in CSV but is a folder"))
+                elif kind == "listed in CSV but missing":
+                    skipped.append((path, kind))
+        for path, label in listed.items():
+            named = list(dict.fromkeys(labels[path]))
+            if len(named) > 1:
+                skipped.append((path, f"listed {len(labels[path])} times in CSV with different labels "
+                                      f"({', '.join(named)})"))
+            else:
                 candidates.append((path, label))
         if walk_rest:
-            skipped += [(p, "not listed in CSV") for p in _walk(root)
+            skipped += [(p, "not listed in CSV") for p in scan.walk(root)
                         if p not in mentioned and p != csv_file and p.suffix.lower() != ".csv"]
         return candidates, skipped, split_of
-    dirs, files = _entries(root)
+    dirs, files = scan.entries(root)
     by_name = {d.name.lower(): d for d in dirs}
     train = next((by_name[n] for n in _TRAIN_DIRS if n in by_name), None)
     val = next((by_name[n] for n in _VAL_DIRS if n in by_name), None)
     splits = {"train": train, "val": val} if train and val else {"": root}
     for split, top in splits.items():
-        for p in _walk(top):
+        for p in scan.walk(top):
             rel = p.relative_to(top).parts
             if len(rel) < 2:
                 skipped.append((p, "not in a class folder"))
@@ -211,7 +300,7 @@ def _plan(root: Path, csv_file: Path | None):
     if train and val:
         for d in dirs:
             if d not in (train, val):
-                skipped += [(p, f"not in {train.name}/ or {val.name}/") for p in _walk(d)]
+                skipped += [(p, f"not in {train.name}/ or {val.name}/") for p in scan.walk(d)]
         skipped += [(p, f"not in {train.name}/ or {val.name}/") for p in files]
     return candidates, skipped, split_of
 
@@ -241,13 +330,24 @@ def _check_counts(counts: dict[str, int], train_counts: dict[str, int] | None,
                                f"to the small classes if you can")
 
 
-def build_dataset(root: Path, report_base: Path, csv_file: Path | None = None) -> Dataset:
-    candidates, skipped, split_of = _plan(root, csv_file)
+def build_dataset(root: Path, report_base: Path, csv_file: Path | None = None,
+                  scan_seconds: float | None = None) -> Dataset:
+    """Scan ``root`` into a Dataset; DataError when it takes longer than ``scan_seconds``
+    (default ``SCAN_SECONDS``)."""
+    scan = Scan(root, scan_seconds)
+    candidates, skipped, split_of = _plan(scan, csv_file)
+    # what the walk refused (links out, FIFOs, devices, hidden folders), one line each
+    seen = {p for p, _ in skipped}
+    skipped += [(p, why) for p, why in dict(scan.skipped).items() if p not in seen]
 
     def rel(p) -> str:  # str: an unsafe CSV entry, reported as written
         return p if isinstance(p, str) else Path(os.path.relpath(p, report_base)).as_posix()
+
+    def probe(candidate):
+        scan.tick()  # the time limit holds while decoding too
+        return probe_image(candidate[0])
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        probes = list(pool.map(lambda c: probe_image(c[0]), candidates))
+        probes = list(pool.map(probe, candidates))
     report = ValidationReport(files=[FileReport(rel(p), "skipped", reason) for p, reason in skipped])
     first_with_hash: dict[str, str] = {}
     used: list[tuple[Path, str]] = []  # stable order: train, then val, each by path
