@@ -228,11 +228,13 @@ def test_class_builder(tmp_path, make_image_folder):
     for bad in ("", "a/b", "..", ".hidden", "CAT"):
         with pytest.raises(DataError):
             cb.add_class(bad)
-    assert cb.add_images("cat", [src / "x0.png", src / "x1.png", src / "notes.txt"]) == 2
-    assert cb.add_images("cat", [src / "x0.png"]) == 0  # same picture: stored once
+    added = cb.add_images("cat", [src / "x0.png", src / "x1.png", src / "notes.txt"])
+    assert added.added == 2 and added.skipped == [("notes.txt", "not an image")]  # #13.12: said, not dropped
+    assert "1 left out: notes.txt (not an image)" in added.summary()
+    assert cb.add_images("cat", [src / "x0.png"]).added == 0  # same picture: stored once
     cb.add_image_array("Dog", np.random.default_rng(1).integers(0, 255, (24, 32, 3), np.uint8))
     cb.add_image_array("Dog", np.random.default_rng(2).random((24, 32)))  # float frame
-    assert cb.add_images("Dog", [Image.new("RGBA", (20, 20), (1, 2, 3, 255))]) == 1
+    assert cb.add_images("Dog", [Image.new("RGBA", (20, 20), (1, 2, 3, 255))]).added == 1
     with pytest.raises(DataError, match="too small"):
         cb.add_image_array("Dog", np.zeros((4, 4, 3), np.uint8))
     assert cb.classes() == {"Dog": 3, "cat": 2}
@@ -323,3 +325,13 @@ def test_image_dataset_and_example(tmp_path):
     assert [t.name for t in stacked.data] == ["train", "validation"]
     items = gallery_items(ds, per_class=2)
     assert len(items) == 8 and items[0][1] == "bag" and Path(items[0][0]).is_file()
+
+
+def test_class_names_with_markup_are_kept_exactly(tmp_path, make_image_folder):
+    # #13.12: escaping is the UI's job; the engine keeps the name as the person wrote it
+    name = '<img src=x onerror=alert(1)> & "cats"'
+    root = make_image_folder([f"{name}/{i}.png" for i in range(2)] + ["dog/0.png", "dog/1.png"], "markup")
+    assert load_dataset(root, tmp_path / "ws").classes == [name, "dog"]
+    cb = ClassBuilder(tmp_path / "ws", "sess-markup")
+    cb.add_class("<b>bold<b> & 'x'")  # a / would be a folder separator, so it is refused
+    assert list(cb.classes()) == ["<b>bold<b> & 'x'"]
