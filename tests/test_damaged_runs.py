@@ -123,3 +123,47 @@ def test_evaluate_on_a_run_without_split_says_so(good_run):
     bad = _damage(good_run, "no-split")
     with pytest.raises(DamagedRun, match="split.json is missing"):
         evaluate_run(bad)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes"])
+def test_a_damaged_checkpoint_says_what_to_do_never_torch_internals(good_run, damage):
+    bad = _damage(good_run, f"ckpt-{damage.replace(' ', '-')}")
+    ckpt = bad / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(len(data)))
+    with pytest.raises(DamagedRun, match="Delete it to train the run again from the beginning"):
+        RunFolder(bad).load_checkpoint()
+    out = subprocess.run([sys.executable, "-m", "lora_gui", "train", "--resume", str(bad)], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 2, out.stderr
+    assert "checkpoint.pt is damaged: " + ("cut off" if damage == "truncated" else "not a checkpoint") in out.stderr
+    for raw in ("miniz", "weights_only", "Traceback", "Unpickl"):
+        assert raw not in out.stderr, out.stderr
+    assert not RunFolder(bad).in_use()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs: a real full disk (needs root; skipped where mounting is not allowed)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_says_so_and_leaves_no_partial_files(small_disk, tmp_path):
+    from conftest import write_colour_folder
+    data = write_colour_folder(tmp_path / "data", per_class=4, side=32)
+    run = small_disk / "run"
+    out = subprocess.run([sys.executable, "-m", "lora_gui", "train", "--data", str(data), "--model", "resnet18",
+                          "--weights", "random", "--image-size", "32", "--epochs", "1", "--out", str(run)],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    assert "error: the disk is full (writing checkpoint.pt): free some space, then resume the run" in out.stderr
+    assert "inline_container" not in out.stderr and "Traceback" not in out.stderr
+    left = [p.name for p in run.rglob("*") if p.name.endswith((".tmp", ".partial")) or ".partial-" in p.name]
+    assert left == []
+    assert RunFolder(run).read_status()["status"] == "failed" and not RunFolder(run).in_use()

@@ -6,6 +6,7 @@ never dies silently; the traceback goes to the run's train.log.
 """
 from __future__ import annotations
 
+import errno
 import threading
 import time
 import traceback
@@ -74,6 +75,7 @@ class TrainingJob(JobState):
         config = run.record().config
         run.split()
         run.read_metrics()
+        run.load_checkpoint()
         return cls(config, workspace=str(run.path.parent), run_dir=str(run.path), resume=True, **kwargs)
 
     # control -------------------------------------------------------------------
@@ -268,6 +270,13 @@ def _human_message(exc: BaseException) -> str:
     import torch
     if distributed.context().enabled and distributed.is_peer_failure(exc):  # [ddp] e.g. in DDP's backward
         return distributed.PEER_LOST.format(run=distributed._RUN_DIR)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" (writing {Path(exc.filename).name})" if exc.filename else ""
+        return (f"the disk is full{where}: free some space, then resume the run "
+                "(Runs tab, or `python -m lora_gui train --resume RUN_FOLDER`); what was saved before is kept")
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"the run folder cannot be written ({exc.strerror}); train into a workspace you may write to "
+                "(see train.log for details)")
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
         return ("ran out of memory; use a smaller batch size or a lower resolution "
                 "(see train.log for details)")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import socket
@@ -203,19 +204,42 @@ class RunFolder:
     # checkpoints -------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
         tmp = self.checkpoint_file.with_name("checkpoint.pt.tmp")
+        # serialised in memory first: torch.save straight into a file on a full disk fails with
+        # an opaque RuntimeError ("unexpected pos ..."); a plain write says ENOSPC
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
         try:
             with open(tmp, "wb") as f:
-                torch.save(state, f)
+                f.write(buffer.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.checkpoint_file)  # a kill mid-write leaves the old checkpoint intact
+        except OSError as exc:  # name the file: "the disk is full (writing checkpoint.pt)"
+            raise OSError(exc.errno, exc.strerror, str(self.checkpoint_file)) from None
         finally:
             tmp.unlink(missing_ok=True)  # a full disk: the old checkpoint stays, no half-written copy
 
     def load_checkpoint(self) -> dict | None:
+        """The last checkpoint, None if there is none yet, or DamagedRun saying what to do.
+
+        torch's own messages ('internal miniz error', or advice to turn weights_only off,
+        which would run code from the file) are never passed on."""
         if not self.checkpoint_file.is_file():
             return None
-        return torch.load(self.checkpoint_file, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.checkpoint_file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a cut-off or foreign file
+            text = str(exc).lower()
+            what = ("cut off (an interrupted copy, or a full disk?)"
+                    if any(w in text for w in ("miniz", "central directory", "eof", "truncat"))
+                    else "not a checkpoint written by lora_gui")
+            raise DamagedRun(f"{self.checkpoint_file} is damaged: {what}. Delete it to train the run again from "
+                             "the beginning (best/ and last/ keep the adapters saved so far), or train a new run") \
+                from None
+        if not isinstance(state, dict) or not {"adapter", "optimizer", "epoch", "step"} <= set(state):
+            raise DamagedRun(f"{self.checkpoint_file} is damaged: it does not hold a training state. Delete it "
+                             "to train the run again from the beginning, or train a new run")
+        return state
 
     # summary for tables -------------------------------------------------------
     def summary(self) -> dict:
