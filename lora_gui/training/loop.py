@@ -223,9 +223,10 @@ class Trainer(CheckpointMixin):
                     break
                 y = y.to(self.device)
                 if self.ddp:  # [ddp] forward/backward on this rank's slice; its sums are reduced at the step
-                    self.ddp.micro_batch(self._to_device(x), y, accum)
+                    with norm_calibration.lone_sample(self.model, len(y)):
+                        self.ddp.micro_batch(self._to_device(x), y, accum)
                 else:
-                    with self.autocast():
+                    with self.autocast(), norm_calibration.lone_sample(self.model, len(y)):
                         logits = self.batches.forward(self.model, x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
                     value = loss.item()
