@@ -609,3 +609,31 @@ def test_the_loop_runs_without_a_job_through_a_recording_reporter(data_dir, tmp_
         Trainer(cfg, run2, "cpu", stopping, workspace=str(tmp_path)).run()
     assert [r["step"] for r in stopping.rows if r["kind"] == "step"] == [1, 2, 3]
     assert (run2.path / "last" / "adapter.safetensors").is_file() and run2.load_checkpoint()["step"] == 3
+
+
+def test_a_paused_job_gives_up_the_device_and_resume_waits_its_turn(data_dir, tmp_path):
+    # #13.6: one DeviceQueue, two real jobs; A pauses at step 2, B (queued behind A) trains to the
+    # end meanwhile; A's Resume then waits while another job holds the device
+    queue = DeviceQueue()
+    a = new_job(make_config(data_dir), tmp_path, "a", queue=queue)
+    hook_steps(a, lambda j, row: j.pause() if row["step"] == 2 else None)
+    a.start()
+    b = new_job(make_config(data_dir, epochs=1), tmp_path, "b", queue=queue).start()
+    wait_until(lambda: a.status == "paused", what="A paused")
+    assert a.message == "paused — other trainings may run meanwhile; Resume waits for the device"
+    assert b.wait(120) and b.status == "finished", b.message
+    assert a.status == "paused" and [r["step"] for r in a.snapshot().step_rows] == [1, 2]
+    # now C holds the device: A's Resume waits for it
+    gate = threading.Event()
+    c = new_job(make_config(data_dir, epochs=1), tmp_path, "c", queue=queue)
+    hook_steps(c, lambda j, row: gate.wait(60) if row["step"] == 1 else None)
+    c.start()
+    wait_until(lambda: len(c.snapshot().step_rows) == 1, what="C training")
+    a.unpause()
+    wait_until(lambda: a.status == "queued", what="A waiting for the device")
+    assert a.message == "resumed; waiting for the device (1 job(s) ahead)"
+    wait_until(lambda: a.snapshot().queue_position == 1, what="A in line behind C")
+    gate.set()
+    assert c.wait(120) and c.status == "finished", c.message
+    assert a.wait(120) and a.status == "finished", a.message
+    assert [r["step"] for r in a.snapshot().step_rows] == list(range(1, 11))

@@ -25,6 +25,9 @@ from .job_state import JobSnapshot, JobState, _one_line
 from .registry import _JOBS, _JOBS_LOCK
 
 
+PAUSED = "paused — other trainings may run meanwhile; Resume waits for the device"
+
+
 class TrainingJob(JobState):
     """A run in a background thread. ``start()`` returns at once; poll ``snapshot()``.
 
@@ -100,9 +103,9 @@ class TrainingJob(JobState):
             changed = self._status == "running"
             if changed:
                 self._unpaused.clear()
-                self._set("paused", "paused; press Resume to continue")
+                self._set("paused", PAUSED)
         if changed:
-            self._write_status("paused", "paused; press Resume to continue")
+            self._write_status("paused", PAUSED)
 
     def unpause(self) -> None:
         with self._lock:
@@ -164,11 +167,29 @@ class TrainingJob(JobState):
         """Called by the loop between batches: honours pause and stop."""
         if not self._unpaused.is_set():
             t0 = time.time()
+            # a paused job gives up its place on the device, so it never holds the queue for as
+            # long as someone forgets it; Resume then waits its turn like a new job
+            self.queue.release(self.device, self)
             self._unpaused.wait()
-            with self._lock:
-                self._paused_s += time.time() - t0
+            try:
+                if not self._stop.is_set():
+                    self._wait_for_device_again()
+            finally:
+                with self._lock:
+                    self._paused_s += time.time() - t0
         if self._stop.is_set():
             raise StopRequested
+
+    def _wait_for_device_again(self) -> None:
+        ahead = self.queue.waiting(self.device)
+        if ahead:
+            self.report_status("queued", f"resumed; waiting for the device ({ahead} job(s) ahead)")
+        if not self.queue.acquire(self.device, self):
+            raise StopRequested
+        if ahead:
+            with self._lock:
+                self._set("running", "training")
+            self._write_status("running", "training")
 
     @property
     def paused_seconds(self) -> float:
