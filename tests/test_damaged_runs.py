@@ -167,3 +167,18 @@ def test_a_full_disk_says_so_and_leaves_no_partial_files(small_disk, tmp_path):
     left = [p.name for p in run.rglob("*") if p.name.endswith((".tmp", ".partial")) or ".partial-" in p.name]
     assert left == []
     assert RunFolder(run).read_status()["status"] == "failed" and not RunFolder(run).in_use()
+
+
+@pytest.mark.parametrize("bad", ["data", "model"])
+def test_a_start_refused_for_its_input_leaves_no_run_folder(tmp_path, bad):
+    from conftest import write_colour_folder
+    from test_train import make_config
+    cfg = make_config(write_colour_folder(tmp_path / "data", per_class=3, side=32), epochs=1)
+    if bad == "data":
+        cfg.data.source = str(tmp_path / "no-such-folder")
+    else:
+        cfg.model.name = "resnet_eighteen"
+    job = TrainingJob(cfg, workspace=str(tmp_path / "ws"), queue=DeviceQueue()).start()
+    assert job.wait(120) and job.status == "failed" and job.failure_kind == "input", job.message
+    assert ("does not exist" if bad == "data" else "resnet_eighteen") in job.message
+    assert not job.run.path.exists() and list((tmp_path / "ws").iterdir()) == []

@@ -259,6 +259,8 @@ class TrainingJob(JobState):
                     if self._status not in FINAL_STATUSES:
                         self._set("failed", "training ended unexpectedly (see train.log for details)")
                 self.run.unlock(self._run_lock)
+                if self.failure_kind == "input" and not self.resume:
+                    _remove_if_never_a_run(self.run.path)
                 self._done.set()
 
     def _fail(self, kind: str, message: str) -> None:
@@ -268,6 +270,21 @@ class TrainingJob(JobState):
             pass
         self.failure_kind = kind
         self.report_status("failed", message)  # in memory even when the folder is gone or full
+
+
+_START_FILES = {".lock", "status.json", "train.log"}
+
+
+def _remove_if_never_a_run(path: Path) -> None:
+    """A start refused for its input (bad data or model) leaves no folder behind: only when the
+    folder holds nothing but what the job itself wrote before training (no config.json)."""
+    try:
+        if path.is_dir() and {p.name for p in path.iterdir()} <= _START_FILES:
+            for name in _START_FILES:
+                (path / name).unlink(missing_ok=True)
+            path.rmdir()
+    except OSError:
+        pass  # someone else's file appeared meanwhile: leave it
 
 
 def _empty_cuda_cache() -> None:
