@@ -88,6 +88,8 @@ def test_damaged_runs_are_listed_with_the_reason_and_the_others_keep_working(goo
     assert rows["status-list"]["status"] == "unknown"  # a damaged status file only loses the status
     for name, reason in DAMAGES.items():
         assert rows[name]["status"] == "damaged" and reason in rows[name]["damaged"], rows[name]
+    # a chart still draws the readable rows of the damaged metrics.csv
+    assert RunFolder(good_run.parent / "metrics-binary").read_metrics() == RunFolder(good_run).read_metrics()
     out = subprocess.run([sys.executable, "-m", "lora_gui", "runs", "--workspace", str(good_run.parent)],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -77,7 +77,7 @@ class TrainingJob(JobState):
         # run is refused at once (DamagedRun) instead of failing (or worse) inside the job
         config = run.record().config
         run.split()
-        run.read_metrics()
+        run.read_metrics(strict=True)
         run.load_checkpoint()
         return cls(config, workspace=str(run.path.parent), run_dir=str(run.path), resume=True, **kwargs)
 

@@ -168,9 +168,12 @@ class RunFolder:
         finally:
             os.close(fd)
 
-    def read_metrics(self) -> list[dict]:
+    def read_metrics(self, strict: bool = False) -> list[dict]:
+        """The complete rows of metrics.csv. Bytes that are not text make the file damaged:
+        ``strict`` says so (DamagedRun: a table of runs, a resume); otherwise the lines they
+        are in are skipped like torn ones (a chart still draws the rest)."""
         try:
-            with open(self.metrics_file, newline="", encoding="utf-8") as f:
+            with open(self.metrics_file, newline="", encoding="utf-8", errors="strict" if strict else "replace") as f:
                 rows = list(csv.DictReader(f))
         except FileNotFoundError:
             return []
@@ -179,7 +182,8 @@ class RunFolder:
                              "or delete it to use the run without its earlier curves") from None
         out = []
         for r in rows:
-            if r.get("kind") not in ("step", "epoch") or r.get("time") in (None, "") or None in r:
+            if (r.get("kind") not in ("step", "epoch") or r.get("time") in (None, "") or None in r
+                    or any("\ufffd" in (v or "") for v in r.values() if isinstance(v, str))):
                 continue  # a line cut short by a kill (or two torn lines run together)
             out.append({k: (r[k] if k == "kind" else _num(r.get(k))) for k in METRIC_FIELDS})
         return out
@@ -253,7 +257,7 @@ class RunFolder:
             row.update(model=rec.config.model.name, rank=rec.config.lora.rank, targets=rec.config.lora.targets,
                        classes=len(rec.classes))
             self.split()
-            self.read_metrics()
+            self.read_metrics(strict=True)
         except DamagedRun as exc:
             row.update(status="damaged", damaged=str(exc))
         return row
