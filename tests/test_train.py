@@ -377,11 +377,13 @@ def test_training_into_an_existing_run_is_refused(data_dir, tmp_path):
 
 def test_two_jobs_on_one_device_queue_in_order(data_dir, tmp_path):
     queue = DeviceQueue()
+    # the first job is held inside its first step (a paused job would give the device up, #13.6)
+    gate = threading.Event()
     first = new_job(make_config(data_dir, epochs=1), tmp_path, "first", queue=queue)
-    hook_steps(first, lambda j, row: j.pause() if row["step"] == 1 else None)
+    hook_steps(first, lambda j, row: gate.wait(60) if row["step"] == 1 else None)
     second = new_job(make_config(data_dir, epochs=1), tmp_path, "second", queue=queue)
     first.start()
-    wait_until(lambda: first.status == "paused", what="first job paused")
+    wait_until(lambda: len(first.snapshot().step_rows) == 1, what="first job training")
     second.start()
     wait_until(lambda: second.snapshot().queue_position == 1, what="second job in line")
     snap = second.snapshot()
@@ -389,7 +391,7 @@ def test_two_jobs_on_one_device_queue_in_order(data_dir, tmp_path):
     assert first.snapshot().queue_position is None  # it holds the device
     time.sleep(0.3)
     assert second.status == "queued" and second.snapshot().step_rows == []
-    first.unpause()
+    gate.set()
     assert first.wait(60) and second.wait(60)
     assert first.status == second.status == "finished"
     first_end = max(e["time"] for e in first.events_since(0)[0])
@@ -401,16 +403,17 @@ def test_two_jobs_on_one_device_queue_in_order(data_dir, tmp_path):
 
 def test_a_queued_job_can_be_stopped_before_it_starts(data_dir, tmp_path):
     queue = DeviceQueue()
+    gate = threading.Event()
     first = new_job(make_config(data_dir, epochs=1), tmp_path, "first", queue=queue)
-    hook_steps(first, lambda j, row: j.pause() if row["step"] == 1 else None)
+    hook_steps(first, lambda j, row: gate.wait(60) if row["step"] == 1 else None)
     second = new_job(make_config(data_dir, epochs=1), tmp_path, "second", queue=queue)
     first.start()
-    wait_until(lambda: first.status == "paused", what="first paused")
+    wait_until(lambda: len(first.snapshot().step_rows) == 1, what="first training")
     second.start()
     wait_until(lambda: second.snapshot().queue_position == 1, what="second queued")
     second.stop()
     assert second.wait(10) and second.status == "stopped"
-    first.unpause()
+    gate.set()
     assert first.wait(60) and first.status == "finished"
 
 
