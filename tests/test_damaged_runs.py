@@ -59,7 +59,7 @@ def _damage(run: Path, name: str) -> Path:
     return bad
 
 
-DAMAGES = {"config-5": "'config' (the training settings) is a int", "config-list": "holds a JSON list",
+DAMAGES = {"config-5": "'config' (the training settings) is a number, not an object", "config-list": "holds a list",
            "config-cut": "not valid JSON", "metrics-binary": "metrics.csv is damaged (not text",
            "no-split": "split.json is missing", "classes-number": "'classes' must be a list"}
 
@@ -94,7 +94,7 @@ def test_damaged_runs_are_listed_with_the_reason_and_the_others_keep_working(goo
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr and "damaged: " in out.stdout and "good" in out.stdout
-    assert "holds a JSON list" in out.stdout
+    assert "holds a list instead of the run's settings" in out.stdout
 
 
 @pytest.mark.parametrize("name", ["config-5", "config-list", "config-cut", "metrics-binary", "no-split",

@@ -53,13 +53,21 @@ def _load(file: Path, what: str) -> dict:
     except OSError as exc:
         raise DamagedRun(f"{file} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(raw, dict):
-        raise DamagedRun(f"{file} is damaged: it holds a JSON {type(raw).__name__} instead of {what}; {_ADVICE}")
+        raise DamagedRun(f"{file} is damaged: it holds {_kind(raw)} instead of {what}; {_ADVICE}")
     return raw
 
 
 def _need(file: Path, ok: bool, what: str) -> None:
     if not ok:
         raise DamagedRun(f"{file} is damaged: {what}; {_ADVICE}")
+
+
+_JSON_KIND = {"int": "a number", "float": "a number", "str": "a text", "list": "a list", "bool": "true/false",
+              "NoneType": "null", "dict": "an object"}
+
+
+def _kind(value) -> str:
+    return _JSON_KIND.get(type(value).__name__, type(value).__name__)
 
 
 def _strings(value) -> bool:
@@ -86,7 +94,7 @@ class RunRecord:
         file = _folder(run_folder) / CONFIG_NAME
         raw = _load(file, "the run's settings")
         _need(file, isinstance(raw.get("config"), dict), "its 'config' (the training settings) is "
-              f"{'missing' if 'config' not in raw else 'a ' + type(raw['config']).__name__ + ', not an object'}")
+              f"{'missing' if 'config' not in raw else _kind(raw['config']) + ', not an object'}")
         try:
             config = RunConfig.from_dict(raw["config"], where=str(file))
         except ConfigError as exc:
