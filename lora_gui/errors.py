@@ -36,6 +36,11 @@ class AdapterError(UserError):
     """An adapter file is missing, damaged or does not fit; the message says which."""
 
 
+class DamagedRun(UserError):
+    """A run folder's own files (config.json, split.json, ...) are missing or wrong-shaped;
+    the message names the file and what is wrong."""
+
+
 class ExportError(RuntimeError):
     """An export could not be made or failed its own check; the message says why."""
 

@@ -168,7 +168,7 @@ def test_bad_input_exits_2_with_a_clear_message(case, data_dir, tmp_path, capsys
         "bad value": (["--data", data_dir, *SMALL, "--epochs", "0"], "epochs must be a whole number"),
         "existing run": (["--data", data_dir, *SMALL, "--out", existing], "already holds a run; continue it with --resume"),
         "resume nothing": (["--resume", tmp_path / "nothing"], "is not a run folder"),
-        "resume damaged": (["--resume", existing], "cannot be resumed"),
+        "resume damaged": (["--resume", existing], "config.json is damaged: its 'config' (the training settings) is missing"),
         "missing preset": (["--data", data_dir, "--preset", tmp_path / "nope.json"], "does not exist"),
     }[case]
     argv = ["train", *map(str, argv)]
@@ -257,7 +257,7 @@ def test_preset_is_applied_and_flags_override_it(data_dir, tmp_path, capsys):
     code = cli.main(["train", "--preset", str(preset), "--data", str(data_dir), "--epochs", "1",
                      "--image-size", "64", "--batch-size", "8", "--threads", "1", "--out", str(out), "--json"])
     assert code == 0, capsys.readouterr().err
-    saved = RunConfig.from_dict(RunFolder(out).read_config()["config"])
+    saved = RunFolder(out).record().config
     assert (saved.model.name, saved.model.weights, saved.model.image_size) == ("tf_efficientnet_lite0", "bundled", 64)
     assert (saved.train.epochs, saved.train.batch_size, saved.train.lr) == (1, 8, base.train.lr)
     assert saved.lora == base.lora

@@ -83,13 +83,17 @@ def test_class_folders_and_every_bad_file_reported(tmp_path, make_image_folder):
     assert 8000 * 8000 > MAX_IMAGE_PIXELS
 
 
-def test_linked_class_folder_is_followed_once(tmp_path, make_image_folder):
-    root = make_image_folder(two_classes(), "set")
-    elsewhere = make_image_folder(["0.png", "1.png"], "bird_pictures")
-    (root / "bird").symlink_to(elsewhere, target_is_directory=True)
+def test_links_inside_are_followed_once_links_out_are_reported(tmp_path, make_image_folder):
+    # #13.7: a link never takes a scan out of the dataset folder (it could point anywhere:
+    # /dev, /etc, another person's uploads); one that stays inside is followed, each folder once
+    root = make_image_folder(two_classes() + ["bird_pictures/0.png", "bird_pictures/1.png"], "set")
+    (root / "bird").symlink_to(root / "bird_pictures", target_is_directory=True)
+    elsewhere = make_image_folder(["0.png", "1.png"], "fish_pictures")
+    (root / "fish").symlink_to(elsewhere, target_is_directory=True)
     (root / "cat" / "loop").symlink_to(root, target_is_directory=True)  # must not recurse forever
     ds = load_dataset(root, tmp_path / "ws")
-    assert ds.class_counts() == {"bird": 2, "cat": 3, "dog": 3}
+    assert ds.class_counts() == {"bird_pictures": 2, "cat": 3, "dog": 3}
+    assert by_path(ds)["fish"].reason == "link to outside the dataset folder (not followed)"
 
 
 def test_blocking_problems_are_errors(tmp_path, make_image_folder):
@@ -224,11 +228,13 @@ def test_class_builder(tmp_path, make_image_folder):
     for bad in ("", "a/b", "..", ".hidden", "CAT"):
         with pytest.raises(DataError):
             cb.add_class(bad)
-    assert cb.add_images("cat", [src / "x0.png", src / "x1.png", src / "notes.txt"]) == 2
-    assert cb.add_images("cat", [src / "x0.png"]) == 0  # same picture: stored once
+    added = cb.add_images("cat", [src / "x0.png", src / "x1.png", src / "notes.txt"])
+    assert added.added == 2 and added.skipped == [("notes.txt", "not an image")]  # #13.12: said, not dropped
+    assert "1 left out: notes.txt (not an image)" in added.summary()
+    assert cb.add_images("cat", [src / "x0.png"]).added == 0  # same picture: stored once
     cb.add_image_array("Dog", np.random.default_rng(1).integers(0, 255, (24, 32, 3), np.uint8))
     cb.add_image_array("Dog", np.random.default_rng(2).random((24, 32)))  # float frame
-    assert cb.add_images("Dog", [Image.new("RGBA", (20, 20), (1, 2, 3, 255))]) == 1
+    assert cb.add_images("Dog", [Image.new("RGBA", (20, 20), (1, 2, 3, 255))]).added == 1
     with pytest.raises(DataError, match="too small"):
         cb.add_image_array("Dog", np.zeros((4, 4, 3), np.uint8))
     assert cb.classes() == {"Dog": 3, "cat": 2}
@@ -319,3 +325,13 @@ def test_image_dataset_and_example(tmp_path):
     assert [t.name for t in stacked.data] == ["train", "validation"]
     items = gallery_items(ds, per_class=2)
     assert len(items) == 8 and items[0][1] == "bag" and Path(items[0][0]).is_file()
+
+
+def test_class_names_with_markup_are_kept_exactly(tmp_path, make_image_folder):
+    # #13.12: escaping is the UI's job; the engine keeps the name as the person wrote it
+    name = '<img src=x onerror=alert(1)> & "cats"'
+    root = make_image_folder([f"{name}/{i}.png" for i in range(2)] + ["dog/0.png", "dog/1.png"], "markup")
+    assert load_dataset(root, tmp_path / "ws").classes == [name, "dog"]
+    cb = ClassBuilder(tmp_path / "ws", "sess-markup")
+    cb.add_class("<b>bold<b> & 'x'")  # a / would be a folder separator, so it is refused
+    assert list(cb.classes()) == ["<b>bold<b> & 'x'"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lora_gui.backbones.build import build_model, data_config
-from lora_gui.config import LoraConfig, ModelConfig
-from lora_gui.errors import DataError
+from lora_gui.config import LoraConfig, ModelConfig, RunConfig
+from lora_gui.errors import DamagedRun, DataError
 from lora_gui.inference.evaluate import (
     EvalResult,
     evaluate_run,
@@ -20,6 +20,7 @@ from lora_gui.inference.evaluate import (
 from lora_gui.inference.predict import load_adapter, predict
 from lora_gui.lora.inject import inject_lora
 from lora_gui.store.adapter_file import AdapterMeta, save_adapter
+from lora_gui.store.records import RunRecord
 from lora_gui.ui.charts import confusion_figure
 
 CLASSES = ["ant", "bee", "cat"]
@@ -57,7 +58,7 @@ def _save_random_adapter(run, seed):
                 p.normal_(0, 0.05)
     meta = AdapterMeta(cfg, lcfg, layers, CLASSES, data_config(model, 32), base_seed=seed)
     save_adapter(model, meta, run / "best")
-    (run / "config.json").write_text(json.dumps({"classes": CLASSES, "layers": layers}))
+    RunRecord(RunConfig(model=cfg, lora=lcfg), CLASSES, layers, data_config(model, 32)).write(run)
 
 
 def _hand(run_dir):
@@ -134,8 +135,9 @@ def test_refusals_name_the_problem(run_dir, tmp_path):
     with pytest.raises(DataError, match="validation fraction"):
         evaluate_run(run_dir)
     (run_dir / "split.json").unlink()
-    assert find_run_dir(run_dir) is None
-    with pytest.raises(FileNotFoundError, match="no validation split"):
+    # still a run (not "an uploaded adapter"): evaluating it says what is missing
+    assert find_run_dir(run_dir) == run_dir
+    with pytest.raises(DamagedRun, match="split.json is missing"):
         evaluate_run(run_dir)
 
 

@@ -247,3 +247,62 @@ def test_a_flipped_byte_in_the_tensor_data_is_caught(small, tmp_path):
     with pytest.raises(AdapterError, match="does not match the checksum"):
         export_adapter(tmp_path / "bad", "merged", tmp_path / "out")
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+BIG_SIDE = 13_000  # 169 MP: a ~20 KB PNG that would take ~500 MB as RGB pixels
+CAP_SCRIPT = r"""
+import json, resource, sys, time
+import numpy as np
+from PIL import Image
+from lora_gui.data.class_builder import ClassBuilder
+from lora_gui.errors import DataError
+from lora_gui.inference.predict import load_adapter, predict
+loaded = load_adapter(sys.argv[1])
+cb = ClassBuilder(sys.argv[3], "cap")
+cb.add_class("big")
+frame = np.zeros((13000, 13000), np.uint8)   # what a webcam or Python caller could hand over
+frame[::97] = 255
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out = {"before_mb": peak_mb()}
+for name, call in (("predict array", lambda: predict(loaded, [frame])),
+                   ("predict PIL", lambda: predict(loaded, [Image.fromarray(frame)])),
+                   ("predict file", lambda: predict(loaded, [sys.argv[2]])),
+                   ("builder array", lambda: cb.add_image_array("big", frame))):
+    try:
+        call()
+        out[name] = "accepted"
+    except DataError as exc:
+        out[name] = str(exc)
+added = cb.add_images("big", [sys.argv[2]])
+out["builder file"] = [added.added, added.skipped]
+out["after_mb"] = peak_mb()
+try:
+    Image.open(sys.argv[2])
+    out["pillow open"] = "opened"
+except Image.DecompressionBombError:
+    out["pillow open"] = "refused"
+print(json.dumps(out))
+"""
+
+
+def test_one_image_size_cap_everywhere_an_image_enters(small, tmp_path):
+    # #13.8: the same 40 MP cap for files, PIL images and arrays, checked before any pixels are copied
+    import subprocess
+    import sys
+    big = tmp_path / "big.png"
+    Image.new("1", (BIG_SIDE, BIG_SIDE), 1).save(big, optimize=True)
+    assert big.stat().st_size < 100_000
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", CAP_SCRIPT, str(small.run_dir), str(big), str(tmp_path / "ws")],
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("predict array", "predict PIL", "builder array"):
+        assert res[name] == ("image of 13000x13000 pixels (169 MP) refused: the limit is 40 MP; "
+                             "scale it down and try again"), (name, res[name])
+    assert "decompression bomb" in res["predict file"]
+    assert res["builder file"][0] == 0 and "decompression bomb" in res["builder file"][1][0][1]
+    assert res["pillow open"] == "refused"  # Pillow's own guard is set for the whole process
+    assert res["after_mb"] - res["before_mb"] < 150, res

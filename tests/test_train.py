@@ -103,8 +103,7 @@ def evaluate_adapter(adapter_dir: Path, run: RunFolder) -> tuple[float, float, t
     decoding exactly as the trainer does (decoded cache, eval transform)."""
     tensors, meta = read_adapter(adapter_dir)
     model = build_from_adapter(tensors, meta)
-    split = run.read_json(run.split_file)
-    samples = [Sample(p, l) for p, l in split["val"]]
+    samples = [Sample(p, l) for p, l in run.split().val]
     dc = dict(meta.data_config)
     ds = ImageDataset(samples, build_transform(dc, "none", False), DecodedCache(2**26, cache_max_side(dc)))
     x = torch.stack([ds[i][0] for i in range(len(ds))])
@@ -152,8 +151,8 @@ def test_run_events_metrics_config_and_adapters(data_dir, tmp_path):
     assert key_metrics(run.read_metrics()) == key_metrics(events)
 
     # config.json: everything needed to reproduce the run
-    saved = run.read_config()
-    assert RunConfig.from_dict(saved["config"]) == cfg
+    assert run.record().config == cfg
+    saved = json.loads(run.config_file.read_text())  # the file's own format
     assert saved["config"]["model"] == {"name": "resnet18", "weights": "random", "weights_file": None,
                                         "image_size": 32}
     assert saved["config"]["lora"]["rank"] == 4 and saved["config"]["train"]["seed"] == 7
@@ -165,8 +164,8 @@ def test_run_events_metrics_config_and_adapters(data_dir, tmp_path):
     assert list(saved["data_config"]["input_size"]) == [3, 32, 32]
     assert {"python", "torch", "timm"} <= set(saved["versions"])
     assert saved["versions"]["torch"] == torch.__version__
-    split = run.read_json(run.split_file)
-    assert (len(split["train"]), len(split["val"])) == (18, 6)
+    split = run.split()
+    assert (len(split.train), len(split.val)) == (18, 6)
 
     status = run.read_status()
     assert status["status"] == "finished" and status["duration_s"] >= 0
@@ -378,11 +377,13 @@ def test_training_into_an_existing_run_is_refused(data_dir, tmp_path):
 
 def test_two_jobs_on_one_device_queue_in_order(data_dir, tmp_path):
     queue = DeviceQueue()
+    # the first job is held inside its first step (a paused job would give the device up, #13.6)
+    gate = threading.Event()
     first = new_job(make_config(data_dir, epochs=1), tmp_path, "first", queue=queue)
-    hook_steps(first, lambda j, row: j.pause() if row["step"] == 1 else None)
+    hook_steps(first, lambda j, row: gate.wait(60) if row["step"] == 1 else None)
     second = new_job(make_config(data_dir, epochs=1), tmp_path, "second", queue=queue)
     first.start()
-    wait_until(lambda: first.status == "paused", what="first job paused")
+    wait_until(lambda: len(first.snapshot().step_rows) == 1, what="first job training")
     second.start()
     wait_until(lambda: second.snapshot().queue_position == 1, what="second job in line")
     snap = second.snapshot()
@@ -390,7 +391,7 @@ def test_two_jobs_on_one_device_queue_in_order(data_dir, tmp_path):
     assert first.snapshot().queue_position is None  # it holds the device
     time.sleep(0.3)
     assert second.status == "queued" and second.snapshot().step_rows == []
-    first.unpause()
+    gate.set()
     assert first.wait(60) and second.wait(60)
     assert first.status == second.status == "finished"
     first_end = max(e["time"] for e in first.events_since(0)[0])
@@ -402,16 +403,17 @@ def test_two_jobs_on_one_device_queue_in_order(data_dir, tmp_path):
 
 def test_a_queued_job_can_be_stopped_before_it_starts(data_dir, tmp_path):
     queue = DeviceQueue()
+    gate = threading.Event()
     first = new_job(make_config(data_dir, epochs=1), tmp_path, "first", queue=queue)
-    hook_steps(first, lambda j, row: j.pause() if row["step"] == 1 else None)
+    hook_steps(first, lambda j, row: gate.wait(60) if row["step"] == 1 else None)
     second = new_job(make_config(data_dir, epochs=1), tmp_path, "second", queue=queue)
     first.start()
-    wait_until(lambda: first.status == "paused", what="first paused")
+    wait_until(lambda: len(first.snapshot().step_rows) == 1, what="first training")
     second.start()
     wait_until(lambda: second.snapshot().queue_position == 1, what="second queued")
     second.stop()
     assert second.wait(10) and second.status == "stopped"
-    first.unpause()
+    gate.set()
     assert first.wait(60) and first.status == "finished"
 
 
@@ -610,3 +612,31 @@ def test_the_loop_runs_without_a_job_through_a_recording_reporter(data_dir, tmp_
         Trainer(cfg, run2, "cpu", stopping, workspace=str(tmp_path)).run()
     assert [r["step"] for r in stopping.rows if r["kind"] == "step"] == [1, 2, 3]
     assert (run2.path / "last" / "adapter.safetensors").is_file() and run2.load_checkpoint()["step"] == 3
+
+
+def test_a_paused_job_gives_up_the_device_and_resume_waits_its_turn(data_dir, tmp_path):
+    # #13.6: one DeviceQueue, two real jobs; A pauses at step 2, B (queued behind A) trains to the
+    # end meanwhile; A's Resume then waits while another job holds the device
+    queue = DeviceQueue()
+    a = new_job(make_config(data_dir), tmp_path, "a", queue=queue)
+    hook_steps(a, lambda j, row: j.pause() if row["step"] == 2 else None)
+    a.start()
+    b = new_job(make_config(data_dir, epochs=1), tmp_path, "b", queue=queue).start()
+    wait_until(lambda: a.status == "paused", what="A paused")
+    assert a.message == "paused — other trainings may run meanwhile; Resume waits for the device"
+    assert b.wait(120) and b.status == "finished", b.message
+    assert a.status == "paused" and [r["step"] for r in a.snapshot().step_rows] == [1, 2]
+    # now C holds the device: A's Resume waits for it
+    gate = threading.Event()
+    c = new_job(make_config(data_dir, epochs=1), tmp_path, "c", queue=queue)
+    hook_steps(c, lambda j, row: gate.wait(60) if row["step"] == 1 else None)
+    c.start()
+    wait_until(lambda: len(c.snapshot().step_rows) == 1, what="C training")
+    a.unpause()
+    wait_until(lambda: a.status == "queued", what="A waiting for the device")
+    assert a.message == "resumed; waiting for the device (1 job(s) ahead)"
+    wait_until(lambda: a.snapshot().queue_position == 1, what="A in line behind C")
+    gate.set()
+    assert c.wait(120) and c.status == "finished", c.message
+    assert a.wait(120) and a.status == "finished", a.message
+    assert [r["step"] for r in a.snapshot().step_rows] == list(range(1, 11))

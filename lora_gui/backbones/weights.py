@@ -65,9 +65,10 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix in (".pth", ".pt", ".bin"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ModelError(f"weights file {path.name} could not be read safely (weights_only=True): "
-                             f"{str(exc).splitlines()[0]}") from None
+        except Exception:  # torch's text may advise weights_only=False (running code from the file): never shown
+            raise ModelError(f"weights file {path.name} could not be read as plain tensors: it is damaged, cut off, "
+                             "or holds Python objects (never loaded, as they could run code); save the weights as "
+                             ".safetensors or as a plain state dict") from None
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]

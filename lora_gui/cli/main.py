@@ -26,6 +26,8 @@ def cmd_runs(args) -> int:
     for r in rows:
         acc = "-" if r["best_val_acc"] is None else f"{r['best_val_acc']:.1%}"
         print(f"{r['run']:34} {r['model'][:26]:26} {str(r['rank']):>4} {acc:>8} {r['status']:>9}")
+        if r["damaged"]:
+            print(f"    damaged: {r['damaged']}")
     return EXIT_OK
 
 

@@ -121,7 +121,7 @@ def _requested_device(args) -> str:
     try:
         if args.resume:
             from ..store.run_folder import RunFolder
-            return RunFolder(args.resume).read_config()["config"]["train"]["device"]
+            return RunFolder(args.resume).record().config.train.device
         return build_config(args).train.device
     except Exception:
         return args.device or "auto"  # the error is reported properly further on

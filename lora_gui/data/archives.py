@@ -87,29 +87,32 @@ class _Budget:
         self.total = 0
         self.members = 0
 
-    def refuse(self, why: str):
-        raise DataError(f"archive {self.archive} refused: {why}. If it is a genuine dataset, "
-                        f"split it into smaller archives or raise the archive limits.")
+    def refuse(self, why: str, size_limit: bool = False):
+        # only a size limit can be helped by a bigger limit; a link, an unsafe name or a
+        # special file is refused whatever the limits are
+        advice = ("If it is a genuine dataset, split it into smaller archives or raise the archive limits."
+                  if size_limit else "Re-create the archive with only the image files and folders.")
+        raise DataError(f"archive {self.archive} refused: {why}. {advice}")
 
     def member(self, declared_size: int):
         self.members += 1
         if self.members > self.limits.max_members:
-            self.refuse(f"more than {self.limits.max_members} members")
+            self.refuse(f"more than {self.limits.max_members} members", size_limit=True)
         if declared_size > self.limits.max_member_bytes:
             self.refuse(f"a member would unpack to {declared_size} bytes "
-                        f"(limit {self.limits.max_member_bytes})")
+                        f"(limit {self.limits.max_member_bytes})", size_limit=True)
         if self.total + declared_size > self.limits.max_total_bytes:
-            self.refuse(f"it would unpack to more than {self.limits.max_total_bytes} bytes")
+            self.refuse(f"it would unpack to more than {self.limits.max_total_bytes} bytes", size_limit=True)
 
     def wrote(self, n: int, member_so_far: int):
         self.total += n
         if member_so_far > self.limits.max_member_bytes:
-            self.refuse(f"a member unpacks to more than {self.limits.max_member_bytes} bytes")
+            self.refuse(f"a member unpacks to more than {self.limits.max_member_bytes} bytes", size_limit=True)
         if self.total > self.limits.max_total_bytes:
-            self.refuse(f"it unpacks to more than {self.limits.max_total_bytes} bytes")
+            self.refuse(f"it unpacks to more than {self.limits.max_total_bytes} bytes", size_limit=True)
         packed = max(1, self.compressed())
         if self.total > RATIO_GRACE_BYTES and self.total / packed > self.limits.max_ratio:
-            self.refuse(f"compression ratio above {self.limits.max_ratio:g} (an archive bomb?)")
+            self.refuse(f"compression ratio above {self.limits.max_ratio:g} (an archive bomb?)", size_limit=True)
 
 
 def _write_member(src, target: Path, budget: _Budget, declared: int | None):
@@ -136,7 +139,7 @@ def _extract_zip(path: Path, dest: Path, budget: _Budget) -> None:
         # Check every header before writing anything, so a hostile archive
         # leaves no trace at all.
         if len(infos) > budget.limits.max_members:
-            budget.refuse(f"more than {budget.limits.max_members} members")
+            budget.refuse(f"more than {budget.limits.max_members} members", size_limit=True)
         declared = 0
         for info in infos:
             if safe_parts(info.filename) is None:
@@ -150,14 +153,14 @@ def _extract_zip(path: Path, dest: Path, budget: _Budget) -> None:
                 budget.refuse(f"member '{info.filename}' is password-protected")
             if info.file_size > budget.limits.max_member_bytes:
                 budget.refuse(f"member '{info.filename}' would unpack to {info.file_size} bytes "
-                              f"(limit {budget.limits.max_member_bytes})")
+                              f"(limit {budget.limits.max_member_bytes})", size_limit=True)
             if (info.file_size > RATIO_GRACE_BYTES
                     and info.file_size / max(1, info.compress_size) > budget.limits.max_ratio):
                 budget.refuse(f"member '{info.filename}' has a compression ratio above "
-                              f"{budget.limits.max_ratio:g} (an archive bomb?)")
+                              f"{budget.limits.max_ratio:g} (an archive bomb?)", size_limit=True)
             declared += info.file_size
         if declared > budget.limits.max_total_bytes:
-            budget.refuse(f"it would unpack to {declared} bytes (limit {budget.limits.max_total_bytes})")
+            budget.refuse(f"it would unpack to {declared} bytes (limit {budget.limits.max_total_bytes})", size_limit=True)
         for info in infos:
             parts = safe_parts(info.filename)
             if not parts:
@@ -224,6 +227,8 @@ def extract_archive(path: str | os.PathLike, workspace: str | os.PathLike,
     """
     path = Path(path)
     limits = limits or ArchiveLimits()
+    if not path.is_file():  # never a FIFO or a device: hashing one would block or never end
+        raise DataError(f"{path.name} is not a regular file; give a .zip or .tar archive")
     base = Path(workspace) / "datasets"
     base.mkdir(parents=True, exist_ok=True)
     final = base / f"{archive_stem(path)}-{_sha1_file(path)[:12]}"

@@ -9,10 +9,11 @@ import hashlib
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from .images import EXTENSION_FOR_FORMAT, MIN_IMAGE_SIDE, probe_image, to_rgb
+from .images import EXTENSION_FOR_FORMAT, MIN_IMAGE_SIDE, checked_image, probe_image, to_rgb
 from .scan import Dataset, is_ignored
 from .sources import load_dataset
 
@@ -24,6 +25,20 @@ def _check_class_name(name: str) -> str:
         raise DataError(f"class name {name!r} is not allowed: use up to 100 letters, digits, "
                         f"spaces, - or _, without / or \\, not starting with a dot")
     return name
+
+
+@dataclass
+class AddedImages:
+    """What ``add_images`` did: how many new pictures, and each file it left out with why."""
+
+    added: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+
+    def summary(self) -> str:
+        text = f"{self.added} image(s) added"
+        if self.skipped:
+            text += f", {len(self.skipped)} left out: " + "; ".join(f"{n} ({why})" for n, why in self.skipped[:5])
+        return text
 
 
 class ClassBuilder:
@@ -63,25 +78,30 @@ class ClassBuilder:
     def delete_class(self, name: str) -> None:
         shutil.rmtree(self._dir(name))
 
-    def add_images(self, name: str, paths: list) -> int:
-        """Copy image files (PIL images and arrays work too) in; returns how many were new.
+    def add_images(self, name: str, paths: list) -> AddedImages:
+        """Copy image files (PIL images and arrays work too) in.
 
         Files are named by content hash, so the same picture added twice is
-        stored once; files that aren't usable images are left out.
+        stored once; files that aren't usable images are left out and listed
+        in the result with the reason.
         """
-        d, added = self._dir(name), 0
+        d, result = self._dir(name), AddedImages()
         for p in paths:
             if not isinstance(p, (str, os.PathLike)):
-                added += self._save_array(d, p)
+                try:
+                    result.added += self._save_array(d, p)
+                except DataError as exc:
+                    result.skipped.append(("pasted image", str(exc)))
                 continue
             probe = probe_image(p)
             if probe.reason:
+                result.skipped.append((Path(p).name, probe.reason))
                 continue
             target = d / f"{probe.sha1[:16]}{EXTENSION_FOR_FORMAT.get(probe.format, '')}"
             if not target.exists():
                 shutil.copyfile(p, target)
-                added += 1
-        return added
+                result.added += 1
+        return result
 
     def add_image_array(self, name: str, array) -> None:
         """Add one webcam frame: a PIL image or an HxW / HxWx3 / HxWx4 array."""
@@ -90,6 +110,7 @@ class ClassBuilder:
     def _save_array(self, d: Path, array) -> int:
         import numpy as np
         from PIL import Image
+        checked_image(array)  # before any copy or conversion of its pixels
         if isinstance(array, Image.Image):
             im = array
         else:

@@ -12,7 +12,9 @@ import io
 import math
 import os
 import re
+import stat
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,71 @@ MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 8
 # Validation reads each file whole (to hash it); bigger files aren't photos.
 MAX_FILE_BYTES = 256 * 1024**2
+# Pillow's own guard, for every Image.open in the process (also the ones a web framework does
+# for an upload): it warns above this many pixels and raises DecompressionBombError above twice
+# as many. Our own decoders turn the warning into a refusal locally (``_no_bombs``), so nothing
+# has to silence Pillow's warning globally.
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+_FILE_TYPES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
+
+
+def file_type(mode: int) -> str:
+    """What a non-regular file is, in words ('FIFO', 'character device', ...)."""
+    return next((name for test, name in _FILE_TYPES if test(mode)), "special file")
+
+
+def read_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, else DataError saying why.
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO (which would block
+    the read forever) or a device such as /dev/zero (which never ends) is refused at once,
+    even if a regular file was swapped for one after a scan looked at it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found (was it moved or deleted?)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{path}: not a regular file ({file_type(st.st_mode)})")
+        if st.st_size > limit:
+            raise DataError(f"{path}: file too large ({st.st_size // 1024**2} MB; the limit is "
+                            f"{limit // 1024**2} MB)")
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # grew while being read
+                raise DataError(f"{path}: file too large (more than {limit // 1024**2} MB)")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
+def checked_image(image):
+    """``image`` (a PIL image or an array) if its size is one we decode, else DataError.
+
+    The one size rule for every image that enters without a file (an upload decoded by
+    the web framework, a webcam frame, an array from Python): above MAX_IMAGE_PIXELS it is
+    refused before any copy or conversion of its pixels is made."""
+    if isinstance(image, Image.Image):
+        w, h = image.size
+    else:
+        shape = getattr(image, "shape", None)
+        if shape is None or len(shape) < 2:
+            raise DataError(f"expected an image (PIL image or HxW[xC] array), got {type(image).__name__}")
+        h, w = int(shape[0]), int(shape[1])
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(f"image of {w}x{h} pixels ({w * h / 1e6:.0f} MP) refused: the limit is "
+                        f"{MAX_IMAGE_PIXELS // 10**6} MP; scale it down and try again")
+    return image
 
 # Image.open only tries these plugins. Restricting it keeps hostile files away
 # from rarely used decoders (EPS would even start Ghostscript). The JPEG
@@ -52,7 +119,12 @@ class ProbeResult:
 
 
 def _open(source) -> Image.Image:
-    return Image.open(source, formats=PIL_FORMATS)
+    with warnings.catch_warnings():  # here, and only here, Pillow's bomb warning is a refusal
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(source, formats=PIL_FORMATS)
+        except Image.DecompressionBombWarning as exc:
+            raise Image.DecompressionBombError(str(exc)) from None
 
 
 def _size_problem(im: Image.Image) -> str:
@@ -73,12 +145,9 @@ def probe_image(path: str | os.PathLike) -> ProbeResult:
     but costs a fraction of a full decode.
     """
     try:
-        size = os.path.getsize(path)
-        if size > MAX_FILE_BYTES:
-            return ProbeResult(reason=f"file too large ({size // 1024**2} MB)")
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return ProbeResult(reason=f"unreadable ({exc.strerror or exc})")
+        data = read_regular(path)
+    except DataError as exc:
+        return ProbeResult(reason=str(exc).removeprefix(f"{path}: "))
     digest = hashlib.sha1(data).hexdigest()
     try:
         im = _open(io.BytesIO(data))
@@ -140,10 +209,9 @@ def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Imag
     ``max_side`` bounds the shorter side (JPEGs then decode at reduced scale,
     which is much faster for phone photos). Raises DataError with the reason.
     """
+    data = read_regular(path)  # never a FIFO or a device; bounded in size
     try:
-        im = _open(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found (was it moved or deleted after loading?)") from None
+        im = _open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image (supported: jpg, png, webp, bmp, gif, tiff)") from None
     except Image.DecompressionBombError:

@@ -8,6 +8,7 @@ module holds the record types and the scanning rules.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,16 +17,16 @@ from pathlib import Path
 
 from ..errors import DataError
 from .archives import safe_parts
-from .images import probe_image
+from .images import probe_image, read_regular
+from .walk import SCAN_SECONDS, Scan, is_ignored  # noqa: F401  (SCAN_SECONDS, is_ignored: re-exported)
 
 FEW_PER_CLASS = 10
 IMBALANCE_RATIO = 5.0
-_SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini"}
-_SYSTEM_DIRS = {"__macosx", "$recycle.bin", "system volume information"}
 _TRAIN_DIRS = ("train", "training")
 _VAL_DIRS = ("val", "valid", "validation", "test")  # the first one present is used
 _CSV_FILE_COLUMNS = ("filename", "file", "path", "image", "filepath", "image_path")
 _CSV_LABEL_COLUMNS = ("label", "class", "category")
+MAX_CSV_BYTES = 64 * 1024**2
 
 
 @dataclass
@@ -88,46 +89,18 @@ class Dataset:
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
 
 
-def is_ignored(name: str) -> bool:
-    """System clutter people never meant as data; skipped without a report line."""
-    return name.startswith(".") or name.lower() in _SYSTEM_FILES or name.lower() in _SYSTEM_DIRS
-
-
-def _walk(top: Path) -> list[Path]:
-    """All non-ignored files under ``top``, sorted.
-
-    Folder links are followed (people link class folders together on their
-    own disk; archives and uploads never contain links), each real folder
-    once, so a link loop can't recurse forever.
-    """
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
-        found += [Path(dirpath, f) for f in filenames if not is_ignored(f)]
-    return sorted(found)
-
-
-def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
-    items = sorted(p for p in folder.iterdir() if not is_ignored(p.name))
-    return [p for p in items if p.is_dir()], [p for p in items if not p.is_dir()]
-
-
 def unwrap(folder: Path) -> Path:
     """Step into a lone wrapping folder (``myset.zip`` -> ``myset/cat/...``).
 
     Only when that folder itself holds folders or a CSV: a lone folder of
     images is one class, and saying so beats calling it "no class folders".
     """
+    quiet = Scan(folder)  # only looks; the real scan reports what is skipped
     while True:
-        dirs, files = _entries(folder)
+        dirs, files = quiet.entries(folder)
         if files or len(dirs) != 1:
             return folder
-        inner_dirs, inner_files = _entries(dirs[0])
+        inner_dirs, inner_files = quiet.entries(dirs[0])
         if not inner_dirs and not any(f.suffix.lower() == ".csv" for f in inner_files):
             return folder
         folder = dirs[0]
@@ -136,9 +109,11 @@ def unwrap(folder: Path) -> Path:
 def _read_csv(path: Path) -> list[tuple[str, str]]:
     """(filename, label) rows; DataError if the header names no usable columns."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = read_regular(path, MAX_CSV_BYTES).decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except DataError as exc:
+        raise DataError(f"could not read {path.name}: {str(exc).removeprefix(f'{path}: ')}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"could not read {path.name}: {exc}. Save it as UTF-8 CSV.") from None
     header = [h.strip().lower() for h in rows[0]] if rows else []
     fcol = next((header.index(c) for c in _CSV_FILE_COLUMNS if c in header), None)
@@ -152,7 +127,7 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
 
 
 def _labelled_csv(folder: Path) -> Path | None:
-    csvs = [p for p in _entries(folder)[1] if p.suffix.lower() == ".csv"]
+    csvs = [p for p in Scan(folder).entries(folder)[1] if p.suffix.lower() == ".csv"]
     for p in sorted(csvs, key=lambda p: p.name.lower() != "labels.csv"):
         try:
             _read_csv(p)
@@ -162,19 +137,20 @@ def _labelled_csv(folder: Path) -> Path | None:
     return None
 
 
-def _plan(root: Path, csv_file: Path | None):
+def _plan(scan: Scan, csv_file: Path | None):
     """Decide the layout: (candidates, skipped, split_of) before any decoding.
 
     candidates: (path, label) to probe; skipped: (path, reason) known without
     decoding; split_of: path -> "train"/"val" for split layouts.
     """
+    root = scan.root
     candidates, skipped, split_of = [], [], {}
     # a CSV given as the source labels only what it lists; one found in a
     # folder source means the rest of that folder must be accounted for too
     walk_rest = csv_file is None
     csv_file = csv_file or _labelled_csv(root)
     if csv_file is not None:
-        listed, mentioned = {}, set()
+        listed, labels, mentioned = {}, {}, set()
         for name, label in _read_csv(csv_file):
             parts = safe_parts(name)
             path = csv_file.parent.joinpath(*parts) if parts else None
@@ -183,25 +159,36 @@ def _plan(root: Path, csv_file: Path | None):
                 skipped.append((name, "unsafe path in CSV"))
             elif not label:
                 skipped.append((path, "no label in CSV"))
-            elif path in listed:
-                if listed[path] != label:
-                    skipped.append((path, f"listed twice in CSV with different labels ({listed[path]}, {label})"))
-            elif not path.is_file():
-                skipped.append((path, "listed in CSV but missing"))
+            elif path in labels:  # listed again: one line for the file, whatever the count
+                labels[path].append(label)
             else:
-                listed[path] = label
+                scan.tick()
+                kind = scan.kind(path) if os.path.lexists(path) else "listed in CSV but missing"
+                labels[path] = [label]
+                if kind == "file":
+                    listed[path] = label
+                elif kind == "dir":
+                    skipped.append((path, "listed in CSV but is a folder"))
+                elif kind == "listed in CSV but missing":
+                    skipped.append((path, kind))
+        for path, label in listed.items():
+            named = list(dict.fromkeys(labels[path]))
+            if len(named) > 1:
+                skipped.append((path, f"listed {len(labels[path])} times in CSV with different labels "
+                                      f"({', '.join(named)})"))
+            else:
                 candidates.append((path, label))
         if walk_rest:
-            skipped += [(p, "not listed in CSV") for p in _walk(root)
+            skipped += [(p, "not listed in CSV") for p in scan.walk(root)
                         if p not in mentioned and p != csv_file and p.suffix.lower() != ".csv"]
         return candidates, skipped, split_of
-    dirs, files = _entries(root)
+    dirs, files = scan.entries(root)
     by_name = {d.name.lower(): d for d in dirs}
     train = next((by_name[n] for n in _TRAIN_DIRS if n in by_name), None)
     val = next((by_name[n] for n in _VAL_DIRS if n in by_name), None)
     splits = {"train": train, "val": val} if train and val else {"": root}
     for split, top in splits.items():
-        for p in _walk(top):
+        for p in scan.walk(top):
             rel = p.relative_to(top).parts
             if len(rel) < 2:
                 skipped.append((p, "not in a class folder"))
@@ -212,7 +199,7 @@ def _plan(root: Path, csv_file: Path | None):
     if train and val:
         for d in dirs:
             if d not in (train, val):
-                skipped += [(p, f"not in {train.name}/ or {val.name}/") for p in _walk(d)]
+                skipped += [(p, f"not in {train.name}/ or {val.name}/") for p in scan.walk(d)]
         skipped += [(p, f"not in {train.name}/ or {val.name}/") for p in files]
     return candidates, skipped, split_of
 
@@ -242,13 +229,24 @@ def _check_counts(counts: dict[str, int], train_counts: dict[str, int] | None,
                                f"to the small classes if you can")
 
 
-def build_dataset(root: Path, report_base: Path, csv_file: Path | None = None) -> Dataset:
-    candidates, skipped, split_of = _plan(root, csv_file)
+def build_dataset(root: Path, report_base: Path, csv_file: Path | None = None,
+                  scan_seconds: float | None = None) -> Dataset:
+    """Scan ``root`` into a Dataset; DataError when it takes longer than ``scan_seconds``
+    (default ``SCAN_SECONDS``)."""
+    scan = Scan(root, scan_seconds)
+    candidates, skipped, split_of = _plan(scan, csv_file)
+    # what the walk refused (links out, FIFOs, devices, hidden folders), one line each
+    seen = {p for p, _ in skipped}
+    skipped += [(p, why) for p, why in dict(scan.skipped).items() if p not in seen]
 
     def rel(p) -> str:  # str: an unsafe CSV entry, reported as written
         return p if isinstance(p, str) else Path(os.path.relpath(p, report_base)).as_posix()
+
+    def probe(candidate):
+        scan.tick()  # the time limit holds while decoding too
+        return probe_image(candidate[0])
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        probes = list(pool.map(lambda c: probe_image(c[0]), candidates))
+        probes = list(pool.map(probe, candidates))
     report = ValidationReport(files=[FileReport(rel(p), "skipped", reason) for p, reason in skipped])
     first_with_hash: dict[str, str] = {}
     used: list[tuple[Path, str]] = []  # stable order: train, then val, each by path

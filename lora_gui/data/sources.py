@@ -2,39 +2,45 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from ..errors import DataError
 from .archives import ArchiveLimits, extract_archive, is_archive_name, place_uploads
 from .fixes import apply_fixes
+from .images import file_type
 from .scan import Dataset, FileReport, build_dataset, unwrap
 
 
 def load_dataset(source: str | os.PathLike, workspace: str | os.PathLike,
-                 limits: ArchiveLimits | None = None) -> Dataset:
+                 limits: ArchiveLimits | None = None, scan_seconds: float | None = None) -> Dataset:
     """A folder, an archive (.zip/.tar/.tar.gz/.tgz) or a CSV file -> Dataset.
 
     Bad individual files never raise: ``report`` lists them as skipped with
     the reason. DataError only when the source itself is unusable (missing,
-    unsupported, a hostile or damaged archive). Archives are unpacked under
+    unsupported, a hostile or damaged archive, or a scan longer than
+    ``scan_seconds``, default ``scan.SCAN_SECONDS``). Archives are unpacked under
     ``<workspace>/datasets/``; nothing is written anywhere else.
     """
-    return apply_fixes(_load(source, workspace, limits), workspace)  # the health check's record
+    return apply_fixes(_load(source, workspace, limits, scan_seconds), workspace)  # the health check's record
 
 
-def _load(source, workspace, limits: ArchiveLimits | None) -> Dataset:
+def _load(source, workspace, limits: ArchiveLimits | None, scan_seconds: float | None) -> Dataset:
     path = Path(source).expanduser()
     if not str(source).strip() or not path.exists():
         raise DataError(f"'{source}' does not exist: give a folder of class folders, a "
                         f".zip/.tar/.tar.gz archive or a .csv file")
     if path.is_dir():
-        return build_dataset(unwrap(path), path)
+        return build_dataset(unwrap(path), path, scan_seconds=scan_seconds)
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or a device would block or never end
+        raise DataError(f"'{source}' is not a regular file ({file_type(path.stat().st_mode)}): give a folder "
+                        f"of class folders, a .zip/.tar/.tar.gz archive or a .csv file")
     if path.suffix.lower() == ".csv":
-        return build_dataset(path.parent, path.parent, csv_file=path)
+        return build_dataset(path.parent, path.parent, csv_file=path, scan_seconds=scan_seconds)
     if is_archive_name(path):
         folder = extract_archive(path, workspace, limits)
-        return build_dataset(unwrap(folder), folder)
+        return build_dataset(unwrap(folder), folder, scan_seconds=scan_seconds)
     raise DataError(f"{path.name}: unsupported file type '{path.suffix}'; give a folder, a "
                     f".zip/.tar/.tar.gz/.tgz archive or a .csv file")
 

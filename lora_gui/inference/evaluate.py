@@ -9,7 +9,6 @@ accuracy here matches the validation accuracy the run reported.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from ..data.images import cache_max_side, load_rgb
 from ..errors import DataError
+from ..store.records import RunRecord, SplitRecord
 from .predict import LoadedAdapter, load_adapter
 
 
@@ -78,31 +78,20 @@ def find_run_dir(source: str | os.PathLike | None) -> Path | None:
         return None
     p = Path(source)
     for candidate in (p, p.parent, p.parent.parent):
-        if (candidate / "config.json").is_file() and (candidate / "split.json").is_file():
+        # config.json alone makes a run: one whose split.json is missing is still a run (read_split
+        # then says so), not an adapter from elsewhere
+        if (candidate / "config.json").is_file():
             return candidate
     return None
 
 
 def read_split(run_dir: str | os.PathLike, part: str = "val") -> list[tuple[str, int | str]]:
-    """The (path, label) pairs of one part of a run's split.json."""
-    file = Path(run_dir) / "split.json"
-    try:
-        raw = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{Path(run_dir).name} has no split.json, so its validation images are unknown; "
-                                "evaluate a run trained in lora_gui (Runs tab)") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{file} is damaged ({exc})") from None
-    items = raw.get(part) if isinstance(raw, dict) else None
-    if not isinstance(items, list):
-        raise DataError(f"{file} has no '{part}' list")
-    if not items:
+    """The (path, label) pairs of one part of a run's split.json (``DamagedRun`` if it is missing or damaged)."""
+    items = getattr(SplitRecord.read(run_dir), part)
+    if not items and part == "val":
         raise DataError(f"run {Path(run_dir).name} has no validation images (it was trained with validation "
                         "fraction 0); train with a validation fraction above 0 to evaluate")
-    try:
-        return [(str(path), label) for path, label in items]
-    except (TypeError, ValueError):
-        raise DataError(f"{file}: each '{part}' entry must be [path, label]") from None
+    return list(items)
 
 
 def _label_index(label, classes: list[str]) -> int:
@@ -119,11 +108,8 @@ def _label_index(label, classes: list[str]) -> int:
 def _check_run_classes(run_dir: Path | None, classes: list[str]) -> None:
     if run_dir is None:
         return
-    try:
-        saved = json.loads((run_dir / "config.json").read_text()).get("classes")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return
-    if saved and list(saved) != list(classes):
+    saved = RunRecord.read(run_dir).classes
+    if list(saved) != list(classes):
         raise DataError(f"the adapter's classes ({', '.join(classes[:6])}) are not those of run {run_dir.name} "
                         f"({', '.join(saved[:6])}); evaluate the run with its own adapter")
 

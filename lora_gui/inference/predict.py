@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..data.images import build_transform, cache_max_side, load_rgb, shrink, to_rgb
+from ..data.images import build_transform, cache_max_side, checked_image, load_rgb, shrink, to_rgb
 from ..errors import AdapterError
 from ..lora.inject import merge_lora
 from ..store.adapter_check import build_checked
@@ -57,7 +57,9 @@ def load_adapter(path: str | os.PathLike, device: str | torch.device = "cpu", me
 
 def predict(loaded: LoadedAdapter, images: list, topk: int = 5,
             batch_size: int = 16) -> list[list[tuple[str, float]]]:
-    """Top-k (class, probability) per image, most likely first. Images are PIL images or paths."""
+    """Top-k (class, probability) per image, most likely first. Images are PIL images, arrays
+    (HxW or HxWxC, as a webcam gives them) or paths; each is refused (DataError) above
+    ``data.MAX_IMAGE_PIXELS`` before its pixels are copied or converted."""
     if not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk must be a whole number >= 1, got {topk!r}")
     k = min(topk, len(loaded.classes))
@@ -66,7 +68,8 @@ def predict(loaded: LoadedAdapter, images: list, topk: int = 5,
     max_side = cache_max_side(loaded.meta.data_config) if loaded.meta is not None else None
     results = []
     for start in range(0, len(images), batch_size):
-        chunk = [shrink(to_rgb(im), max_side) if isinstance(im, Image.Image) else load_rgb(im, max_side)
+        chunk = [load_rgb(im, max_side) if isinstance(im, (str, os.PathLike))
+                 else shrink(to_rgb(_as_pil(checked_image(im))), max_side)
                  for im in images[start:start + batch_size]]
         batch = torch.stack([loaded.transform(im) for im in chunk]).to(loaded.device)
         with torch.inference_mode():
@@ -78,3 +81,15 @@ def predict(loaded: LoadedAdapter, images: list, topk: int = 5,
         results += [[(loaded.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
                     for vs, ix in zip(values, indices)]
     return results
+
+
+def _as_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    import numpy as np
+    a = np.asarray(image)
+    if a.dtype.kind == "f":  # some webcam paths hand out floats in [0, 1]
+        a = np.clip(a * 255.0, 0, 255).round()
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(a.astype(np.uint8)))

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from ..errors import DamagedRun
 from ..store.run_folder import METRIC_FIELDS, RunFolder, _num
 from ..training import distributed
 
@@ -42,16 +43,14 @@ class MetricsFollower:
 
 def planned_steps(run: RunFolder) -> int:
     """Optimizer steps of the whole run, from what rank 0 wrote (0 until its config.json is there)."""
-    cfg, split = run.read_json(run.config_file), run.read_json(run.split_file)
-    if not isinstance(cfg, dict) or not isinstance(split, dict):
-        return 0
     try:
-        train = cfg["config"]["train"]
-        world = int((cfg.get("distributed") or {}).get("world_size", 1))
-        return distributed.remaining_steps(len(split["train"]), 0, 0, int(train["epochs"]), world,
-                                           int(train["batch_size"]), int(train["grad_accum"]))
-    except (KeyError, TypeError, ValueError):
+        record, split = run.record(), run.split()
+    except DamagedRun:  # not written yet (or damaged: the job's own failure says so)
         return 0
+    train = record.config.train
+    world = int((record.distributed or {}).get("world_size", 1))
+    return distributed.remaining_steps(len(split.train), 0, 0, train.epochs, world, train.batch_size,
+                                       train.grad_accum)
 
 
 def file_tail(path: Path, lines: int) -> list[str]:

@@ -6,6 +6,7 @@ never dies silently; the traceback goes to the run's train.log.
 """
 from __future__ import annotations
 
+import errno
 import threading
 import time
 import traceback
@@ -22,6 +23,9 @@ from ..training.runtime import device_for
 from .device_queue import DEVICE_QUEUE, DeviceQueue
 from .job_state import JobSnapshot, JobState, _one_line
 from .registry import _JOBS, _JOBS_LOCK
+
+
+PAUSED = "paused — other trainings may run meanwhile; Resume waits for the device"
 
 
 class TrainingJob(JobState):
@@ -71,11 +75,12 @@ class TrainingJob(JobState):
     def resume_run(cls, run_dir: str, **kwargs) -> "TrainingJob":
         """A job that continues the run in ``run_dir`` from its last checkpoint."""
         run = RunFolder(run_dir)
-        raw = run.read_config()
-        if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
-            raise ValueError(f"{run.config_file} has no training configuration (damaged, or not made by "
-                             "lora_gui): this run cannot be resumed")
-        config = RunConfig.from_dict(raw["config"], where=f"{run.config_file}")
+        # every file a resume reads is checked here, before the run is locked or queued: a damaged
+        # run is refused at once (DamagedRun) instead of failing (or worse) inside the job
+        config = run.record().config
+        run.split()
+        run.read_metrics(strict=True)
+        run.load_checkpoint()
         return cls(config, workspace=str(run.path.parent), run_dir=str(run.path), resume=True, **kwargs)
 
     # control -------------------------------------------------------------------
@@ -100,9 +105,9 @@ class TrainingJob(JobState):
             changed = self._status == "running"
             if changed:
                 self._unpaused.clear()
-                self._set("paused", "paused; press Resume to continue")
+                self._set("paused", PAUSED)
         if changed:
-            self._write_status("paused", "paused; press Resume to continue")
+            self._write_status("paused", PAUSED)
 
     def unpause(self) -> None:
         with self._lock:
@@ -144,8 +149,11 @@ class TrainingJob(JobState):
                 status = self._status
                 message = self._message
             self._set(status, message)
-        self.run.update_status(status=status, message=message)
-        self.run.log(f"[{status}] {message}")
+        try:
+            self.run.update_status(status=status, message=message)
+            self.run.log(f"[{status}] {message}")
+        except OSError:  # a full disk or a removed folder: viewers still see the status; the
+            pass         # loop's own writes (metrics, checkpoint) fail next and say why
 
     def report_progress(self, epoch: int, step: int, total: int, eta: float | None) -> None:
         with self._lock:
@@ -161,11 +169,29 @@ class TrainingJob(JobState):
         """Called by the loop between batches: honours pause and stop."""
         if not self._unpaused.is_set():
             t0 = time.time()
+            # a paused job gives up its place on the device, so it never holds the queue for as
+            # long as someone forgets it; Resume then waits its turn like a new job
+            self.queue.release(self.device, self)
             self._unpaused.wait()
-            with self._lock:
-                self._paused_s += time.time() - t0
+            try:
+                if not self._stop.is_set():
+                    self._wait_for_device_again()
+            finally:
+                with self._lock:
+                    self._paused_s += time.time() - t0
         if self._stop.is_set():
             raise StopRequested
+
+    def _wait_for_device_again(self) -> None:
+        ahead = self.queue.waiting(self.device)
+        if ahead:
+            self.report_status("queued", f"resumed; waiting for the device ({ahead} job(s) ahead)")
+        if not self.queue.acquire(self.device, self):
+            raise StopRequested
+        if ahead:
+            with self._lock:
+                self._set("running", "training")
+            self._write_status("running", "training")
 
     @property
     def paused_seconds(self) -> float:
@@ -219,21 +245,27 @@ class TrainingJob(JobState):
         except BaseException as exc:  # never a silent death: one line for people, the traceback in the log
             self._fail("training", _human_message(exc))
         finally:
-            if acquired:
-                self.queue.release(self.device, self)
-            if self.device.startswith("cuda"):
-                try:
-                    import torch
-                    torch.cuda.empty_cache()
-                except Exception:
-                    pass
+            # each clean-up step on its own: one that fails (a full disk, a damaged folder) must not
+            # skip the others — above all the unlock and the done event, without which the run
+            # stays locked and a waiting CLI hangs, deaf to Ctrl-C
             try:
+                if acquired:
+                    self.queue.release(self.device, self)
+                if self.device.startswith("cuda"):
+                    _empty_cuda_cache()
                 # time spent training: pauses left out, like the ETA
-                self.run.update_status(duration_s=round(self._earlier_s + time.time() - started - self.paused_seconds, 1))
-            except OSError:
+                self.run.update_status(duration_s=round(self._earlier_s + time.time() - started
+                                                        - self.paused_seconds, 1))
+            except Exception:
                 pass
-            self.run.unlock(self._run_lock)
-            self._done.set()
+            finally:
+                with self._lock:  # never left 'running' (or 'queued') once the thread is over
+                    if self._status not in FINAL_STATUSES:
+                        self._set("failed", "training ended unexpectedly (see train.log for details)")
+                self.run.unlock(self._run_lock)
+                if self.failure_kind == "input" and not self.resume:
+                    _remove_if_never_a_run(self.run.path)
+                self._done.set()
 
     def _fail(self, kind: str, message: str) -> None:
         try:
@@ -241,11 +273,30 @@ class TrainingJob(JobState):
         except OSError:
             pass
         self.failure_kind = kind
-        try:
-            self.report_status("failed", message)
-        except OSError:  # the run folder itself is gone or full: viewers still see the failure
-            with self._lock:
-                self._set("failed", _one_line(message))
+        self.report_status("failed", message)  # in memory even when the folder is gone or full
+
+
+_START_FILES = {".lock", "status.json", "train.log"}
+
+
+def _remove_if_never_a_run(path: Path) -> None:
+    """A start refused for its input (bad data or model) leaves no folder behind: only when the
+    folder holds nothing but what the job itself wrote before training (no config.json)."""
+    try:
+        if path.is_dir() and {p.name for p in path.iterdir()} <= _START_FILES:
+            for name in _START_FILES:
+                (path / name).unlink(missing_ok=True)
+            path.rmdir()
+    except OSError:
+        pass  # someone else's file appeared meanwhile: leave it
+
+
+def _empty_cuda_cache() -> None:
+    try:
+        import torch
+        torch.cuda.empty_cache()
+    except Exception:
+        pass
 
 
 def preflight(config: RunConfig, workspace: str):
@@ -261,6 +312,13 @@ def _human_message(exc: BaseException) -> str:
     import torch
     if distributed.context().enabled and distributed.is_peer_failure(exc):  # [ddp] e.g. in DDP's backward
         return distributed.PEER_LOST.format(run=distributed._RUN_DIR)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" (writing {Path(exc.filename).name})" if exc.filename else ""
+        return (f"the disk is full{where}: free some space, then resume the run "
+                "(Runs tab, or `python -m lora_gui train --resume RUN_FOLDER`); what was saved before is kept")
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"the run folder cannot be written ({exc.strerror}); train into a workspace you may write to "
+                "(see train.log for details)")
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
         return ("ran out of memory; use a smaller batch size or a lower resolution "
                 "(see train.log for details)")

@@ -83,12 +83,15 @@ def save_adapter(model: nn.Module, meta: AdapterMeta, out_dir: str | os.PathLike
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta.to_dict(), indent=2)
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    tmp = out / (ADAPTER_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"lora_gui": text, DIGEST_KEY: tensors_digest(tensors)})
-    os.replace(tmp, out / ADAPTER_FILE)
-    tmp_meta = out / (META_FILE + ".tmp")
-    tmp_meta.write_text(text)
-    os.replace(tmp_meta, out / META_FILE)
+    tmp, tmp_meta = out / (ADAPTER_FILE + ".tmp"), out / (META_FILE + ".tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={"lora_gui": text, DIGEST_KEY: tensors_digest(tensors)})
+        os.replace(tmp, out / ADAPTER_FILE)
+        tmp_meta.write_text(text)
+        os.replace(tmp_meta, out / META_FILE)
+    finally:  # a full disk leaves the adapter saved before (if any), never a half-written .tmp
+        tmp.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
     return out / ADAPTER_FILE
 
 

@@ -11,11 +11,13 @@ are never followed, and nothing outside the workspace is touched.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from pathlib import Path
+
+from ..errors import DamagedRun
+from .records import SplitRecord
 
 STAGING = ("uploads", "datasets", "classes")
 DEFAULT_KEEP_DAYS = 7.0
@@ -39,10 +41,10 @@ def _referenced(workspace: Path) -> set[str]:
     used: set[str] = set()
     for split in workspace.glob("*/split.json"):
         try:
-            raw = json.loads(split.read_text())
-            paths = [p for part in ("train", "val") for p, _ in raw.get(part, [])]
-        except (OSError, ValueError, TypeError):
+            record = SplitRecord.read(split.parent)
+        except DamagedRun:
             continue  # an unreadable split protects nothing, and is not ours to fix
+        paths = [p for p, _ in record.train + record.val]
         for path in map(os.path.abspath, paths):
             for prefix in prefixes:
                 if path.startswith(prefix):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import socket
@@ -20,6 +21,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from ..errors import DamagedRun
+from .records import RunRecord, SplitRecord, write_json_atomic  # noqa: F401  (write_json_atomic: re-exported)
 
 try:
     import fcntl  # POSIX; on Windows runs are not locked
@@ -34,19 +38,6 @@ _STATUS_LOCK = threading.Lock()  # status.json is updated from the job thread an
 
 def new_run_id(prefix: str = "run") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-
-
-def write_json_atomic(path: Path, data, sort_keys: bool = True) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=sort_keys, default=str))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class RunBusy(FileExistsError):
@@ -118,18 +109,23 @@ class RunFolder:
     # json ------------------------------------------------------------------
     def read_json(self, path: Path, default=None):
         try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            return json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return default
 
-    def read_config(self) -> dict:
-        raw = self.read_json(self.config_file)
-        if raw is None:
-            raise FileNotFoundError(f"{self.path} is not a run folder (no readable config.json)")
-        return raw
+    def record(self) -> RunRecord:
+        """config.json, checked (``DamagedRun`` names what is wrong)."""
+        return RunRecord.read(self)
+
+    def split(self) -> SplitRecord:
+        """split.json, checked (``DamagedRun`` names what is wrong)."""
+        return SplitRecord.read(self)
 
     def read_status(self) -> dict:
-        return self.read_json(self.status_file, {}) or {}
+        # a status.json that is not an object (damaged by hand or by a disk) counts as none:
+        # every status update rewrites it whole
+        status = self.read_json(self.status_file, {})
+        return status if isinstance(status, dict) else {}
 
     def update_status(self, **fields) -> dict:
         with _STATUS_LOCK:
@@ -172,15 +168,22 @@ class RunFolder:
         finally:
             os.close(fd)
 
-    def read_metrics(self) -> list[dict]:
+    def read_metrics(self, strict: bool = False) -> list[dict]:
+        """The complete rows of metrics.csv. Bytes that are not text make the file damaged:
+        ``strict`` says so (DamagedRun: a table of runs, a resume); otherwise the lines they
+        are in are skipped like torn ones (a chart still draws the rest)."""
         try:
-            with open(self.metrics_file, newline="") as f:
+            with open(self.metrics_file, newline="", encoding="utf-8", errors="strict" if strict else "replace") as f:
                 rows = list(csv.DictReader(f))
         except FileNotFoundError:
             return []
+        except UnicodeDecodeError as exc:
+            raise DamagedRun(f"{self.metrics_file} is damaged (not text: byte {exc.start} is not UTF-8); rename "
+                             "or delete it to use the run without its earlier curves") from None
         out = []
         for r in rows:
-            if r.get("kind") not in ("step", "epoch") or r.get("time") in (None, "") or None in r:
+            if (r.get("kind") not in ("step", "epoch") or r.get("time") in (None, "") or None in r
+                    or any("\ufffd" in (v or "") for v in r.values() if isinstance(v, str))):
                 continue  # a line cut short by a kill (or two torn lines run together)
             out.append({k: (r[k] if k == "kind" else _num(r.get(k))) for k in METRIC_FIELDS})
         return out
@@ -191,43 +194,73 @@ class RunFolder:
                 if (r["kind"] == "step" and r["step"] is not None and r["step"] <= keep_step)
                 or (r["kind"] == "epoch" and r["epoch"] is not None and r["epoch"] <= keep_epoch)]
         tmp = self.metrics_file.with_name("metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            w.writeheader()
-            w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.metrics_file)
+        try:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+                w.writeheader()
+                w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.metrics_file)
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk leaves the old file, and no half-written copy
 
     # checkpoints -------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
         tmp = self.checkpoint_file.with_name("checkpoint.pt.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.checkpoint_file)  # a kill mid-write leaves the old checkpoint intact
+        # serialised in memory first: torch.save straight into a file on a full disk fails with
+        # an opaque RuntimeError ("unexpected pos ..."); a plain write says ENOSPC
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.checkpoint_file)  # a kill mid-write leaves the old checkpoint intact
+        except OSError as exc:  # name the file: "the disk is full (writing checkpoint.pt)"
+            raise OSError(exc.errno, exc.strerror, str(self.checkpoint_file)) from None
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk: the old checkpoint stays, no half-written copy
 
     def load_checkpoint(self) -> dict | None:
+        """The last checkpoint, None if there is none yet, or DamagedRun saying what to do.
+
+        torch's own messages ('internal miniz error', or advice to turn weights_only off,
+        which would run code from the file) are never passed on."""
         if not self.checkpoint_file.is_file():
             return None
-        return torch.load(self.checkpoint_file, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.checkpoint_file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a cut-off or foreign file
+            text = str(exc).lower()
+            what = ("cut off (an interrupted copy, or a full disk?)"
+                    if any(w in text for w in ("miniz", "central directory", "eof", "truncat"))
+                    else "not a checkpoint written by lora_gui")
+            raise DamagedRun(f"{self.checkpoint_file} is damaged: {what}. Delete it to train the run again from "
+                             "the beginning (best/ and last/ keep the adapters saved so far), or train a new run") \
+                from None
+        if not isinstance(state, dict) or not {"adapter", "optimizer", "epoch", "step"} <= set(state):
+            raise DamagedRun(f"{self.checkpoint_file} is damaged: it does not hold a training state. Delete it "
+                             "to train the run again from the beginning, or train a new run")
+        return state
 
     # summary for tables -------------------------------------------------------
     def summary(self) -> dict:
-        cfg = self.read_json(self.config_file, {}) or {}
+        """One row for tables of runs; a damaged run gets status 'damaged' and the reason in 'damaged'."""
         status = self.read_status()
-        run = cfg.get("config", {})
-        return {"run": self.path.name, "path": str(self.path),
-                "model": run.get("model", {}).get("name", "?"),
-                "rank": run.get("lora", {}).get("rank"),
-                "targets": run.get("lora", {}).get("targets"),
-                "source": run.get("data", {}).get("source", ""),
-                "classes": len(cfg.get("classes", [])),
-                "best_val_acc": status.get("best_val_acc"),
-                "duration_s": status.get("duration_s"),
-                "status": status.get("status", "unknown"),
-                "started": status.get("started", "")}
+        row = {"run": self.path.name, "path": str(self.path), "model": "?", "rank": None, "targets": None,
+               "source": "", "classes": 0, "best_val_acc": status.get("best_val_acc"), "duration_s": status.get("duration_s"),
+               "status": status.get("status", "unknown"), "started": str(status.get("started") or ""), "damaged": ""}
+        try:
+            rec = self.record()
+            row.update(model=rec.config.model.name, rank=rec.config.lora.rank, targets=rec.config.lora.targets,
+                       source=rec.config.data.source, classes=len(rec.classes))
+            self.split()
+            self.read_metrics(strict=True)
+        except DamagedRun as exc:
+            row.update(status="damaged", damaged=str(exc))
+        return row
 
 
 def _num(v):
@@ -246,5 +279,6 @@ def list_runs(workspace: str | os.PathLike) -> list[dict]:
     if not root.is_dir():
         return []
     runs = [RunFolder(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    # a damaged run is listed too (status 'damaged', the reason in 'damaged'): it never hides the others
     rows = [r.summary() for r in runs]
     return sorted(rows, key=lambda r: (r["started"] or "", r["run"]), reverse=True)

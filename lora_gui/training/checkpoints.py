@@ -9,33 +9,25 @@ import time
 
 from .. import lora
 from ..store.adapter_file import AdapterMeta, save_adapter
-from ..store.run_folder import write_json_atomic
+from ..store.records import RunRecord, SplitRecord
 from . import distributed
 from .runtime import package_versions
 from .seeding import rng_state, seed_everything, set_rng_state
 
 
-def _samples_json(samples) -> list[list]:
-    return [[s.path, s.label] for s in samples]
-
-
 class CheckpointMixin:
     def _write_config(self) -> None:
         # split first: a folder with a config.json is a run, and a run must be resumable
-        run = self.folder
         if not self.dist.is_main:  # [ddp] only rank 0 writes
             return
-        write_json_atomic(run.split_file, {"train": _samples_json(self.train_samples),
-                                           "val": _samples_json(self.val_samples)})
-        write_json_atomic(run.config_file, {
-            "config": self.cfg.to_dict(), "classes": self.classes, "layers": self.layers,
-            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
-            "speed": self.speed, "calibrated_norms": self.calibrated_norms,
-            "device": self.device, "versions": package_versions(),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            **({"distributed": {"world_size": self.dist.world, "backend": self.dist.backend,
-                                "global_batch": self.dist.world * self.cfg.train.batch_size}}
-               if self.dist.enabled else {})}, sort_keys=False)
+        SplitRecord([(s.path, s.label) for s in self.train_samples],
+                    [(s.path, s.label) for s in self.val_samples]).write(self.folder)
+        RunRecord(self.cfg, list(self.classes), list(self.layers), dict(self.data_config), self.speed,
+                  list(self.calibrated_norms or []), self.device, package_versions(),
+                  time.strftime("%Y-%m-%d %H:%M:%S"),
+                  {"world_size": self.dist.world, "backend": self.dist.backend,
+                   "global_batch": self.dist.world * self.cfg.train.batch_size} if self.dist.enabled else None
+                  ).write(self.folder)
 
     # checkpoints ---------------------------------------------------------------
     def _checkpoint(self, rng: dict | None = None) -> None:

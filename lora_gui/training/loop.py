@@ -85,11 +85,10 @@ class Trainer(CheckpointMixin):
         torch.set_num_threads(threads)
         seed_everything(cfg.train.seed)
         if self.resume:
-            saved = run.read_config()
-            self.classes = saved["classes"]
-            split = run.read_json(run.split_file)
-            self.train_samples = [Sample(p, l) for p, l in split["train"]]
-            self.val_samples = [Sample(p, l) for p, l in split["val"]]
+            saved, split = run.record(), run.split()
+            self.classes = saved.classes
+            self.train_samples = [Sample(p, l) for p, l in split.train]
+            self.val_samples = [Sample(p, l) for p, l in split.val]
         else:
             ds = self.dataset or load_dataset(cfg.data.source, self.workspace)
             ds.report.raise_if_blocking()
@@ -101,7 +100,7 @@ class Trainer(CheckpointMixin):
 
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, len(self.classes))
-        self.layers = (run.read_config()["layers"] if self.resume else
+        self.layers = (saved.layers if self.resume else
                        lora.inject_lora(self.model, cfg.lora))
         if self.resume:
             lora.inject_lora(self.model, cfg.lora, self.layers)
@@ -225,9 +224,10 @@ class Trainer(CheckpointMixin):
                     break
                 y = y.to(self.device)
                 if self.ddp:  # [ddp] forward/backward on this rank's slice; its sums are reduced at the step
-                    self.ddp.micro_batch(self._to_device(x), y, accum)
+                    with norm_calibration.lone_sample(self.model, len(y)):
+                        self.ddp.micro_batch(self._to_device(x), y, accum)
                 else:
-                    with self.autocast():
+                    with self.autocast(), norm_calibration.lone_sample(self.model, len(y)):
                         logits = self.batches.forward(self.model, x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
                     value = loss.item()

@@ -15,6 +15,7 @@ their buffers travel with the adapter.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterable
 
 import torch
@@ -79,3 +80,24 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], forward=None) -
         raise ValueError("no images to calibrate the BatchNorm statistics on")
     mark(model, names)
     return names
+
+
+@contextmanager
+def lone_sample(model: torch.nn.Module, batch_size: int):
+    """For a batch of one image, the BatchNorms still in training mode (a head's BatchNorm1d in
+    LeViT or RepViT) use their running statistics, as in evaluation: one value per channel gives
+    no batch statistics ("Expected more than 1 value per channel when training").
+
+    Chosen over dropping the lone last batch: that would change the batches per epoch, the
+    schedule, the step count and the resume positions (which count samples), and leave an
+    image out of every epoch; this changes only how that one batch is normalised.
+    """
+    switched = [m for m in model.modules()
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training] if batch_size == 1 else []
+    for m in switched:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.train()

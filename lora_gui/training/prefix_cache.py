@@ -144,7 +144,15 @@ def _plan(model, example, autocast) -> PrefixPlan:
     if first is None:
         return PrefixPlan("", reason="nothing is trainable")
     blocks = [b for b in _block_prefixes(model) if first == b or first.startswith(b + ".")]
-    boundary = blocks[0] if blocks else first.split(".")[0]
+    # the cut goes before a module whose forward is called: a container that the model only
+    # iterates (timm's FastViT loops over its `stages` list) never runs, so it cannot be cut at;
+    # then the next level down that does run is used
+    parts = first.split(".")
+    called = set(order)
+    candidates = ([blocks[0]] if blocks else []) + [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+    boundary = next((c for c in candidates if c in called), None)
+    if boundary is None:
+        return PrefixPlan("", reason=f"no called module contains {first}")
     start = order.index(boundary)
     if start <= 1:  # order[0] is the model itself
         return PrefixPlan(boundary, reason="the first layer is trainable: no frozen prefix to cache")
