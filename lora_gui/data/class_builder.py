@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from .images import EXTENSION_FOR_FORMAT, MIN_IMAGE_SIDE, checked_image, probe_image, to_rgb
+from .images import (
+    EXTENSION_FOR_FORMAT,
+    MIN_IMAGE_SIDE,
+    checked_image,
+    probe_image,
+    to_rgb,
+)
 from .scan import Dataset, is_ignored
 from .sources import load_dataset
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from ..config import RunConfig
 from ..data.corrections import fixed_samples
 from ..data.scan import Dataset, Sample, ValidationReport
-from ..errors import DataError
+from ..errors import DamagedRun, DataError
 from ..store.adapter_file import ADAPTER_FILE
+from ..store.records import RunRecord, SplitRecord
 from ..store.run_folder import RunFolder, new_run_id
 from ..training.continue_from import ContinueTrainer
 from .device_queue import DEVICE_QUEUE, DeviceQueue
@@ -20,16 +21,13 @@ RETRAIN_EPOCHS = 2
 
 
 def _run_parts(run: RunFolder) -> tuple[RunConfig, list[str], list[Sample], list[Sample]]:
-    raw = run.read_config()
-    split = run.read_json(run.split_file)
-    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict) or not isinstance(split, dict):
-        raise DataError(f"{run.path.name} has no readable config.json/split.json, so it cannot be retrained; "
-                        "pick a run trained in lora_gui")
-    config = RunConfig.from_dict(raw["config"], where=str(run.config_file))
-    classes = list(raw.get("classes") or [])
-    train = [Sample(str(p), int(label)) for p, label in split.get("train", [])]
-    val = [Sample(str(p), int(label)) for p, label in split.get("val", [])]
-    return config, classes, train, val
+    try:
+        record, split = RunRecord.read(run.path), SplitRecord.read(run.path)
+    except DamagedRun as exc:
+        raise DataError(f"{run.path.name} cannot be retrained: {exc}") from None
+    train = [Sample(str(p), int(label)) for p, label in split.train]
+    val = [Sample(str(p), int(label)) for p, label in split.val]
+    return record.config, list(record.classes), train, val
 
 
 def retrain_with_fixes(run_dir: str | os.PathLike, workspace: str | os.PathLike, epochs: int = RETRAIN_EPOCHS,

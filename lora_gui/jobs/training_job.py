@@ -24,7 +24,6 @@ from .device_queue import DEVICE_QUEUE, DeviceQueue
 from .job_state import JobSnapshot, JobState, _one_line
 from .registry import _JOBS, _JOBS_LOCK
 
-
 PAUSED = "paused — other trainings may run meanwhile; Resume waits for the device"
 
 

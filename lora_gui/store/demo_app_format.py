@@ -34,8 +34,9 @@ def _fill(name: str, values: dict[str, str]) -> str:
 
 
 def _template_values(meta: AdapterMeta, cal: Calibration) -> dict[str, str]:
-    import timm
     from importlib.metadata import PackageNotFoundError, version
+
+    import timm
     try:
         gradio_version = version("gradio")
     except PackageNotFoundError:   # the engine runs without gradio (CLI-only installs)

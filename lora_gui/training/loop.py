@@ -32,9 +32,9 @@ from .batches import (
 )
 from .checkpoints import CheckpointMixin
 from .ddp import DDPHelper
+from .eta import StepRate
 from .reporter import Reporter
 from .schedule import cosine_with_warmup
-from .eta import StepRate
 from .seeding import rng_state, seed_everything
 
 STEP_LOG_EVERY = 1

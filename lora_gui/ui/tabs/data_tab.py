@@ -207,7 +207,9 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     if data_path:
         ctx.shared.setdefault("on_load", []).append(
             lambda demo: demo.load(from_path, [ctx.session, path_box, val_fraction], [ctx.session, *outputs], **PRIVATE))
-    from ..health_panel import build_health_panel  # issue 17: all of the Health check lives there
+    from ..health_panel import (
+        build_health_panel,  # issue 17: all of the Health check lives there
+    )
     build_health_panel(ctx, val_fraction)
 
 
