@@ -10,12 +10,18 @@ import gradio as gr
 
 from lora_gui.ui.context import AppContext
 from lora_gui.ui.session import Session
+
+
+def _session_on(run_dir):
+    session = Session()
+    session.set_model(run_dir)
+    return session
 from lora_gui.ui.tabs.demo_tab import build_demo_tab
 
 
 def build(workspace: Path, run_dir: str) -> gr.Blocks:
     with gr.Blocks(title="demo test") as demo:
-        session = gr.State(lambda: Session(test_source=run_dir))
+        session = gr.State(lambda: _session_on(run_dir))
         browser = gr.BrowserState({"job_id": None}, storage_key="lora_gui_job")
         with gr.Tabs() as tabs:
             ctx = AppContext(workspace, session, browser, tabs)

@@ -132,7 +132,8 @@ def test_thats_wrong_writes_one_file_in_the_class_folder_and_retrain_uses_it(squ
     workspace, data, run = squares
     before = _tree(workspace, data)
     frame = square_image("bottom_right", 31337)
-    session = Session(test_source=str(run))
+    session = Session()
+    session.set_model(str(run))
     message = on_fix(frame, "top_left", session, workspace)
     added = _tree(workspace, data) - before
     files = [Path(p) for p in added if Path(p).is_file()]

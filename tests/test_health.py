@@ -181,9 +181,9 @@ def test_training_honours_exclude_and_relabel(tmp_path):
         assert job.wait(180), job.message
     assert job.status == "finished", job.message
     run = RunFolder(ws / "run")
-    split = run.read_json(run.split_file)
-    labels = {p: label for part in ("train", "val") for p, label in split[part]}
-    classes = run.read_config()["classes"]
+    split = run.split()
+    labels = {p: label for part in (split.train, split.val) for p, label in part}
+    classes = run.record().classes
     assert classes[labels[moved]] == "class_2"
     assert dropped not in labels and len(labels) == len(ds.samples) - 1
 

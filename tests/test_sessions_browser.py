@@ -83,7 +83,7 @@ def test_two_tabs_own_jobs_and_reload_reattaches(server, browser):
         use_example(two)
         open_tab(two, "3 · Train")
         two.click("#lg-start")                # its own job, queued behind tab 1's
-        two.wait_for_function("document.querySelector('#lg-progress').innerText.includes('1 job(s) ahead')",
+        two.wait_for_function("document.querySelector('#lg-progress').innerText.includes('1 training(s) ahead')",
                               timeout=60_000)
         shot(two, "sessions-02-second-tab-queued")
 
@@ -176,14 +176,12 @@ def test_switching_models_clears_evaluation(server, browser):
 
         open_tab(page, "Runs")                # pick the stopped run (newest) for testing
         page.wait_for_function(   # the list has refreshed: it holds a run newer than the trained one
-            f"(document.querySelector('#lg-runs-table').innerText.match(/run-\\d{{8}}-\\d{{6}}-\\w{{4}}/g) || [])"
+            f"((document.querySelector('#lg-runs-table') || {{innerText: ''}}).innerText.match(/run-\\d{{8}}-\\d{{6}}-\\w{{4}}/g) || [])"
             f".some(n => n > {trained!r})", timeout=30_000)
         name = max(re.findall(r"run-\d{8}-\d{6}-\w{4}", page.inner_text("#lg-runs-table")))  # the newest run
-        box = page.locator("#lg-runs-pick input")
-        box.click()
-        box.fill(name)
-        page.get_by_role("option", name=re.compile(name)).click()
-        page.wait_for_function(f"document.querySelector('#lg-runs-pick input').value.includes({name!r})",
+        page.locator("#lg-runs-table span").get_by_text(name, exact=True).click()   # a click on its row picks it
+        label = page.locator("#lg-runs-table tr", has_text=name).locator("td").first.inner_text().strip()
+        page.wait_for_function(f"document.querySelector('#lg-runs-pick input').value.includes({label!r})",
                                timeout=30_000)
         page.get_by_role("button", name="Use for testing").click()
         page.wait_for_function(f"!document.querySelector('#lg-test-source').innerText.includes({trained!r})"

@@ -212,7 +212,7 @@ def test_the_app_trains_with_two_processes_when_the_box_is_ticked(two_process_ap
     client.predict(*[values[n] for n in FIELD_NAMES], True, api_name="/start_training")
     deadline, progress = time.time() + 150, ""
     while time.time() < deadline:
-        progress, _, _, _, log, *_ = client.predict(api_name="/training_status")
+        progress, _, _, _, _, log, *_ = client.predict(api_name="/training_status")  # loss, acc, note, lr
         if progress and any(f"data-status='{s}'" in progress for s in ("finished", "failed", "stopped")):
             break
         time.sleep(1)

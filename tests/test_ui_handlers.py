@@ -138,13 +138,15 @@ def test_runs_table_names_the_dataset_and_reads_like_a_date(tmp_path):
     """#12.8: a dataset column and '2 Dec 13:15:02 · model' instead of the folder name; the folder
     stays in the last column (a click on a row finds its run by it)."""
     from lora_gui.config import DataConfig, RunConfig
-    from lora_gui.store.run_folder import RunFolder, write_json_atomic
+    from lora_gui.store.records import RunRecord, SplitRecord
+    from lora_gui.store.run_folder import RunFolder
     from lora_gui.ui.tabs.runs_tab import runs_table, runs_with_status
     for name, source, started in (("resnet18-20261202-131502-ab12", "/root/Pictures/pets", "2026-12-02 13:15:02"),
                                   ("r2", str(data.example_dataset_path()), "2026-12-03 09:00:00")):
         run = RunFolder(tmp_path / name).create()
         cfg = RunConfig(data=DataConfig(source=source))
-        write_json_atomic(run.config_file, {"config": cfg.to_dict(), "classes": ["a", "b"]})
+        RunRecord(cfg, ["a", "b"], [], {"input_size": [3, 32, 32]}).write(run)
+        SplitRecord([], []).write(run)
         run.update_status(status="finished", started=started, duration_s=75.0)
     table = runs_table(runs_with_status(tmp_path))
     assert list(table["dataset"]) == ["example dataset", "pets"]           # newest first

@@ -3,6 +3,8 @@ so the Train button, the Presets tab and "save as preset" can never disagree.
 """
 from __future__ import annotations
 
+import abc
+
 import re
 
 from ..config import RunConfig
@@ -94,7 +96,31 @@ def problems_text(names: list[str], values) -> str:
 def lenient(*components):
     """Pass numbers through to the handler as typed, so the config's validation gives the one
     message: Gradio's own bounds check (and float('abc')) would raise before any handler
-    runs, a red Error pill per event listening to the field."""
+    runs, a red Error pill per event listening to the field.
+
+    The component's class is swapped for a subclass, not its ``preprocess`` patched on the
+    instance: Gradio keeps a per-session copy of a component once a handler has updated it
+    (a preset, a re-attached job's settings), rebuilt from its class, and an instance patch
+    would be lost there."""
     for component in components:
-        component.preprocess = lambda payload: payload
+        component.__class__ = _lenient_class(type(component))
     return components
+
+
+_LENIENT: dict[type, type] = {}
+
+
+def _lenient_class(base: type) -> type:
+    if getattr(base, "_lg_lenient", False):
+        return base
+    if base not in _LENIENT:
+        # ABCMeta.__new__ with Gradio's own metaclass: a component class like the base, without the
+        # metaclass's source-code step (it writes a .pyi stub beside the module defining the class)
+        _LENIENT[base] = abc.ABCMeta.__new__(type(base), f"Lenient{base.__name__}", (base,), {
+            "_lg_lenient": True,
+            "preprocess": lambda self, payload: payload,
+            # the browser looks components up by this name: it must stay the base's ('slider', 'number')
+            "get_block_name": lambda self, _name=base.__name__.lower(): _name,
+            "__module__": base.__module__,
+        })
+    return _LENIENT[base]

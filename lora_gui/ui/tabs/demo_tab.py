@@ -118,8 +118,11 @@ def on_retrain_poll(job_id, session):
         step = f" — epoch {snap.epoch}/{snap.epochs}" if snap.epoch else ""
         return gr.skip(), f"Retraining ({snap.status}{step}): {snap.message}", gr.skip(), gr.skip()
     if snap.status in ("finished", "stopped") and (job.run.best_dir / "adapter.safetensors").is_file():
-        before = session.test_model.calibration if session.test_model is not None else None
-        session.use_test_source(str(job.run.path))
+        try:
+            before = get_test_model(session).calibration
+        except gr.Error:
+            before = None
+        session.set_model(str(job.run.path), f"retrained with your corrections (from {job.continued_from})")
         note = ""
         if before is not None:   # keep an honest "not sure": refit T for the new model, same threshold
             try:
