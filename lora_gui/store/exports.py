@@ -65,11 +65,18 @@ def export_zip(source: str | os.PathLike, fmt: str, zip_path: str | os.PathLike)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lora_gui_export_") as tmp:
         export_adapter(source, fmt, Path(tmp) / "export")
-        partial = zip_path.with_name(zip_path.name + ".partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted((Path(tmp) / "export").iterdir()):
-                zf.write(f, arcname=f.name)
-        os.replace(partial, zip_path)
+        # a temporary name of its own beside the target (same file system, so os.replace is atomic):
+        # several exports of one run into one folder each write their own, and the last one wins whole
+        fd, partial = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".partial", dir=zip_path.parent)
+        try:
+            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
+                for f in sorted((Path(tmp) / "export").rglob("*")):
+                    zf.write(f, arcname=f.relative_to(Path(tmp) / "export").as_posix())
+            os.chmod(partial, 0o644)   # mkstemp makes it private to this user; a download is not
+            os.replace(partial, zip_path)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
     return zip_path
 
 
