@@ -37,13 +37,24 @@ def _torch_onnx_export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
             torch.onnx.export(model, (x,), str(path), dynamo=True, **kwargs)
 
 
-def _write_onnx(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Path:
+def _import_onnx():
     try:
         import onnx
         import onnxruntime as ort
     except ImportError:
-        raise ExportError("ONNX export is an optional extra: `pip install onnx onnxruntime`, "
-                          "then export again") from None
+        raise ExportError("ONNX export needs `pip install onnx onnxruntime`, then export again") from None
+    return onnx, ort
+
+
+def onnx_runner(path: Path):
+    """The exported model in onnxruntime on the CPU: a float32 NCHW batch in, logits out."""
+    _, ort = _import_onnx()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"input": x})[0]
+
+
+def _write_onnx(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Path:
+    onnx, ort = _import_onnx()
     model = _merged_model(tensors, meta)
     path = out / ONNX_FILE
     _torch_onnx_export(model, _probe_input(meta, 2), path)
