@@ -213,8 +213,9 @@ def test_readme_code_runs_as_written(small, tmp_path, monkeypatch):
 def test_export_zip_holds_the_export(small, tmp_path):
     zip_path = export_zip(small.run_dir, "peft", tmp_path / "dl" / "adapter_peft.zip")
     with zipfile.ZipFile(zip_path) as zf:
+        # random base weights are on no hub: the export carries them (base_model.safetensors)
         assert set(zf.namelist()) == {"adapter_config.json", "adapter_model.safetensors", "labels.json",
-                                      "preprocessing.json", "README.md"}
+                                      "preprocessing.json", "README.md", "base_model.safetensors"}
         assert json.loads(zf.read("labels.json")) == small.meta.classes
     assert not list((tmp_path / "dl").glob("*.partial"))
 
@@ -246,8 +247,8 @@ def test_peft_export_refused_where_peft_would_pick_another_head():
 
 
 def test_bad_export_requests_are_refused(small, tmp_path, monkeypatch):
-    with pytest.raises(AdapterError, match="unknown export format 'tflite'"):
-        export_adapter(small.run_dir, "tflite", tmp_path)
+    with pytest.raises(AdapterError, match="unknown export format 'pdf'"):
+        export_adapter(small.run_dir, "pdf", tmp_path)
     with pytest.raises(AdapterError, match="another folder"):
         export_adapter(small.run_dir, "native", small.run_dir / "best")
     with pytest.raises(AdapterError, match="no adapter found"):
@@ -270,8 +271,8 @@ def test_cli_export_exit_codes(small, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: no adapter found") and "Traceback" not in err
     with pytest.raises(SystemExit):
-        parser.parse_args(["export", str(small.run_dir), "--format", "tflite", "--out", "x"])
-    assert set(FORMATS) == {"native", "peft", "merged", "onnx"}
+        parser.parse_args(["export", str(small.run_dir), "--format", "pdf", "--out", "x"])
+    assert set(FORMATS) == {"native", "peft", "merged", "onnx", "onnx_int8", "openvino", "coreml", "tflite"}
 
 
 def test_onnx_export_that_fails_its_check_is_not_written(small, tmp_path, monkeypatch, capsys):

@@ -16,13 +16,18 @@ from ..errors import (
 )
 from ..inference.predict import load_adapter, predict
 from ..store.exports import FORMATS, export_adapter, export_zip
+from ..store.parity import PARITY_FILE
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("export", help="export a trained adapter (native, peft, merged, onnx)",
-                              description="Export an adapter so it loads in PEFT, plain timm or ONNX runtimes.")
+    p = subparsers.add_parser("export", help=f"export a trained adapter ({', '.join(FORMATS)})",
+                              description="Export an adapter so it loads in PEFT, plain timm, ONNX runtimes, "
+                                          "OpenVINO, Core ML or LiteRT. Formats that run here are checked against "
+                                          "PyTorch on the run's validation images (parity.json).")
     p.add_argument("run_dir", help="run folder, adapter folder or adapter.safetensors")
-    p.add_argument("--format", choices=FORMATS, default="native", help="what to write (default native)")
+    p.add_argument("--format", choices=FORMATS, default="native",
+                   help="what to write (default native); onnx_int8 is calibrated on the run's training images; "
+                        "tflite needs `pip install litert-torch`")
     p.add_argument("--out", required=True, help="folder to write into; a name ending in .zip writes a zip")
     p.set_defaults(func=cli_export)
     return p
@@ -48,7 +53,23 @@ def cli_export(args: argparse.Namespace) -> int:
     note = f" (onnxruntime vs PyTorch: max abs diff {json.loads(check.read_text())['max_abs_diff']:.1e})" \
         if check and check.is_file() else ""
     print(f"exported {args.format} to {result}{note}")
+    parity = _parity_line(Path(args.out) if not str(args.out).endswith(".zip") else None)
+    if parity:
+        print(parity)
     return EXIT_OK
+
+
+def _parity_line(out: Path | None) -> str:
+    try:
+        r = json.loads((out / PARITY_FILE).read_text()) if out is not None else None
+    except (OSError, json.JSONDecodeError):
+        return ""
+    if not r or not r.get("measured"):
+        return f"parity with PyTorch: not measured ({r.get('why')})" if r else ""
+    return (f"parity with PyTorch on {r['images']} validation images: top-1 agreement {r['top1_agreement']:.1%}, "
+            f"accuracy {r['accuracy_export']:.1%} (PyTorch {r['accuracy_pytorch']:.1%}), "
+            f"{r['latency_ms_export']:.1f} ms/image (PyTorch {r['latency_ms_pytorch']:.1f}), "
+            f"{r['size_bytes'] / 2**20:.1f} MiB")
 
 
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,14 +140,22 @@ def mark_calibrated_norms(model: nn.Module, meta: AdapterMeta) -> None:
                            f"does not have: {exc}") from None
 
 
+_SEEDED_BUILD_LOCK = threading.Lock()
+
+
 def build_from_adapter(tensors: dict[str, torch.Tensor], meta: AdapterMeta) -> nn.Module:
     """Rebuild base + LoRA layout from metadata and load the tensors, refusing any mismatch."""
-    torch.manual_seed(meta.base_seed)
-    model = build_model(meta.model, len(meta.classes))
-    try:
-        inject_lora(model, meta.lora, meta.layers)
-    except (AttributeError, LoraError) as exc:
-        raise AdapterError(f"adapter layers do not exist in {meta.model.name}: {exc}") from None
+    # Random base weights are rebuilt from the seed through torch's one global generator, and
+    # inject_lora draws from it too: two rebuilds at once (two exports, two loads) would interleave
+    # their draws and get wrong base weights. One at a time. (A training thread of this process
+    # draws from it as well; only runs on random base weights, i.e. tests, are exposed to that.)
+    with _SEEDED_BUILD_LOCK:
+        torch.manual_seed(meta.base_seed)
+        model = build_model(meta.model, len(meta.classes))
+        try:
+            inject_lora(model, meta.lora, meta.layers)
+        except (AttributeError, LoraError) as exc:
+            raise AdapterError(f"adapter layers do not exist in {meta.model.name}: {exc}") from None
     mark_calibrated_norms(model, meta)
     try:
         load_adapter_state_dict(model, tensors)

@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 from .adapter_file import AdapterMeta
+from .coreml_format import COREML_FILE
 from .merged_format import MERGED_FILE
 from .onnx_format import ONNX_FILE
+from .onnx_int8_format import INT8_FILE
+from .openvino_format import OPENVINO_FILE
+from .parity import parity_markdown
+from .peft_format import BASE_WEIGHTS
+from .tflite_format import TFLITE_FILE
 
 _PREPROCESS = """import json, timm, torch
 from PIL import Image
@@ -13,37 +19,69 @@ x = transform(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)   # a batch o
 
 
 def _base_snippet(meta: AdapterMeta) -> str:
-    """How to rebuild the exact base weights the adapter was trained on."""
-    name, k, src = meta.model.name, len(meta.classes), meta.model.weights
-    if src == "random":
-        return (f"torch.manual_seed({meta.base_seed})  # trained on random base weights: same seed, same timm version\n"
-                f"base = timm.create_model({name!r}, pretrained=False, num_classes={k})")
-    if src == "hub":
+    """How to rebuild the exact base weights the adapter was trained on, with timm alone."""
+    name, k = meta.model.name, len(meta.classes)
+    if meta.model.weights == "hub":
         return f"base = timm.create_model({name!r}, pretrained=True, num_classes={k})"
-    # bundled / file weights are not on the hub; lora_gui builds them exactly as in training
-    return ("from lora_gui.config import ModelConfig\nfrom lora_gui.backbones import build_model\n"
-            f"base = build_model(ModelConfig(name={name!r}, weights={src!r}, weights_file={meta.model.weights_file!r})"
-            f", num_classes={k})")
+    # bundled, local-file and random base weights are on no hub: the export carries them
+    return (f"base = timm.create_model({name!r}, pretrained=False, num_classes={k})\n"
+            f"base.load_state_dict(load_file(\"{BASE_WEIGHTS}\"), strict=True)   # the base it was trained on")
 
 
-def _readme(fmt: str, meta: AdapterMeta) -> str:
-    """A README whose code block runs as it is, from inside the export folder."""
-    name, k, dc = meta.model.name, len(meta.classes), meta.data_config
+def _code(fmt: str, meta: AdapterMeta) -> str:
+    name, k = meta.model.name, len(meta.classes)
     show = "print(labels[int(logits.argmax())])"
-    code = {
+    onnx = (f"{_PREPROCESS}\nimport onnxruntime as ort\nsession = ort.InferenceSession(\"{{file}}\")\n"
+            f"logits = session.run(None, {{{{\"input\": x.numpy()}}}})[0]   # any batch size\n{show}")
+    return {
         "native": "from lora_gui import load_adapter\nfrom lora_gui.inference.predict import predict\n"
                   "loaded = load_adapter(\".\")   # model, classes and transform\n"
-                  "print(predict(loaded, [\"photo.jpg\"], topk=5))",
-        "peft": f"{_PREPROCESS}\nimport peft\n{_base_snippet(meta)}\n"
+                  "print(predict(loaded, [\"photo.jpg\"], topk=1)[0][0][0])",
+        "peft": f"{_PREPROCESS}\nimport peft\nfrom safetensors.torch import load_file\n{_base_snippet(meta)}\n"
                 "model = peft.PeftModel.from_pretrained(base, \".\").eval()   # .merge_and_unload(): plain timm\n"
                 f"with torch.no_grad():\n    logits = model(x)\n{show}",
         "merged": f"{_PREPROCESS}\nfrom safetensors.torch import load_file\n"
                   f"model = timm.create_model({name!r}, pretrained=False, num_classes={k})\n"
                   f"model.load_state_dict(load_file(\"{MERGED_FILE}\"), strict=True)\n"
                   f"with torch.no_grad():\n    logits = model.eval()(x)\n{show}",
-        "onnx": f"{_PREPROCESS}\nimport onnxruntime as ort\nsession = ort.InferenceSession(\"{ONNX_FILE}\")\n"
-                f"logits = session.run(None, {{\"input\": x.numpy()}})[0]   # any batch size\n{show}",
+        "onnx": onnx.format(file=ONNX_FILE),
+        "onnx_int8": onnx.format(file=INT8_FILE),
+        "openvino": f"{_PREPROCESS}\nimport openvino as ov\n"
+                    f"model = ov.Core().compile_model(\"{OPENVINO_FILE}\", \"CPU\")   # or \"GPU\", \"NPU\", \"AUTO\"\n"
+                    f"logits = model(x.numpy())[0]\n{show}",
+        "coreml": f"{_PREPROCESS}\nimport coremltools as ct   # predictions need macOS; elsewhere use skip_model_load=True\n"
+                  f"model = ct.models.MLModel(\"{COREML_FILE}\")\n"
+                  "print(model.predict({\"input\": x.numpy()})[\"classLabel\"])",
+        "tflite": f"{_PREPROCESS}\nfrom ai_edge_litert.interpreter import Interpreter\n"
+                  f"interpreter = Interpreter(model_path=\"{TFLITE_FILE}\"); interpreter.allocate_tensors()\n"
+                  "interpreter.set_tensor(interpreter.get_input_details()[0][\"index\"], x.numpy())   # one image, NCHW\n"
+                  "interpreter.invoke()\n"
+                  "logits = interpreter.get_tensor(interpreter.get_output_details()[0][\"index\"])\n"
+                  f"{show}",
     }[fmt]
+
+
+NOTES = {
+    "native": "Needs lora_gui itself (`pip install` this package).",
+    "peft": "Needs timm, peft and safetensors (not lora_gui).",
+    "merged": "Needs timm and safetensors only.",
+    "onnx": "Needs onnxruntime (plus timm + Pillow for the preprocessing shown).",
+    "onnx_int8": "int8 weights and activations (onnxruntime static quantisation, weights per channel, calibrated "
+                 "on the run's training images): about 4x smaller and faster on CPUs; needs onnxruntime.",
+    "openvino": "OpenVINO IR (`model.xml` + `model.bin`, float16 weights) for Intel CPUs, GPUs and NPUs; "
+                "needs `pip install openvino`.",
+    "coreml": "Core ML ML Program for iOS 15+ / macOS 12+ apps (Xcode: drag in `model.mlpackage`). The input is "
+              "the normalised tensor; outputs `classLabel` and `classLabel_probs`. Converted on Linux, where "
+              "Core ML cannot run, so it carries no parity report.",
+    "tflite": "LiteRT (TFLite) flatbuffer for Android / edge devices; one NCHW image per call; needs "
+              "`pip install ai-edge-litert`.",
+}
+
+
+def _readme(fmt: str, meta: AdapterMeta, parity: dict | None = None) -> str:
+    """A README whose code block runs as it is, from inside the export folder."""
+    name, k, dc = meta.model.name, len(meta.classes), meta.data_config
+    check = f"\n{parity_markdown(parity)}\n" if parity is not None else ""
     return (f"# {name} + LoRA, {fmt} export (lora_gui)\n\n"
             f"{k} classes, in output order, in `labels.json`: {', '.join(meta.classes[:10])}"
             f"{', ...' if k > 10 else ''}.\n"
@@ -52,4 +90,5 @@ def _readme(fmt: str, meta: AdapterMeta) -> str:
             f"Preprocessing (`preprocessing.json`, timm's data config): input size {tuple(dc.get('input_size', ()))}, "
             f"mean {tuple(dc.get('mean', ()))}, std {tuple(dc.get('std', ()))}, "
             f"interpolation {dc.get('interpolation')}, crop_pct {dc.get('crop_pct')}.\n\n"
-            f"Run from this folder:\n\n```python\n{code}\n```\n")
+            f"{NOTES[fmt]}\n{check}\n"
+            f"Run from this folder:\n\n```python\n{_code(fmt, meta)}\n```\n")

@@ -1,6 +1,7 @@
 """Export an adapter in any format (a dispatch table of writers), and find what a path holds."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -8,7 +9,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..errors import AdapterError
+from ..errors import AdapterError, ExportError
 from .adapter_check import check_adapter_fits
 from .adapter_file import (
     ADAPTER_FILE,
@@ -18,12 +19,15 @@ from .adapter_file import (
     resolve_adapter_file,
 )
 from .export_meta import EXPORT_META_KEY, _export_meta, _safetensors_metadata
+from .coreml_format import _write_coreml
 from .export_readme import _readme
-from .merged_format import MERGED_FILE, _write_merged
-from .onnx_format import _write_onnx
+from .merged_format import MERGED_FILE, _merged_model, _write_merged
+from .onnx_format import _write_onnx, onnx_runner
+from .onnx_int8_format import _write_onnx_int8
+from .openvino_format import _write_openvino, openvino_runner
+from .parity import PARITY_FILE, check_parity, measure_parity
 from .peft_format import PEFT_CONFIG, PEFT_WEIGHTS, _write_peft
-
-FORMATS = ("native", "peft", "merged", "onnx")
+from .tflite_format import _write_tflite, tflite_runner
 
 
 def _write_native(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Path:
@@ -33,7 +37,59 @@ def _write_native(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Pa
     return out / ADAPTER_FILE
 
 
-WRITERS = {"native": _write_native, "peft": _write_peft, "merged": _write_merged, "onnx": _write_onnx}
+WRITERS = {"native": _write_native, "peft": _write_peft, "merged": _write_merged, "onnx": _write_onnx,
+           "onnx_int8": _write_onnx_int8, "openvino": _write_openvino, "coreml": _write_coreml,
+           "tflite": _write_tflite}
+FORMATS = tuple(WRITERS)
+# Formats whose export runs here with its own runtime: parity with PyTorch is measured and enforced.
+# (native, peft and merged are PyTorch itself; Core ML runs only on Apple systems.)
+RUNNERS = {"onnx": onnx_runner, "onnx_int8": onnx_runner, "openvino": openvino_runner, "tflite": tflite_runner}
+# The import names a format needs and the pip line that installs them.
+FORMAT_PACKAGES = {"onnx": (("onnx", "onnxruntime"), "onnx onnxruntime"),
+                   "onnx_int8": (("onnx", "onnxruntime"), "onnx onnxruntime"),
+                   "openvino": (("openvino",), "openvino"), "coreml": (("coremltools",), "coremltools"),
+                   "tflite": (("litert_torch",), "litert-torch")}
+
+
+def missing_packages(fmt: str) -> str | None:
+    """The `pip install` a format still needs on this machine, or None when it can be exported."""
+    modules, pip_line = FORMAT_PACKAGES.get(fmt, ((), ""))
+
+    def importable(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):   # ValueError: blocked in sys.modules (set to None)
+            return False
+    return None if all(map(importable, modules)) else f"pip install {pip_line}"
+
+
+def _artefact_files(artefact: Path) -> list[Path]:
+    """Everything that is the model itself (for its size on disk): OpenVINO's .bin beside its .xml."""
+    bin_file = artefact.with_suffix(".bin")
+    return [artefact, bin_file] if artefact.suffix == ".xml" and bin_file.is_file() else [artefact]
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+
+
+def _parity(fmt: str, file: Path, tensors: dict, meta: AdapterMeta, artefact: Path) -> dict | None:
+    """The parity report of a format that runs here (None for the others); refuses a poor one."""
+    if fmt not in RUNNERS:
+        return None
+    files = _artefact_files(artefact)
+    try:
+        report = measure_parity(fmt, file, meta, _merged_model(tensors, meta), RUNNERS[fmt](artefact),
+                                artefact, files)
+        check_parity(report)
+    except BaseException:
+        _remove(files)
+        raise
+    return report
 
 
 def export_adapter(source: str | os.PathLike, fmt: str, out_dir: str | os.PathLike) -> Path:
@@ -43,6 +99,8 @@ def export_adapter(source: str | os.PathLike, fmt: str, out_dir: str | os.PathLi
     """
     if fmt not in FORMATS:
         raise AdapterError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if (need := missing_packages(fmt)) is not None:
+        raise ExportError(f"the {fmt} export is not installed on this machine: `{need}`, then export again")
     file = resolve_adapter_file(source)
     tensors, meta = read_adapter(file)
     out = Path(out_dir)
@@ -52,10 +110,13 @@ def export_adapter(source: str | os.PathLike, fmt: str, out_dir: str | os.PathLi
         raise AdapterError("export into another folder than the adapter's own")
     out.mkdir(parents=True, exist_ok=True)
     artefact = WRITERS[fmt](file, tensors, meta, out)
+    parity = _parity(fmt, file, tensors, meta, artefact)
+    if parity is not None:
+        (out / PARITY_FILE).write_text(json.dumps(parity, indent=2))
     dc = {k: list(v) if isinstance(v, tuple) else v for k, v in meta.data_config.items()}
     (out / "labels.json").write_text(json.dumps(list(meta.classes), indent=2))
     (out / "preprocessing.json").write_text(json.dumps(dc, indent=2))
-    (out / "README.md").write_text(_readme(fmt, meta))
+    (out / "README.md").write_text(_readme(fmt, meta, parity))
     return artefact
 
 
@@ -65,11 +126,18 @@ def export_zip(source: str | os.PathLike, fmt: str, zip_path: str | os.PathLike)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lora_gui_export_") as tmp:
         export_adapter(source, fmt, Path(tmp) / "export")
-        partial = zip_path.with_name(zip_path.name + ".partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted((Path(tmp) / "export").iterdir()):
-                zf.write(f, arcname=f.name)
-        os.replace(partial, zip_path)
+        # a temporary name of its own beside the target (same file system, so os.replace is atomic):
+        # several exports of one run into one folder each write their own, and the last one wins whole
+        fd, partial = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".partial", dir=zip_path.parent)
+        try:
+            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
+                for f in sorted((Path(tmp) / "export").rglob("*")):
+                    zf.write(f, arcname=f.relative_to(Path(tmp) / "export").as_posix())
+            os.chmod(partial, 0o644)   # mkstemp makes it private to this user; a download is not
+            os.replace(partial, zip_path)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
     return zip_path
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from pathlib import Path
 
@@ -14,12 +15,15 @@ from .merged_format import _merged_model, _probe_input, _relative_diff
 
 ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4   # relative to the largest logit: float32 kernels differ, real bugs are far larger
+# torch.onnx.export keeps process-wide state (GLOBALS.in_onnx_export): two exports at once, even of
+# different models, fail with "in_onnx_export must be False". One at a time in this process.
+_TORCH_EXPORT_LOCK = threading.Lock()
 
 
 def _torch_onnx_export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
     kwargs = dict(input_names=["input"], output_names=["logits"], opset_version=17,
                   dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    with warnings.catch_warnings():
+    with _TORCH_EXPORT_LOCK, warnings.catch_warnings():
         # the TorchScript exporter still works in torch 2.x but announces its future removal
         warnings.simplefilter("ignore")
         try:
@@ -33,13 +37,24 @@ def _torch_onnx_export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
             torch.onnx.export(model, (x,), str(path), dynamo=True, **kwargs)
 
 
-def _write_onnx(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Path:
+def _import_onnx():
     try:
         import onnx
         import onnxruntime as ort
     except ImportError:
-        raise ExportError("ONNX export is an optional extra: `pip install onnx onnxruntime`, "
-                          "then export again") from None
+        raise ExportError("ONNX export needs `pip install onnx onnxruntime`, then export again") from None
+    return onnx, ort
+
+
+def onnx_runner(path: Path):
+    """The exported model in onnxruntime on the CPU: a float32 NCHW batch in, logits out."""
+    _, ort = _import_onnx()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"input": x})[0]
+
+
+def _write_onnx(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Path:
+    onnx, ort = _import_onnx()
     model = _merged_model(tensors, meta)
     path = out / ONNX_FILE
     _torch_onnx_export(model, _probe_input(meta, 2), path)

@@ -9,16 +9,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..backbones.build import build_model
 from ..errors import AdapterError
 from ..lora.layers import get_parent
 from ..lora.targets import _reads_weight_directly, head_modules
-from .adapter_check import check_adapter_fits
-from .adapter_file import AdapterMeta
+from .adapter_check import _quiet_build, check_adapter_fits
+from .adapter_file import _SEEDED_BUILD_LOCK, AdapterMeta
 from .export_meta import _export_meta, _export_metadata, _load_tensors
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+BASE_WEIGHTS = "base_model.safetensors"   # shipped when the base is not on a model hub
 
 
 def _peft_config(model: nn.Module, meta: AdapterMeta) -> dict:
@@ -69,7 +71,20 @@ def _write_peft(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Path
     state = {PEFT_PREFIX + k: v.contiguous() for k, v in tensors.items()}
     save_file(state, str(out / PEFT_WEIGHTS), metadata=_export_metadata("peft", meta))
     (out / PEFT_CONFIG).write_text(json.dumps(config, indent=2))
+    if meta.model.weights != "hub":
+        _write_base_weights(meta, out / BASE_WEIGHTS)
     return out
+
+
+def _write_base_weights(meta: AdapterMeta, path: Path) -> None:
+    """The base model the adapter was trained on, in timm's naming, for a plain
+    ``timm.create_model(pretrained=False)`` + ``load_state_dict``: bundled and local weights are on no
+    hub, and random ones are only reproducible with the same seed *and* timm version."""
+    with _SEEDED_BUILD_LOCK:   # the seeded build draws from torch's global generator
+        torch.manual_seed(meta.base_seed)
+        base = _quiet_build(build_model, meta.model, len(meta.classes))
+    save_file({k: v.detach().contiguous() for k, v in base.state_dict().items()}, str(path),
+              metadata={"format": "pt"})
 
 
 def read_peft_export(file: Path) -> tuple[dict[str, torch.Tensor], AdapterMeta]:

@@ -1,8 +1,10 @@
-"""Export tab: download the session's run as native / PEFT / merged / ONNX (a zip
-with a README), with the Python that loads it; load an adapter file back for testing.
+"""Export tab: download the session's run as native / PEFT / merged / ONNX / int8 ONNX / OpenVINO /
+Core ML / TFLite (a zip with a README and, for formats that run here, a parity report), with the
+Python that loads it; load an adapter file back for testing.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import uuid
@@ -13,16 +15,30 @@ import gradio as gr
 
 from ...inference.evaluate import find_run_dir
 from ...inference.predict import load_adapter
-from ...store.exports import FORMATS, export_zip, locate
+from ...store.exports import FORMATS, export_zip, locate, missing_packages
+from ...store.parity import PARITY_FILE, parity_markdown
 from ..common import ENGINE_ERRORS, failure, hand_out, this_tab
 from .test_tab import _no_adapter_yet, cache_model, describe_source
 
-FORMAT_CHOICES = [
+_FORMAT_NOTES = [
     ("Native — adapter.safetensors + JSON, small; reloads in lora_gui (this app, the CLI, load_adapter)", "native"),
     ("PEFT — adapter_config.json + adapter_model.safetensors for peft.PeftModel.from_pretrained on a timm model", "peft"),
     ("Merged — a plain timm state dict with LoRA folded in: load_state_dict(strict=True), no extra library", "merged"),
-    ("ONNX — the merged model for onnxruntime and other ONNX runtimes (needs the onnx extra)", "onnx"),
+    ("ONNX — the merged model for onnxruntime and other ONNX runtimes", "onnx"),
+    ("ONNX int8 — quantised on your training images: ~4x smaller, faster on CPUs; refused if it disagrees", "onnx_int8"),
+    ("OpenVINO — IR (model.xml + .bin) for Intel CPUs, GPUs and NPUs", "openvino"),
+    ("Core ML — .mlpackage for iPhone/iPad/Mac apps (converted here; runs only on Apple systems)", "coreml"),
+    ("TFLite / LiteRT — model.tflite for Android and edge devices", "tflite"),
 ]
+
+
+def format_choices() -> list[tuple[str, str]]:
+    """The formats, each saying what it is for; one whose package this install lacks says how to add it."""
+    return [(label if (need := missing_packages(value)) is None else f"{label} — not installed: {need}", value)
+            for label, value in _FORMAT_NOTES]
+
+
+FORMAT_CHOICES = format_choices()
 assert [v for _, v in FORMAT_CHOICES] == list(FORMATS)
 NO_RUN = "Nothing to export yet: train a model first (Train tab) or pick a run in the Runs tab"
 _CODE = re.compile(r"```python\n(.*?)```", re.S)
@@ -33,6 +49,14 @@ def _export_name(source: str) -> str:
     run = find_run_dir(p)
     name = run.name if run is not None else (p.parent.name if p.suffix else p.name)
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "adapter"
+
+
+def parity_summary(zip_path: Path) -> str:
+    """The parity report inside an export zip, as Markdown ('' for formats that do not run here)."""
+    with zipfile.ZipFile(zip_path) as zf:
+        if PARITY_FILE not in zf.namelist():
+            return ""
+        return parity_markdown(json.loads(zf.read(PARITY_FILE)))
 
 
 def readme_snippet(zip_path: Path) -> str:
@@ -63,11 +87,12 @@ def on_export(fmt: str, session, workspace: Path, progress=gr.Progress()):
     zip_path = workspace / "exports" / session.id / f"{_export_name(source)}-{fmt}.zip"   # sessions never share one
     try:
         export_zip(source, fmt, zip_path)
-        snippet = readme_snippet(zip_path)
+        snippet, parity = readme_snippet(zip_path), parity_summary(zip_path)
     except Exception as exc:
         raise failure(exc, f"the {fmt} export") from None
     size = zip_path.stat().st_size / 2**20
     status = f"Built **{zip_path.name}** ({size:.1f} MB) from {describe_source(session).removeprefix('Model under test: ')}"
+    status += f"\n\n{parity}" if parity else ""
     return hand_out(zip_path), snippet, status, session
 
 
