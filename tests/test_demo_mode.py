@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,12 @@ from demo_helpers import CORNERS, square_image, train_squares, write_squares
 from demo_stream_client import stream_frames
 from PIL import Image
 
-from lora_gui.inference.calibration import calibrate, coverage_curve, nll, validation_logits
+from lora_gui.inference.calibration import (
+    calibrate,
+    coverage_curve,
+    nll,
+    validation_logits,
+)
 from lora_gui.inference.explain import explain, heatmaps_for
 from lora_gui.inference.predict import load_adapter, predict
 from lora_gui.store.calibration_file import read_calibration
@@ -265,6 +271,13 @@ def _demo_venv(requirements: Path) -> Path:
     return python
 
 
+def _capture(fn, errors):
+    try:
+        fn()
+    except BaseException as exc:   # re-raised in the test's own thread
+        errors.append(exc)
+
+
 def test_live_webcam_in_a_real_browser(demo_server, tmp_path):
     """Chromium's fake webcam plays a still video of a square in the bottom-right corner: the live
     answer names that corner (not mirrored), and 'Where does it look?' draws a heatmap of the frame."""
@@ -276,27 +289,38 @@ def test_live_webcam_in_a_real_browser(demo_server, tmp_path):
     still = np.asarray(Image.fromarray(square_image("bottom_right", 12)).resize((240, 240), Image.NEAREST))
     video = write_y4m(tmp_path / "square.y4m", still)
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + [
-            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            f"--use-file-for-fake-video-capture={video}"])
-        try:
-            page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-            page.goto(demo_server)
-            page.get_by_text("Click to Access Webcam").click()
-            page.locator("#lg-demo-cam button", has_text="Record").click()
-            verdict = page.locator("#lg-demo-verdict")
-            deadline = time.time() + 90
-            while "bottom_right" not in verdict.inner_text() and time.time() < deadline:
-                time.sleep(0.5)
-            assert "bottom_right" in verdict.inner_text(), verdict.inner_text()
-            page.screenshot(path=str(ARTIFACTS / "demo-live-webcam.png"), full_page=True)
-            page.locator("#lg-demo-look").click()
-            page.locator("#lg-demo-heat img").wait_for(timeout=90000)
-            page.get_by_text("Where it looks for").wait_for(timeout=30000)
-            page.screenshot(path=str(ARTIFACTS / "demo-live-heatmap.png"), full_page=True)
-        finally:
-            browser.close()
+    # in a thread of its own: the session's browser fixture (conftest) keeps Playwright's event loop
+    # running in this one, and a second sync_playwright() there refuses to start
+    def drive():
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + [
+                "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-video-capture={video}"])
+            try:
+                page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+                page.goto(demo_server)
+                page.get_by_text("Click to Access Webcam").click()
+                page.locator("#lg-demo-cam button", has_text="Record").click()
+                verdict = page.locator("#lg-demo-verdict")
+                deadline = time.time() + 90
+                while "bottom_right" not in verdict.inner_text() and time.time() < deadline:
+                    time.sleep(0.5)
+                assert "bottom_right" in verdict.inner_text(), verdict.inner_text()
+                page.screenshot(path=str(ARTIFACTS / "demo-live-webcam.png"), full_page=True)
+                page.locator("#lg-demo-look").click()
+                page.locator("#lg-demo-heat img").wait_for(timeout=90000)
+                page.get_by_text("Where it looks for").wait_for(timeout=30000)
+                page.screenshot(path=str(ARTIFACTS / "demo-live-heatmap.png"), full_page=True)
+            finally:
+                browser.close()
+
+    errors = []
+    worker = threading.Thread(target=lambda: _capture(drive, errors))
+    worker.start()
+    worker.join(400)
+    if errors:
+        raise errors[0]
+    assert not worker.is_alive(), "the browser check did not finish"
 
 
 def test_an_open_live_stream_does_not_block_another_session(demo_server):
