@@ -70,6 +70,26 @@ def test_endpoints_train_predict_export(client, tmp_path):
     assert any("tf_efficientnet_lite0" in json.dumps(r) for r in runs[:1]), runs[:1]
 
 
+def test_unusable_uploads_are_refused_with_a_sentence(client, tmp_path):
+    """An upload Gradio cannot decode (too many pixels, not an image) fails in the component's
+    preprocess, before the handler: the caller still gets a sentence, not a bare error."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+    huge = tmp_path / "huge.png"
+    Image.new("1", (10_000, 10_000)).save(huge)            # 100 MP: Pillow's bomb error in Gradio
+    big = tmp_path / "big.png"
+    Image.new("1", (8_000, 6_000)).save(big)               # 48 MP: over our 40 MP, under Pillow's error
+    text = tmp_path / "notes.png"
+    text.write_text("this is a shopping list, not a picture")
+    with pytest.raises(AppError, match="too many pixels.*scale it down"):
+        client.predict(handle_file(str(huge)), api_name="/predict")
+    with pytest.raises(AppError, match="8000×6000 .*more than the 40 MP"):
+        client.predict(handle_file(str(big)), api_name="/predict")
+    with pytest.raises(AppError, match="not an image this app can read"):
+        client.predict(handle_file(str(text)), api_name="/predict")
+
+
 def test_errors_reach_the_client_as_messages(client):
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match="Choose a dataset first"):

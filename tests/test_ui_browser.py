@@ -87,3 +87,24 @@ def test_folder_upload_leaves_non_images_in_the_browser(app, tmp_path):
         shot(page, "folder-upload")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _huge_png(path):
+    """A real 100-megapixel PNG (a few hundred kB: one colour compresses well)."""
+    from PIL import Image
+    Image.new("1", (10_000, 10_000)).save(path)
+    return path
+
+
+def test_huge_photo_in_test_tab_gives_a_sentence_not_a_pill(app, tmp_path):
+    """#12: Gradio decodes an upload before any handler runs; a 100 MP photo made Pillow raise
+    DecompressionBombError there, a bare "Error" on every output. Now: one toast that says what
+    to do, no pill (image_input.ImageInput)."""
+    page = app
+    page.get_by_role("tab", name="4 · Test").click()
+    page.set_input_files("#lg-test-image input[type=file]", str(_huge_png(tmp_path / "panorama.png")))
+    page.wait_for_selector(".toast-body", timeout=60_000)
+    text = page.inner_text(".toast-body")
+    shot(page, "test-huge-photo")
+    assert "too many pixels" in text and "scale it down" in text, text
+    assert page.locator(PILL).count() == 0

@@ -163,12 +163,12 @@ def cmd_train(args) -> int:
     return code
 
 
-def _train(args, ctx) -> int:
+def _make_job(args, ctx, quiet: bool):
+    """The job the flags ask for (a new run or a resumed one), or an exit code when they are wrong."""
     from ..errors import TrainingFailed, user_errors
     from ..jobs.training_job import TrainingJob, preflight
     from ..store.run_folder import RunFolder, new_run_id
     from ..training import distributed
-    quiet = not ctx.is_main  # [ddp] ranks other than 0 print only their own errors
     try:
         if args.resume:
             run = RunFolder(args.resume)
@@ -180,31 +180,30 @@ def _train(args, ctx) -> int:
             if given and not quiet:
                 print(f"note: --resume continues with the run's saved config; ignoring {', '.join(given)}",
                       file=sys.stderr)
-            job = TrainingJob.resume_run(args.resume)
-        else:
-            cfg = build_config(args)
-            if not cfg.data.source:
-                return bad_input("--data is required: a folder of class folders, an archive or a CSV")
-            if args.out and ctx.is_main and RunFolder(args.out).exists():
-                return bad_input(f"{args.out} already holds a run; continue it with --resume {args.out}, "
-                                  "or give --out a new folder")
-            workspace = Path(args.out).parent if args.out else Path(args.workspace)
-            run_dir = args.out
-            if ctx.enabled:  # [ddp] one folder for all ranks: rank 0's choice
-                run_dir = distributed.broadcast_object(args.out or str(workspace / new_run_id()))
-            dataset = preflight(cfg, str(workspace))
-            if not args.json and not quiet:
-                print(dataset.report.summary(), file=sys.stderr)
-            job = TrainingJob(cfg, workspace=str(workspace), run_dir=run_dir, dataset=dataset)
+            return TrainingJob.resume_run(args.resume)
+        cfg = build_config(args)
+        if not cfg.data.source:
+            return bad_input("--data is required: a folder of class folders, an archive or a CSV")
+        if args.out and ctx.is_main and RunFolder(args.out).exists():
+            return bad_input(f"{args.out} already holds a run; continue it with --resume {args.out}, "
+                             "or give --out a new folder")
+        workspace = Path(args.out).parent if args.out else Path(args.workspace)
+        run_dir = args.out
+        if ctx.enabled:  # [ddp] one folder for all ranks: rank 0's choice
+            run_dir = distributed.broadcast_object(args.out or str(workspace / new_run_id()))
+        dataset = preflight(cfg, str(workspace))
+        if not args.json and not quiet:
+            print(dataset.report.summary(), file=sys.stderr)
+        return TrainingJob(cfg, workspace=str(workspace), run_dir=run_dir, dataset=dataset)
     except (*user_errors(), ValueError, FileNotFoundError, FileExistsError) as exc:
         return bad_input(exc)
     except TrainingFailed as exc:  # [ddp] another rank failed before training began
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    if ctx.enabled:  # [ddp] when torchrun tears the job down, rank 0 says so in status.json
-        distributed.on_torchrun_teardown(job)
-    job.start()
-    tty = sys.stderr.isatty()
+
+
+def _follow(job, args, ctx, quiet: bool, tty: bool) -> None:
+    """Show progress until the job ends; Ctrl-C stops it cleanly (the adapter so far is kept)."""
     last_line, last_print, last_status = "", 0.0, ""
     try:
         while not job.wait(0.25 if tty else 0.5):
@@ -226,28 +225,51 @@ def _train(args, ctx) -> int:
             print("\nstopping (the adapter so far is kept) ...", file=sys.stderr)
         job.stop()
         job.wait()
-    snap = job.snapshot()
-    if quiet:
-        if snap.status == "failed":
-            print(f"error (rank {ctx.rank}): {snap.message}", file=sys.stderr)
-            return EXIT_BAD_INPUT if job.failure_kind == "input" else EXIT_FAILED
+
+
+def _exit_code(job, snap) -> int:
+    if snap.status != "failed":
         return EXIT_OK
+    return EXIT_BAD_INPUT if job.failure_kind == "input" else EXIT_FAILED
+
+
+def _report(job, args, tty: bool) -> int:
+    """The run's summary (a table, or JSON with --json) and the exit code."""
+    snap = job.snapshot()
     if not args.json and snap.total_steps:
         # the bar as training left it (a log may not have had a line since the last few steps)
         print(("\r\033[K" if tty else "") + progress_line(snap), file=sys.stderr, flush=True)
     if args.json:
         final = snap.epoch_rows[-1] if snap.epoch_rows else {}
+        status = job.run.read_status()
         print(json.dumps(_json_safe({
             "status": snap.status, "message": snap.message, "run_dir": snap.run_dir,
             "steps": snap.step, "total_steps": snap.total_steps, "epochs": snap.epoch_rows, "final": final,
-            "best_val_acc": job.run.read_status().get("best_val_acc"),
-            "best_epoch": job.run.read_status().get("best_epoch")}), indent=2, allow_nan=False))
+            "best_val_acc": status.get("best_val_acc"), "best_epoch": status.get("best_epoch")}),
+            indent=2, allow_nan=False))
     else:
         if snap.epoch_rows:
             print(summary_table(snap.epoch_rows))
         print(f"{snap.status}: {snap.message}\nrun folder: {snap.run_dir}")
-    if snap.status == "failed":
-        if not args.json:
+        if snap.status == "failed":
             print(f"error: {snap.message}", file=sys.stderr)
-        return EXIT_BAD_INPUT if job.failure_kind == "input" else EXIT_FAILED
-    return EXIT_OK
+    return _exit_code(job, snap)
+
+
+def _train(args, ctx) -> int:
+    from ..training import distributed
+    quiet = not ctx.is_main  # [ddp] ranks other than 0 print only their own errors
+    job = _make_job(args, ctx, quiet)
+    if isinstance(job, int):
+        return job
+    if ctx.enabled:  # [ddp] when torchrun tears the job down, rank 0 says so in status.json
+        distributed.on_torchrun_teardown(job)
+    job.start()
+    tty = sys.stderr.isatty()
+    _follow(job, args, ctx, quiet, tty)
+    if quiet:
+        snap = job.snapshot()
+        if snap.status == "failed":
+            print(f"error (rank {ctx.rank}): {snap.message}", file=sys.stderr)
+        return _exit_code(job, snap)
+    return _report(job, args, tty)

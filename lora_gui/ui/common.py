@@ -30,6 +30,7 @@ from gradio.context import Context, LocalContext
 
 from ..errors import BAD_INPUT, ExportError
 from ..store.run_folder import RunBusy
+from .image_input import UnusableUpload
 
 ENGINE_ERRORS = BAD_INPUT + (ExportError, RunBusy)
 # Internal UI events stay out of the public API (gradio_client, the 'Use via API' page).
@@ -68,6 +69,14 @@ def from_api_client() -> bool:
     return headers.get("x-gradio-user") in ("api", "mcp")
 
 
+def _refuse_unusable(args) -> None:
+    """An input component that could not decode its upload passes the reason instead of a value
+    (``image_input.ImageInput``): raise it here, so it becomes the handler's own message."""
+    for value in args:
+        if isinstance(value, UnusableUpload):
+            raise value
+
+
 def friendly(fn, what: str = ""):
     """``fn`` that never lets an exception reach Gradio from the browser (see the module docstring)."""
     if getattr(fn, "_lg_guarded", False) or inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
@@ -85,6 +94,7 @@ def friendly(fn, what: str = ""):
         @functools.wraps(fn)
         async def guarded_async(*args, **kwargs):
             try:
+                _refuse_unusable(args)
                 return await fn(*args, **kwargs)
             except Exception as exc:
                 return handle(exc)
@@ -94,6 +104,7 @@ def friendly(fn, what: str = ""):
     @functools.wraps(fn)
     def guarded(*args, **kwargs):
         try:
+            _refuse_unusable(args)
             return fn(*args, **kwargs)
         except Exception as exc:
             return handle(exc)

@@ -3,12 +3,11 @@ so the Train button, the Presets tab and "save as preset" can never disagree.
 """
 from __future__ import annotations
 
-import abc
-
 import re
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from .component_variant import component_variant
 
 # field name -> (config section, config key)
 FIELDS: dict[str, tuple[str, str]] = {
@@ -71,6 +70,9 @@ def values_from_config(cfg: RunConfig) -> dict:
     return out
 
 
+# The form's starting values: the config's own defaults, never retyped in a tab.
+DEFAULTS = values_from_config(RunConfig())
+
 NUMBERS = ["rank", "alpha", "dropout", "epochs", "batch_size", "lr", "seed", "val_fraction", "image_size"]
 
 
@@ -114,13 +116,6 @@ def _lenient_class(base: type) -> type:
     if getattr(base, "_lg_lenient", False):
         return base
     if base not in _LENIENT:
-        # ABCMeta.__new__ with Gradio's own metaclass: a component class like the base, without the
-        # metaclass's source-code step (it writes a .pyi stub beside the module defining the class)
-        _LENIENT[base] = abc.ABCMeta.__new__(type(base), f"Lenient{base.__name__}", (base,), {
-            "_lg_lenient": True,
-            "preprocess": lambda self, payload: payload,
-            # the browser looks components up by this name: it must stay the base's ('slider', 'number')
-            "get_block_name": lambda self, _name=base.__name__.lower(): _name,
-            "__module__": base.__module__,
-        })
+        _LENIENT[base] = component_variant(base, f"Lenient{base.__name__}", _lg_lenient=True,
+                                           preprocess=lambda self, payload: payload)
     return _LENIENT[base]

@@ -12,7 +12,8 @@ from ...data.archives import ArchiveLimits
 from ..charts import class_distribution_figure
 from ..common import PRIVATE, caller_host, md, thumbnails
 from ..context import MAX_UPLOAD_MB, AppContext
-from ..fields import field_problem, lenient
+from ..fields import DEFAULTS, field_problem, lenient
+from ..image_input import ImageInput
 
 LIMITS = ArchiveLimits()
 LIMITS_TEXT = (f"Uploads up to {MAX_UPLOAD_MB} MB each. Archives: at most {LIMITS.max_members:,} files and "
@@ -123,7 +124,7 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
         with gr.Tab("Class by class (webcam)"):
             build_class_builder(ctx)
     gr.Markdown(LIMITS_TEXT, elem_classes="lg-hint")
-    val_fraction = gr.Slider(0.0, 0.5, value=0.2, step=0.05, label="Held out for validation",
+    val_fraction = gr.Slider(0.0, 0.5, value=DEFAULTS["val_fraction"], step=0.05, label="Held out for validation",
                              info="This share of each class is never trained on; it measures real accuracy.")
     lenient(val_fraction)
     ctx.fields["val_fraction"] = val_fraction
@@ -227,7 +228,7 @@ def build_class_builder(ctx: AppContext) -> None:
     with gr.Row():
         files = gr.File(file_count="multiple", file_types=["image"], label="Add images to this class",
                         elem_id="lg-cb-files")
-        cam = gr.Image(sources=["webcam", "upload", "clipboard"], type="numpy", label="Snapshot")
+        cam = ImageInput(sources=["webcam", "upload", "clipboard"], type="numpy", label="Snapshot")
     snap_btn = gr.Button("Add snapshot to this class")
     with gr.Row():
         rename_to = gr.Textbox(label="Rename selected class to", scale=3)

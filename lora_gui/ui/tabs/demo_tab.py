@@ -24,7 +24,10 @@ from ...inference.predict import predict
 from ...jobs.registry import get_job
 from ...jobs.retrain_job import RETRAIN_EPOCHS, retrain_with_fixes
 from ...store.demo_app_format import write_demo_app
+from .. import common
 from ..common import PRIVATE, failure, this_tab
+from ..image_input import ImageInput
+from ..run_names import run_title
 from .test_tab import describe_source, get_test_model
 
 STREAM_EVERY = 0.2     # seconds between webcam frames sent (5 per second)
@@ -106,7 +109,7 @@ def on_retrain(session, workspace: Path):
         job = retrain_with_fixes(run, workspace)
     except Exception as exc:
         raise failure(exc, "starting the retrain") from None
-    return job.id, f"Retraining from **{run.name}** with your fixes (run {job.id})…", gr.Timer(active=True)
+    return job.id, f"Retraining from **{common.md(run_title(run))}** with your fixes…", gr.Timer(active=True)
 
 
 def on_retrain_poll(job_id, session):
@@ -147,7 +150,7 @@ def on_calibrate(session):
         cal = calibrate(loaded, run)
     except Exception as exc:
         raise failure(exc, "calibration") from None
-    md = (f"Temperature **{cal.temperature:.2f}** fitted on the validation images of {run.name}: their "
+    md = (f"Temperature **{cal.temperature:.2f}** fitted on the validation images of {common.md(run_title(run))}: their "
           f"log-loss went from {cal.nll_before:.3f} to {cal.nll_after:.3f} (lower is more honest). "
           "Pick below how sure it must be to answer.")
     return md, gr.Slider(value=cal.threshold), _curve_rows(cal), session
@@ -205,10 +208,10 @@ def build_demo_tab(ctx) -> None:
         with gr.Column(scale=1):
             with gr.Tab("Live webcam"):
                 # not mirrored: the model must see the scene as it is (a mirrored 'left' is 'right')
-                cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Live webcam",
+                cam = ImageInput(sources=["webcam"], streaming=True, type="numpy", label="Live webcam",
                                elem_id="lg-demo-cam", height=320, webcam_options=gr.WebcamOptions(mirror=False))
             with gr.Tab("Photo"):
-                photo = gr.Image(sources=["upload", "clipboard"], type="numpy", label="Photo",
+                photo = ImageInput(sources=["upload", "clipboard"], type="numpy", label="Photo",
                                  elem_id="lg-demo-photo", height=320)
         with gr.Column(scale=1):
             answer = gr.Markdown("Start the webcam or upload a photo.", elem_id="lg-demo-verdict")

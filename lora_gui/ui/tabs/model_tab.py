@@ -17,7 +17,7 @@ from ...errors import ConfigError
 from ..catalog_info import AVAILABILITY, CatalogInfo
 from ..common import PRIVATE, md
 from ..context import AppContext
-from ..fields import field_problem, lenient, problems_text
+from ..fields import DEFAULTS, field_problem, lenient, problems_text
 
 TARGET_CHOICES = [
     ("auto (recommended for this model)", "auto"),
@@ -114,34 +114,34 @@ def build_model_tab(ctx: AppContext) -> None:
     offline = gr.Markdown(info.offline_summary(), elem_id="lg-offline-models")
     with gr.Row():
         with gr.Column(scale=3):
-            model_name = gr.Dropdown(info.choices(), value=models.BUNDLED_MODEL, label="Backbone",
+            model_name = gr.Dropdown(info.choices(), value=DEFAULTS["model_name"], label="Backbone",
                                      allow_custom_value=True, filterable=True,
                                      info="Fast-on-CPU models first. Type to filter, or search all of timm below.")
-            note = gr.Markdown(model_note(models.BUNDLED_MODEL, info, compute=False), elem_id="lg-model-note")
+            note = gr.Markdown(model_note(DEFAULTS["model_name"], info, compute=False), elem_id="lg-model-note")
         with gr.Column(scale=2):
             search = gr.Textbox(label="Search all timm models", placeholder="e.g. convnext, vit_small*")
             found = gr.Dropdown([], label="Matches (pick one to use it)", interactive=True)
     with gr.Row():
         weights = gr.Radio([("bundled (offline)", "bundled"), ("pretrained from the hub", "hub"),
                             ("local file", "file"), ("random (learns poorly)", "random")],
-                           value="bundled", label="Starting weights")
+                           value=DEFAULTS["weights"], label="Starting weights")
         weights_upload = gr.File(file_types=[".safetensors", ".pth", ".pt", ".bin"], label="Weights file",
                                  visible=False)
         weights_file = gr.Textbox(label="Weights file path", visible=False)
     gr.Markdown(HELP, elem_classes="lg-hint")
     with gr.Row():
-        rank = gr.Slider(1, 64, value=8, step=1, label="Rank (r)", info="size of the learned correction")
-        alpha = gr.Number(value=16, label="Alpha", info="strength: update = alpha / rank", minimum=0.01)
-        dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="LoRA dropout")
+        rank = gr.Slider(1, 64, value=DEFAULTS["rank"], step=1, label="Rank (r)", info="size of the learned correction")
+        alpha = gr.Number(value=DEFAULTS["alpha"], label="Alpha", info="strength: update = alpha / rank", minimum=0.01)
+        dropout = gr.Slider(0, 0.5, value=DEFAULTS["dropout"], step=0.05, label="LoRA dropout")
     lenient(rank, alpha, dropout)
     check = gr.Markdown(elem_id="lg-model-check")
-    targets = gr.Dropdown(TARGET_CHOICES, value="auto", allow_custom_value=True, label="Target layers",
+    targets = gr.Dropdown(TARGET_CHOICES, value=DEFAULTS["targets"], allow_custom_value=True, label="Target layers",
                           info="A preset, 're:<regex>' (full match on layer names) or comma-separated name endings")
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
-            train_norm = gr.Checkbox(False, label="Also train normalisation layers")
-            train_bias = gr.Checkbox(False, label="Also train biases")
-            use_rslora = gr.Checkbox(False, label="rsLoRA scaling (alpha / sqrt(rank))")
+            train_norm = gr.Checkbox(DEFAULTS["train_norm"], label="Also train normalisation layers")
+            train_bias = gr.Checkbox(DEFAULTS["train_bias"], label="Also train biases")
+            use_rslora = gr.Checkbox(DEFAULTS["use_rslora"], label="rsLoRA scaling (alpha / sqrt(rank))")
     count = gr.Markdown(elem_id="lg-trainable")
     with gr.Accordion("Show details: the layers LoRA changes", open=False, elem_id="lg-layers-details"):
         layers = gr.Dataframe(headers=["layer", "type", "weight shape", "params", "LoRA params", "LoRA"],

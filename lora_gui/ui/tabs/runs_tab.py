@@ -3,20 +3,18 @@ overlay the step-loss curves of several.
 """
 from __future__ import annotations
 
-import warnings
-from datetime import datetime
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from ... import data
 from ...jobs.registry import active_jobs, set_owner
 from ...jobs.training_job import TrainingJob
 from ...store.run_folder import RunFolder, list_runs
 from ..access import owner_id
 from ..common import ENGINE_ERRORS, failure, this_tab
+from ..run_names import dataset_name, run_label
 
 COLUMNS = ["run", "dataset", "model", "rank", "targets", "best val acc", "training time", "status", "folder"]
 LIVE = ("queued", "running", "paused", "stopping")
@@ -50,29 +48,16 @@ def runs_with_status(workspace) -> list[dict]:
     return rows
 
 
-def run_label(r: dict, with_model: bool = True) -> str:
-    """'2 Dec 13:15:02 · resnet18' instead of the folder name run-20261202-131502-ab12."""
-    try:
-        when = datetime.strptime(r["started"] or "", "%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return r["run"]
-    return f"{when.day} {when:%b %H:%M:%S}" + (f" · {r['model']}" if with_model else "")
-
-
-def dataset_name(source: str | None) -> str:
-    if not source:
-        return ""
-    path = Path(source)
-    if path.resolve() == data.example_dataset_path().resolve():
-        return "example dataset"
-    return path.name or str(path)
+def _status(r: dict) -> str:
+    """'damaged: config.json is not valid JSON ...' says what to do; 'damaged' alone does not."""
+    return f"damaged: {r['damaged']}" if r["status"] == "damaged" and r.get("damaged") else r["status"]
 
 
 def runs_table(rows: list[dict]) -> pd.DataFrame:
     data_rows = [[run_label(r, with_model=False), dataset_name(r.get("source")), r["model"], r["rank"] if r["rank"] is not None else "",
                   r["targets"] or "",
                   f"{r['best_val_acc']:.1%}" if isinstance(r["best_val_acc"], (int, float)) else "",
-                  _duration(r["duration_s"]), r["status"], r["run"]] for r in rows]
+                  _duration(r["duration_s"]), _status(r), r["run"]] for r in rows]
     return pd.DataFrame(data_rows, columns=COLUMNS)
 
 
@@ -180,11 +165,10 @@ def build_runs_tab(ctx) -> None:
                            "start a new training in the Train tab")
         previous = session.job()
         if previous is not None and previous.status in LIVE:
-            gr.Warning("Your other training keeps running in the background; the resumed run waits for the device.")
+            gr.Info("Your other training keeps running in the background; the resumed run waits for the device.",
+                    title="Queued")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                job = TrainingJob.resume_run(str(run.path), interactive=True).start()
+            job = TrainingJob.resume_run(str(run.path), interactive=True).start()
         except ENGINE_ERRORS as exc:
             raise failure(exc) from None
         except Exception as exc:

@@ -21,7 +21,9 @@ from ...inference.evaluate import evaluate_run, find_run_dir
 from ...inference.predict import LoadedAdapter, predict
 from ...store.run_folder import RunFolder
 from ..charts import confusion_figure
-from ..common import ENGINE_ERRORS, failure, this_tab
+from ..common import ENGINE_ERRORS, failure, md, this_tab
+from ..image_input import ImageInput
+from ..run_names import dataset_name, run_label, run_title
 
 NO_MODEL = "Train a model first (Train tab) or load an adapter in the Export tab"
 GALLERY_MAX = 48
@@ -79,8 +81,9 @@ def _run_line(run_dir: Path) -> str:
     epoch = status.get("best_epoch")
     best = (f"best adapter (epoch {epoch}" + (f", validation accuracy {acc:.1%}" if isinstance(acc, (int, float)) else "")
             + ")") if epoch else "best adapter so far"
-    return (f"Model under test: run **{s['run']}**, {best} — `{s['model']}`, {s['classes']} classes, "
-            f"LoRA rank {s['rank']}, run status *{s['status']}*.")
+    on = dataset_name(s.get("source"))
+    return (f"Model under test: **{md(run_label(s))}**" + (f" on {md(on)}" if on else "") + f", {best} — "
+            f"{s['classes']} classes, LoRA rank {s['rank']}, run status *{s['status']}* (folder `{s['run']}`).")
 
 
 def describe_source(session) -> str:
@@ -156,8 +159,8 @@ def on_evaluate(session, progress=gr.Progress()):
                               progress=lambda done, total: progress(done / total, desc=f"{done}/{total} images"))
     except Exception as exc:
         raise failure(exc, "evaluation") from None
-    summary = (f"**Accuracy {result.accuracy:.1%}** ({result.correct} of {result.total} validation images of run "
-               f"{run.name}) · macro F1 {result.macro['f1']:.3f} · {len(result.misclassified)} misclassified")
+    summary = (f"**Accuracy {result.accuracy:.1%}** ({result.correct} of {result.total} validation images of "
+               f"{md(run_title(run))}) · macro F1 {result.macro['f1']:.3f} · {len(result.misclassified)} misclassified")
     if result.skipped:
         summary += f" · {len(result.skipped)} image(s) could not be read and were left out (e.g. {result.skipped[0][1]})"
     gallery = []
@@ -178,7 +181,7 @@ def build_test_tab(ctx) -> None:
     source_md = gr.Markdown(NO_MODEL + ".", elem_classes=["lg-hint"], elem_id="lg-test-source")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            image = gr.Image(sources=["upload", "clipboard", "webcam"], type="pil", label="Image to classify", elem_id="lg-test-image",
+            image = ImageInput(sources=["upload", "clipboard", "webcam"], type="pil", label="Image to classify", elem_id="lg-test-image",
                              height=320)
             predict_btn = gr.Button("Predict", variant="primary", elem_id="lg-predict")
         with gr.Column(scale=1):

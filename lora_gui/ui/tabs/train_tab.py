@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import re
-import warnings
 
 import gradio as gr
 
@@ -25,7 +24,7 @@ from .. import attach, charts, torchrun_choice
 from ..access import owner_id
 from ..common import PRIVATE, caller_host
 from ..context import AppContext
-from ..fields import FIELD_NAMES, config_from_values, lenient, problems_text
+from ..fields import DEFAULTS, FIELD_NAMES, config_from_values, lenient, problems_text
 
 SIZES = [("model default", 0), ("96 px (fastest)", 96), ("128 px", 128), ("160 px", 160), ("192 px", 192),
          ("224 px", 224), ("256 px", 256), ("288 px", 288), ("384 px", 384)]
@@ -125,17 +124,17 @@ def figures(snap) -> tuple:
 
 def build_train_tab(ctx: AppContext) -> None:
     with gr.Row():
-        epochs = gr.Slider(1, 50, value=3, step=1, label="Epochs", info="passes over the training images",
+        epochs = gr.Slider(1, 50, value=DEFAULTS["epochs"], step=1, label="Epochs", info="passes over the training images",
                            elem_id="lg-epochs")
-        batch_size = gr.Slider(1, 128, value=16, step=1, label="Batch size", info="smaller uses less memory")
-        lr = gr.Number(value=1e-3, label="Learning rate", info="1e-3 suits LoRA; lower it if loss jumps")
+        batch_size = gr.Slider(1, 128, value=DEFAULTS["batch_size"], step=1, label="Batch size", info="smaller uses less memory")
+        lr = gr.Number(value=DEFAULTS["lr"], label="Learning rate", info="1e-3 suits LoRA; lower it if loss jumps")
     with gr.Row():
         augmentation = gr.Radio([("none", "none"), ("flip", "flip"), ("light", "light"), ("strong", "strong")],
-                                value="flip", label="Augmentation",
+                                value=DEFAULTS["augmentation"], label="Augmentation",
                                 info="flip: mirror images (fastest: the frozen part is computed once); "
                                      "light: random crops too; strong: RandAugment")
-        image_size = gr.Dropdown(SIZES, value=0, label="Resolution", info="smaller trains faster")
-        seed = gr.Number(value=0, precision=0, label="Seed", info="same seed + data = same result")
+        image_size = gr.Dropdown(SIZES, value=DEFAULTS["image_size"], label="Resolution", info="smaller trains faster")
+        seed = gr.Number(value=DEFAULTS["seed"], precision=0, label="Seed", info="same seed + data = same result")
     numbers = lenient(epochs, batch_size, lr, seed, image_size)
     number_names = ["epochs", "batch_size", "lr", "seed", "image_size"]
     check = gr.Markdown(elem_id="lg-train-check")
@@ -186,14 +185,12 @@ def build_train_tab(ctx: AppContext) -> None:
         except PermissionError as exc:
             raise gr.Error(str(exc)) from None
         if cfg.model.weights == "random":
-            gr.Warning("Random starting weights: expect poor accuracy from a few hundred images.")
+            gr.Warning("Random starting weights: expect poor accuracy from a few hundred images.", title="Heads-up")
         if use_all_gpus:
             job = torchrun_choice.start(cfg, ctx.workspace)
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                job = TrainingJob(cfg, workspace=str(ctx.workspace), dataset=session.dataset,
-                                  interactive=True).start()
+            # The engine's "random weights" warning goes to the server log; the person got gr.Warning above.
+            job = TrainingJob(cfg, workspace=str(ctx.workspace), dataset=session.dataset, interactive=True).start()
         session.owner_id = owner_id(session, request)   # an API client: its own session from now on
         set_owner(job, session.owner_id, session.tab_id)
         session.started(job)

@@ -1,0 +1,55 @@
+"""An image input that refuses an unusable upload with a sentence instead of an "Error" pill.
+
+Gradio decodes an uploaded image in the component's ``preprocess``, before any handler runs:
+a 100-megapixel photo makes Pillow raise ``DecompressionBombError`` there (we lowered Pillow's
+limit to ``data.MAX_IMAGE_PIXELS`` for the whole process), a renamed text file raises
+``UnidentifiedImageError``, and either escapes to the browser as a bare "Error" on every output.
+``ImageInput`` checks the file's header first (Pillow reads only the header on open) and hands
+the handler an ``UnusableUpload`` instead of pixels; ``common.friendly`` raises it inside the
+handler's guard, so the person gets the usual toast and the outputs keep their values.
+"""
+from __future__ import annotations
+
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+
+from ..data.images import MAX_IMAGE_PIXELS
+from ..errors import DataError
+from .component_variant import component_variant
+
+
+class UnusableUpload(DataError):
+    """An uploaded picture that cannot be used; raised by the event guard in place of the handler."""
+
+
+def check_upload(path: str, name: str = "the picture") -> UnusableUpload | None:
+    """Why the image file at ``path`` cannot be used, or None. Reads only its header."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Image.DecompressionBombError:
+        return UnusableUpload(f"{name} has too many pixels for this app (over {2 * MAX_IMAGE_PIXELS // 10**6} MP); "
+                              f"scale it down to at most {MAX_IMAGE_PIXELS // 10**6} MP and try again")
+    except (UnidentifiedImageError, OSError, ValueError):
+        return UnusableUpload(f"{name} is not an image this app can read; use a JPEG, PNG, WebP, BMP, GIF or TIFF")
+    if w * h > MAX_IMAGE_PIXELS:
+        return UnusableUpload(f"{name} is {w}×{h} ({w * h / 1e6:.0f} MP), more than the {MAX_IMAGE_PIXELS // 10**6} MP "
+                              "this app accepts; scale it down and try again")
+    return None
+
+
+def _preprocess(self, payload):
+    path = getattr(payload, "path", None)
+    if path and not str(path).lower().endswith(".svg"):
+        problem = check_upload(path, getattr(payload, "orig_name", None) or "the picture")
+        if problem is not None:
+            return problem
+    try:
+        return gr.Image.preprocess(self, payload)
+    except Exception as exc:   # a truncated file passes the header check and fails while decoding
+        return UnusableUpload(f"the picture could not be decoded ({type(exc).__name__}); "
+                              "try another file or save it again as JPEG or PNG")
+
+
+# gr.Image whose preprocess hands the handler an UnusableUpload rather than raising
+ImageInput = component_variant(gr.Image, "ImageInput", preprocess=_preprocess)
