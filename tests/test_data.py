@@ -12,14 +12,9 @@ import torch
 from PIL import Image
 
 from lora_gui.data.class_builder import ClassBuilder
-from lora_gui.data.images import (
-    MAX_IMAGE_PIXELS,
-    DecodedCache,
-    ImageDataset,
-    build_transform,
-    cache_max_side,
-    load_rgb,
-)
+from lora_gui.data.decoded_cache import DecodedCache, cache_max_side
+from lora_gui.data.images import MAX_IMAGE_PIXELS, load_rgb
+from lora_gui.data.transforms import ImageDataset, build_transform
 from lora_gui.data.sources import (
     dataset_from_files,
     example_dataset_path,

@@ -14,9 +14,10 @@ from ..errors import (
     AdapterError,
     ExportError,
 )
-from ..inference.predict import load_adapter, predict
-from ..store.exports import FORMATS, export_adapter, export_zip
-from ..store.parity import PARITY_FILE
+from ..store.export_formats import FORMATS
+
+# The engine (torch, timm, the runtimes) is imported by the commands that run it, not by the parser,
+# so `--help` and the quick commands start in well under a second (issue #15.3).
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 
 def cli_export(args: argparse.Namespace) -> int:
     """0 ok, 2 bad input (message on stderr, no traceback), 1 the export failed."""
+    from ..store.exports import export_adapter, export_zip
     try:
         if str(args.out).endswith(".zip"):
             result = export_zip(args.run_dir, args.format, args.out)
@@ -60,6 +62,7 @@ def cli_export(args: argparse.Namespace) -> int:
 
 
 def _parity_line(out: Path | None) -> str:
+    from ..store.parity import PARITY_FILE
     try:
         r = json.loads((out / PARITY_FILE).read_text()) if out is not None else None
     except (OSError, json.JSONDecodeError):
@@ -86,6 +89,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
 
 def cli_predict(args: argparse.Namespace) -> int:
     """0 ok, 2 bad input (message on stderr, no traceback), 1 anything else."""
+    from ..inference.predict import load_adapter, predict
     try:
         if args.topk < 1:
             raise AdapterError(f"--topk must be at least 1, got {args.topk}")

@@ -104,12 +104,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--search", help="a name fragment or wildcard, e.g. 'vit_*' ")
     m.set_defaults(func=cmd_models)
 
-    try:
-        from .export_commands import add_export_parser, add_predict_parser
-        add_export_parser(sub)
-        add_predict_parser(sub)
-    except ImportError:
-        pass
+    from .export_commands import add_export_parser, add_predict_parser
+    add_export_parser(sub)
+    add_predict_parser(sub)
     # `python -m lora_gui --help` documents every command and every flag, not just the command names
     p.epilog = "commands and their flags:\n\n" + "\n".join(
         f"{'=' * 8} {name} {'=' * 8}\n{cmd.format_help()}" for name, cmd in sub.choices.items())

@@ -3,7 +3,8 @@
 Everything that turns a file into pixels goes through ``probe_image`` (is it
 a usable image, and if not, why) or ``load_rgb`` (the pixels, upright, RGB),
 so an image that passed validation decodes identically in every epoch and at
-inference time. No UI code here.
+inference time. Pillow only: no torch here, so validating a dataset (``check-data``,
+the app's Data tab) starts without loading the training stack. No UI code here.
 """
 from __future__ import annotations
 
@@ -12,71 +13,25 @@ import io
 import math
 import os
 import re
-import stat
-import threading
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset as TorchDataset
 
 from ..errors import DataError
+from .files import read_regular
 
 # Refuse (not warn, as Pillow does) above this many pixels: a 40 MP image is
 # already beyond any camera a user trains from, while a few hundred bytes of
 # PNG can claim gigapixels and exhaust memory when decoded.
 MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 8
-# Validation reads each file whole (to hash it); bigger files aren't photos.
-MAX_FILE_BYTES = 256 * 1024**2
 # Pillow's own guard, for every Image.open in the process (also the ones a web framework does
 # for an upload): it warns above this many pixels and raises DecompressionBombError above twice
 # as many. Our own decoders turn the warning into a refusal locally (``_no_bombs``), so nothing
 # has to silence Pillow's warning globally.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-
-_FILE_TYPES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-               (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
-
-
-def file_type(mode: int) -> str:
-    """What a non-regular file is, in words ('FIFO', 'character device', ...)."""
-    return next((name for test, name in _FILE_TYPES if test(mode)), "special file")
-
-
-def read_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes, else DataError saying why.
-
-    Opened non-blocking and checked on the open descriptor, so a FIFO (which would block
-    the read forever) or a device such as /dev/zero (which never ends) is refused at once,
-    even if a regular file was swapped for one after a scan looked at it.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found (was it moved or deleted?)") from None
-    except OSError as exc:
-        raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise DataError(f"{path}: not a regular file ({file_type(st.st_mode)})")
-        if st.st_size > limit:
-            raise DataError(f"{path}: file too large ({st.st_size // 1024**2} MB; the limit is "
-                            f"{limit // 1024**2} MB)")
-        chunks, total = [], 0
-        while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:  # grew while being read
-                raise DataError(f"{path}: file too large (more than {limit // 1024**2} MB)")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
 
 
 def checked_image(image):
@@ -239,150 +194,15 @@ def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Imag
             raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
-def image_nbytes(im: Image.Image) -> int:
-    bands = len(im.getbands())
-    return im.width * im.height * bands
+# Moved to their own modules (issue #15.3); training/batches.py and store/parity.py, owned by other
+# work in progress, still import them from here. Resolved on first use, so importing this module
+# stays torch-free.
+_MOVED = {"DecodedCache": "decoded_cache", "cache_max_side": "decoded_cache", "image_nbytes": "decoded_cache",
+          "ImageDataset": "transforms", "build_transform": "transforms"}
 
 
-class DecodedCache:
-    """Thread-safe LRU of decoded RGB images, bounded in bytes.
-
-    Decoding a JPEG costs far more than the augmentations applied to it, and
-    the same files are read every epoch, so keeping the (pre-shrunk) pixels
-    in memory makes later epochs much faster. Images are shrunk to
-    ``max_side`` on the shorter side before caching; pick it a bit above the
-    transform's resize size (``cache_max_side``) so crops lose no detail that
-    the model would have seen. Callers must not modify returned images.
-
-    With DataLoader worker processes each worker holds its own copy, so the
-    cache pays off most with ``num_workers=0`` or persistent workers.
-    """
-
-    def __init__(self, max_bytes: int, max_side: int | None = None):
-        self.max_bytes = max(0, int(max_bytes))
-        self.max_side = max_side
-        self.hits = 0
-        self.misses = 0
-        self.bytes = 0
-        self._items: OrderedDict[str, tuple[Image.Image, int]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, path: str) -> Image.Image:
-        key = os.fspath(path)
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return item[0]
-            self.misses += 1
-        # decode outside the lock so loader threads decode in parallel
-        im = load_rgb(key, self.max_side)
-        size = image_nbytes(im)
-        if size > self.max_bytes:
-            return im
-        with self._lock:
-            if key not in self._items:
-                self._items[key] = (im, size)
-                self.bytes += size
-            while self.bytes > self.max_bytes and self._items:
-                _, (_, old) = self._items.popitem(last=False)
-                self.bytes -= old
-        return im
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def stats(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "bytes": self.bytes, "items": len(self._items)}
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.bytes = 0
-
-    # Worker processes started with "spawn" (macOS, Windows) pickle the
-    # dataset; locks can't be pickled and shipping the pixels would be slow.
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_items"] = OrderedDict()
-        state["bytes"] = 0
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-
-def cache_max_side(data_config: dict, margin: float = 1.15) -> int:
-    """Shorter-side bound for cached images, from timm's resolved data config.
-
-    timm's eval transform resizes the shorter side to input_size / crop_pct
-    before cropping; a 15% margin keeps random crops sharp.
-    """
-    size = data_config["input_size"]
-    side = max(size[-2:]) if isinstance(size, (tuple, list)) else int(size)
-    crop_pct = data_config.get("crop_pct") or 1.0
-    return math.ceil(math.ceil(side / crop_pct) * margin)
-
-
-def build_transform(data_config: dict, augmentation: str, training: bool):
-    """timm's transform for the model's own data config (size, mean, std, crop).
-
-    ``none`` gives the eval transform even for training; ``flip`` mirrors the
-    eval-transformed image half the time (deterministic up to the mirror, so
-    the frozen part of a model can be computed once per view); ``light`` adds
-    mild random crops and flips, gentle on small datasets; ``strong`` adds
-    RandAugment and random erasing, timm's ImageNet recipe.
-    """
-    from timm.data import create_transform
-    if augmentation not in ("none", "flip", "light", "strong"):
-        raise ValueError(f"augmentation must be none, flip, light or strong, got {augmentation!r}")
-    common = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-              if data_config.get(k) is not None}
-    if not training or augmentation == "none":
-        return create_transform(is_training=False, **common)
-    if augmentation == "flip":
-        return _TensorHFlip(create_transform(is_training=False, **common))
-    common.pop("crop_pct", None)
-    common.pop("crop_mode", None)  # eval-only options; training crops randomly
-    if augmentation == "light":
-        return create_transform(is_training=True, scale=(0.6, 1.0), hflip=0.5,
-                                color_jitter=None, auto_augment=None, re_prob=0.0, **common)
-    return create_transform(is_training=True, auto_augment="rand-m9-mstd0.5", color_jitter=0.4,
-                            re_prob=0.25, hflip=0.5, **common)
-
-
-class _TensorHFlip:
-    """The eval transform, then a horizontal mirror with probability 1/2 (flip after
-    crop, so both views are exactly what the prefix cache stores)."""
-
-    def __init__(self, base):
-        self.base = base
-
-    def __call__(self, im):
-        import torch
-        x = self.base(im)
-        return x.flip(-1) if torch.rand(()) < 0.5 else x
-
-    def __repr__(self) -> str:
-        return f"TensorHFlip({self.base!r})"
-
-
-class ImageDataset(TorchDataset):
-    """(tensor, label) pairs for a DataLoader; decodes through the cache when given."""
-
-    def __init__(self, samples: list, transform, cache: DecodedCache | None = None):
-        self.samples = list(samples)
-        self.transform = transform
-        self.cache = cache
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        s = self.samples[i]
-        im = self.cache.get(s.path) if self.cache is not None else load_rgb(s.path)
-        return (self.transform(im) if self.transform is not None else im), s.label
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

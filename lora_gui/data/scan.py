@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..errors import DataError
 from .archives import safe_parts
-from .images import probe_image, read_regular
+from .files import read_regular
+from .images import probe_image
 from .walk import SCAN_SECONDS, Scan, is_ignored  # noqa: F401  (SCAN_SECONDS, is_ignored: re-exported)
 
 FEW_PER_CLASS = 10

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import DataError
 from .archives import ArchiveLimits, extract_archive, is_archive_name, place_uploads
 from .fixes import apply_fixes
-from .images import file_type
+from .files import file_type
 from .scan import Dataset, FileReport, build_dataset, unwrap
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import DataError
-from .images import file_type
+from .files import file_type
 
 SCAN_SECONDS = 120.0   # a scan that takes longer is stopped (DataError) rather than holding a worker
 _SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini"}

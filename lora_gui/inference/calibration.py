@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ..data.images import cache_max_side, load_rgb
+from ..data.decoded_cache import cache_max_side
+from ..data.images import load_rgb
 from ..errors import DataError
 from ..store.calibration_file import Calibration, read_calibration, write_calibration
 from .evaluate import _check_run_classes, _label_index, find_run_dir, read_split

@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from ..data.images import cache_max_side, load_rgb
+from ..data.decoded_cache import cache_max_side
+from ..data.images import load_rgb
 from ..errors import DataError
 from ..store.records import RunRecord, SplitRecord
 from .predict import LoadedAdapter, load_adapter

@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..data.images import cache_max_side, load_rgb, shrink, to_rgb
+from ..data.decoded_cache import cache_max_side
+from ..data.images import load_rgb, shrink, to_rgb
 from ..errors import ModelError
 from .predict import LoadedAdapter
 

@@ -10,14 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..data.images import (
-    build_transform,
-    cache_max_side,
-    checked_image,
-    load_rgb,
-    shrink,
-    to_rgb,
-)
+from ..data.decoded_cache import cache_max_side
+from ..data.images import checked_image, load_rgb, shrink, to_rgb
+from ..data.transforms import build_transform
 from ..errors import AdapterError
 from ..lora.inject import merge_lora
 from ..store.adapter_check import build_checked

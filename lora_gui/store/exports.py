@@ -1,7 +1,6 @@
 """Export an adapter in any format (a dispatch table of writers), and find what a path holds."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from .adapter_file import (
     read_adapter,
     resolve_adapter_file,
 )
+from .export_formats import FORMAT_PACKAGES, FORMATS, missing_packages  # noqa: F401  (re-exported)
 from .export_meta import EXPORT_META_KEY, _export_meta, _safetensors_metadata
 from .coreml_format import _write_coreml
 from .export_readme import _readme
@@ -40,27 +40,11 @@ def _write_native(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Pa
 WRITERS = {"native": _write_native, "peft": _write_peft, "merged": _write_merged, "onnx": _write_onnx,
            "onnx_int8": _write_onnx_int8, "openvino": _write_openvino, "coreml": _write_coreml,
            "tflite": _write_tflite}
-FORMATS = tuple(WRITERS)
+if tuple(WRITERS) != FORMATS:   # one list of names, kept torch-free in export_formats (for --help and the UI)
+    raise ImportError(f"store.export_formats.FORMATS {FORMATS} must list the writers {tuple(WRITERS)}")
 # Formats whose export runs here with its own runtime: parity with PyTorch is measured and enforced.
 # (native, peft and merged are PyTorch itself; Core ML runs only on Apple systems.)
 RUNNERS = {"onnx": onnx_runner, "onnx_int8": onnx_runner, "openvino": openvino_runner, "tflite": tflite_runner}
-# The import names a format needs and the pip line that installs them.
-FORMAT_PACKAGES = {"onnx": (("onnx", "onnxruntime"), "onnx onnxruntime"),
-                   "onnx_int8": (("onnx", "onnxruntime"), "onnx onnxruntime"),
-                   "openvino": (("openvino",), "openvino"), "coreml": (("coremltools",), "coremltools"),
-                   "tflite": (("litert_torch",), "litert-torch")}
-
-
-def missing_packages(fmt: str) -> str | None:
-    """The `pip install` a format still needs on this machine, or None when it can be exported."""
-    modules, pip_line = FORMAT_PACKAGES.get(fmt, ((), ""))
-
-    def importable(name: str) -> bool:
-        try:
-            return importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):   # ValueError: blocked in sys.modules (set to None)
-            return False
-    return None if all(map(importable, modules)) else f"pip install {pip_line}"
 
 
 def _artefact_files(artefact: Path) -> list[Path]:

@@ -20,8 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
 from ..errors import DamagedRun
 from .records import RunRecord, SplitRecord, write_json_atomic  # noqa: F401  (write_json_atomic: re-exported)
 
@@ -210,6 +208,7 @@ class RunFolder:
         tmp = self.checkpoint_file.with_name("checkpoint.pt.tmp")
         # serialised in memory first: torch.save straight into a file on a full disk fails with
         # an opaque RuntimeError ("unexpected pos ..."); a plain write says ENOSPC
+        import torch  # here, not at the top: listing runs (CLI `runs`, the app's start-up) needs no torch
         buffer = io.BytesIO()
         torch.save(state, buffer)
         try:
@@ -230,6 +229,7 @@ class RunFolder:
         which would run code from the file) are never passed on."""
         if not self.checkpoint_file.is_file():
             return None
+        import torch
         try:
             state = torch.load(self.checkpoint_file, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a cut-off or foreign file
