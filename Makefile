@@ -34,8 +34,9 @@ install-dev: $(VENV)/.dev
 chromium:
 	@bash scripts/install_chromium.sh
 
+# The app prints "Open http://HOST:PORT in your browser" once its port is bound (the next free one if
+# 7860 is taken); `make run ARGS=--inbrowser` opens it in the desktop's browser.
 run: install
-	@echo "Open http://127.0.0.1:7860 in your browser"
 	$(PY) app.py $(ARGS)
 
 test: install-dev chromium

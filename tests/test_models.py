@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 import lora_gui.backbones.catalog as catalog
 import lora_gui.backbones.hub as hub
 from lora_gui.backbones.build import build_model, check_model_available, data_config
-from lora_gui.backbones.catalog import model_info
+from lora_gui.backbones.build import model_info
 from lora_gui.backbones.hub import weights_availability
 from lora_gui.backbones.weights import (
     BUNDLED_MODEL,

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ModelError
-from .hub import _first_line, _hub_problem
+from .hub import _first_line, _hub_problem, weights_availability
 from .weights import (
     BUNDLED_MODEL,
     _load_into,
@@ -113,3 +113,17 @@ def data_config(model: nn.Module, image_size: int | None = None) -> dict:
     if image_size:
         cfg = dict(cfg, input_size=(cfg["input_size"][0], image_size, image_size))
     return cfg
+
+
+def model_info(name: str) -> dict:
+    """Parameter count and default resolution, from a meta-device model (no weights allocated)."""
+    try:
+        with torch.device("meta"):
+            model = _create(name, pretrained=False)
+    except ModelError:
+        raise
+    except Exception:
+        model = _create(name, pretrained=False)
+    cfg = timm.data.resolve_model_data_config(model)
+    return {"name": name, "params": sum(p.numel() for p in model.parameters()),
+            "resolution": cfg["input_size"][-1], "weights": weights_availability(name)}

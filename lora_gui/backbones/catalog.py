@@ -1,14 +1,15 @@
-"""The curated list of backbones the app offers first, and search over all of timm."""
+"""The curated list of backbones the app offers first, and search over all of timm.
+
+The list itself is plain data (no torch or timm), so the app lays out its Model tab and the
+command line parses its flags before the engine is loaded; the facts that need timm
+(``search_models`` here, ``build.model_info``) import it when called.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import timm
-import torch
-
-from ..errors import ModelError
-from .build import _create
-from .hub import weights_availability
+# The offline default: real ImageNet weights ship with lora_gui (see ``weights``).
+BUNDLED_MODEL = "tf_efficientnet_lite0"
 
 
 @dataclass
@@ -34,21 +35,8 @@ CATALOG = [
 ]
 
 
-def model_info(name: str) -> dict:
-    """Parameter count and default resolution, from a meta-device model (no weights allocated)."""
-    try:
-        with torch.device("meta"):
-            model = _create(name, pretrained=False)
-    except ModelError:
-        raise
-    except Exception:
-        model = _create(name, pretrained=False)
-    cfg = timm.data.resolve_model_data_config(model)
-    return {"name": name, "params": sum(p.numel() for p in model.parameters()),
-            "resolution": cfg["input_size"][-1], "weights": weights_availability(name)}
-
-
 def search_models(query: str, limit: int = 50) -> list[str]:
+    import timm
     query = query.strip()
     pattern = query if any(c in query for c in "*?") else f"*{query}*"
     return timm.list_models(pattern)[:limit]

@@ -11,9 +11,11 @@ import os
 import socket
 import threading
 
-import timm
+from .catalog import BUNDLED_MODEL
 
-from .weights import BUNDLED_MODEL
+# timm (and torch under it) is imported by the functions that read its pretrained configs, so the
+# app can ask ``weights_availability`` with a known hub id before the engine is loaded.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 HUB_HOST = "huggingface.co"
 
@@ -54,33 +56,36 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return bool(result)
 
 
-def hub_cached(name: str) -> bool:
+def hub_cached(name: str, hub_id: str | None = None) -> bool:
+    """Whether the weights timm would download for ``name`` are in the local Hugging Face cache.
+    ``hub_id`` (timm's hf_hub_id for the name, when the caller has it) spares importing timm."""
     try:
         from huggingface_hub import try_to_load_from_cache
-        cfg = timm.models.get_pretrained_cfg(name)
-        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        hub_id = hub_id or hub_id_of(name)
         if not hub_id:
             return False
-        return any(isinstance(try_to_load_from_cache(hub_id, f), str)
-                   for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+        return any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in WEIGHT_FILES)
     except Exception:
         return False
 
 
-def weights_availability(name: str) -> str:
+def weights_availability(name: str, hub_id: str | None = None) -> str:
     """'bundled', 'cached' or 'needs network' (does not touch the network)."""
     if name == BUNDLED_MODEL:
         return "bundled"
-    return "cached" if hub_cached(name) else "needs network"
+    return "cached" if hub_cached(name, hub_id) else "needs network"
 
 
-def _hub_id(name: str) -> str | None:
+def hub_id_of(name: str) -> str | None:
+    """timm's Hugging Face repo for ``name``'s default pretrained weights (imports timm)."""
+    import timm
     cfg = timm.models.get_pretrained_cfg(name)
     return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
 
 
 def has_pretrained_weights(name: str) -> bool:
     """Whether timm knows pretrained weights (hub, URL or file) for this name."""
+    import timm
     cfg = timm.models.get_pretrained_cfg(name)
     return cfg is not None and bool(getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None)
                                     or getattr(cfg, "file", None))
@@ -141,7 +146,7 @@ def _hub_problem(name: str) -> str:
         return ""
     if not hub_reachable():
         return _offline_message(name)
-    hub_id = _hub_id(name)
+    hub_id = hub_id_of(name)
     why = _hub_preflight(hub_id) if hub_id else ""
     if why:
         return (f"could not fetch pretrained weights for {name} from the Hugging Face hub: {why}. "

@@ -16,8 +16,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..lora.targets import classifier_names
-
-BUNDLED_MODEL = "tf_efficientnet_lite0"
+from .catalog import BUNDLED_MODEL
 
 
 def bundled_weights_path() -> Path:

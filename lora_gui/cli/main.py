@@ -47,7 +47,8 @@ def cmd_check_data(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ..backbones.catalog import CATALOG, model_info, search_models
+    from ..backbones.build import model_info
+    from ..backbones.catalog import CATALOG, search_models
     if args.search:
         print("\n".join(search_models(args.search)))
         return EXIT_OK

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..errors import DataError
 from .archives import ArchiveLimits, extract_archive, is_archive_name, place_uploads
-from .fixes import apply_fixes
 from .files import file_type
+from .fixes import apply_fixes
 from .scan import Dataset, FileReport, build_dataset, unwrap
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import RunConfig
 from ..data.corrections import fixed_samples
 from ..data.scan import Dataset, Sample, ValidationReport
 from ..errors import DamagedRun, DataError
-from ..store.adapter_file import ADAPTER_FILE
 from ..store.records import RunRecord, SplitRecord
 from ..store.run_folder import RunFolder, new_run_id
-from ..training.continue_from import ContinueTrainer
 from .device_queue import DEVICE_QUEUE, DeviceQueue
-from .training_job import TrainingJob
+
+if TYPE_CHECKING:
+    from .training_job import TrainingJob
 
 RETRAIN_EPOCHS = 2
 
@@ -33,6 +34,10 @@ def _run_parts(run: RunFolder) -> tuple[RunConfig, list[str], list[Sample], list
 def retrain_with_fixes(run_dir: str | os.PathLike, workspace: str | os.PathLike, epochs: int = RETRAIN_EPOCHS,
                        queue: DeviceQueue = DEVICE_QUEUE, interactive: bool = True) -> TrainingJob:
     """Start (and return) a job training a new run ``fix-...`` from ``run_dir``'s best adapter."""
+    # the training stack (torch, timm) loads here, not when the app's Demo tab is laid out
+    from ..store.adapter_file import ADAPTER_FILE
+    from ..training.continue_from import ContinueTrainer
+    from .training_job import TrainingJob
     run = RunFolder(run_dir)
     adapter = run.best_dir / ADAPTER_FILE
     if not adapter.is_file():

@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..store.run_folder import FINAL_STATUSES, RunFolder, new_run_id
 from ..training.runtime import device_for
 from .device_queue import DEVICE_QUEUE, DeviceQueue
 from .job_state import JobSnapshot, JobState, _one_line
+from .processes import PROCESSES_ENV, local_gpu_count, offered_processes
 from .registry import active_jobs, register_job
 from .run_follower import (
     SECOND_HAND,
@@ -40,7 +40,6 @@ from .run_follower import (
 )
 from .torchrun_launch import launch_torchrun
 
-PROCESSES_ENV = "LORA_GUI_PROCESSES"
 POLL_S = 0.5
 STOP_GRACE_S = 45.0  # torchrun gives its processes 30 s after passing the stop on, then kills them
 KILL_GRACE_S = 10.0
@@ -48,22 +47,6 @@ KILL_GRACE_S = 10.0
 
 class PauseUnsupported(RuntimeError):
     """pause() of a torchrun job: the message says why."""
-
-
-def local_gpu_count() -> int:
-    import torch
-    return torch.cuda.device_count()
-
-
-def offered_processes() -> int:
-    """Processes a local multi-process run uses: ``$LORA_GUI_PROCESSES`` if set, else one per GPU."""
-    raw = os.environ.get(PROCESSES_ENV, "").strip()
-    if raw:
-        if raw.isdigit() and int(raw) >= 1:
-            return int(raw)
-        print(f"warning: ignoring {PROCESSES_ENV}={raw!r}: it must be a whole number of processes, "
-              "e.g. 2", file=sys.stderr)
-    return local_gpu_count()
 
 
 class TorchrunJob(JobState):

@@ -14,7 +14,6 @@ from PIL import Image
 from ..config import DataConfig
 from ..data import DataError, load_rgb
 from ..data.fixes import apply_fixes, read_fixes, relative_path, write_fix
-from ..health import run_audit
 from .context import AppContext
 from .health_charts import embedding_map_figure, learning_curve_figure
 
@@ -127,6 +126,9 @@ def build_health_panel(ctx: AppContext, val_fraction: gr.Slider | None = None) -
     tables = [labels_df, pairs_df, outliers_df]
 
     def run_check(session, vf, progress=gr.Progress()):
+        from ..health import (
+            run_audit,  # embeddings need torch and timm: loaded on first use (issue #15.3)
+        )
         ds = session.dataset
         if ds is None:
             raise gr.Error("Load a dataset first (e.g. 'Use the example dataset'), then run the health check.")

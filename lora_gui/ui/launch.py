@@ -1,7 +1,8 @@
 """Launch the app: ``python app.py``, ``lora-gui`` or ``lora-gui app``, with the same flags.
 
 Flags: --host, --port, --share, --auth, --multi-user, --workspace, --data, --data-root, --inbrowser,
---keep-uploads-days. Bad flags get one line saying what is wrong and exit code 2.
+--keep-uploads-days. Bad flags get one line saying what is wrong and exit code 2. Once the port is
+bound it prints one line, "Open http://HOST:PORT in your browser", with the port it really got.
 Gradio is imported only after GRADIO_TEMP_DIR points into the workspace, so
 uploads and the files the app hands out never pile up outside it.
 """
@@ -154,12 +155,19 @@ def main(argv=None, prog: str | None = None) -> int:
         print(f"removed {len(removed)} old upload/staging folder(s) from {workspace} "
               f"({freed / 2**20:.0f} MB) that no run uses; --keep-uploads-days 0 keeps them")
     print(f"{'multi-user' if policy.multi_user else 'single-user'} mode; workspace {workspace}")
+    from . import warmup
     from .app import (  # gradio reads GRADIO_TEMP_DIR when imported
         build_app,
         launch_kwargs,
     )
-    demo = build_app(workspace, args.data, policy)
+    demo = build_app(workspace, args.data, policy)   # laid out without torch or timm: the page is up in seconds
     demo.queue(default_concurrency_limit=8)
-    demo.launch(server_name=args.host, server_port=port, share=args.share, auth=auth,
-                inbrowser=args.inbrowser, **launch_kwargs(workspace))
+    demo.launch(server_name=args.host, server_port=port, share=args.share, auth=auth, inbrowser=args.inbrowser,
+                prevent_thread_lock=True, quiet=True, **launch_kwargs(workspace))
+    # the one line that says where the app is: the port actually bound (the next free one if --port was taken)
+    print(f"Open {demo.local_url.rstrip('/')} in your browser", flush=True)
+    if demo.share_url:
+        print(f"Public link (anyone with it can use the app): {demo.share_url}", flush=True)
+    warmup.start(workspace)   # torch, timm and the training stack load while the person looks at the page
+    demo.block_thread()
     return 0

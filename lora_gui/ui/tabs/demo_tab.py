@@ -17,13 +17,8 @@ import numpy as np
 from PIL import Image
 
 from ...data.corrections import add_fix, count_fixes
-from ...inference.calibration import calibrate, set_threshold, verdict
-from ...inference.evaluate import find_run_dir
-from ...inference.explain import explain
-from ...inference.predict import predict
 from ...jobs.registry import get_job
 from ...jobs.retrain_job import RETRAIN_EPOCHS, retrain_with_fixes
-from ...store.demo_app_format import write_demo_app
 from .. import common
 from ..common import PRIVATE, failure, this_tab
 from ..image_input import ImageInput
@@ -33,10 +28,13 @@ from .test_tab import describe_source, get_test_model
 STREAM_EVERY = 0.2     # seconds between webcam frames sent (5 per second)
 STREAM_LIMIT = 300     # a stream ends after 5 minutes; pressing the webcam again restarts it
 LIVE_CONCURRENCY = 8   # live streams served at once (each holds a slot while it runs)
+# The engine (torch, timm) is imported inside the handlers, so laying the tab out does not load it:
+# the page is served before the engine is ready (ui/warmup.py loads it in the background).
 CURVE_HEADERS = ["say 'not sure' below", "answers kept", "accuracy of the kept answers"]
 
 
 def _run_dir(session) -> Path:
+    from ...inference.evaluate import find_run_dir
     run = find_run_dir(session.current_run())
     if run is None:
         raise gr.Error("Fixes and retraining need a run trained here: pick one in the Runs tab.")
@@ -44,6 +42,8 @@ def _run_dir(session) -> Path:
 
 
 def _answer(image, session):
+    from ...inference.calibration import verdict
+    from ...inference.predict import predict
     loaded = get_test_model(session)
     top = predict(loaded, [Image.fromarray(np.asarray(image, dtype=np.uint8))], topk=5)[0]
     unsure, sentence = verdict(loaded, top)
@@ -77,6 +77,7 @@ def on_photo(photo, session):
 def on_look(last, target, session):
     if last is None:
         raise gr.Error("Show the webcam something (or upload a photo) first.")
+    from ...inference.explain import explain
     loaded = get_test_model(session)
     try:
         hm = explain(loaded, last, target or None)
@@ -121,6 +122,7 @@ def on_retrain_poll(job_id, session):
         step = f" — epoch {snap.epoch}/{snap.epochs}" if snap.epoch else ""
         return gr.skip(), f"Retraining ({snap.status}{step}): {snap.message}", gr.skip(), gr.skip()
     if snap.status in ("finished", "stopped") and (job.run.best_dir / "adapter.safetensors").is_file():
+        from ...inference.calibration import calibrate
         try:
             before = get_test_model(session).calibration
         except gr.Error:
@@ -144,6 +146,7 @@ def _curve_rows(cal) -> list[list]:
 
 
 def on_calibrate(session):
+    from ...inference.calibration import calibrate
     loaded = get_test_model(session)
     run = _run_dir(session)
     try:
@@ -157,6 +160,7 @@ def on_calibrate(session):
 
 
 def on_threshold(value, session):
+    from ...inference.calibration import set_threshold
     loaded = get_test_model(session)
     try:
         cal = set_threshold(loaded, session.current_run(), float(value))
@@ -171,6 +175,7 @@ def on_threshold(value, session):
 
 
 def on_share(session, workspace: Path, progress=gr.Progress()):
+    from ...store.demo_app_format import write_demo_app
     run = _run_dir(session)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", run.name)
     progress(0.2, desc="building the demo app")

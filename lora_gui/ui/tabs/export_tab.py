@@ -13,10 +13,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from ...inference.evaluate import find_run_dir
-from ...inference.predict import load_adapter
-from ...store.exports import FORMATS, export_zip, locate, missing_packages
-from ...store.parity import PARITY_FILE, parity_markdown
+from ...store.export_formats import (  # torch-free: the engine loads in the handlers (#15.3)
+    FORMATS,
+    missing_packages,
+)
 from ..common import ENGINE_ERRORS, failure, hand_out, this_tab
 from .test_tab import _no_adapter_yet, cache_model, describe_source
 
@@ -45,6 +45,7 @@ _CODE = re.compile(r"```python\n(.*?)```", re.S)
 
 
 def _export_name(source: str) -> str:
+    from ...inference.evaluate import find_run_dir
     p = Path(source)
     run = find_run_dir(p)
     name = run.name if run is not None else (p.parent.name if p.suffix else p.name)
@@ -53,6 +54,7 @@ def _export_name(source: str) -> str:
 
 def parity_summary(zip_path: Path) -> str:
     """The parity report inside an export zip, as Markdown ('' for formats that do not run here)."""
+    from ...store.parity import PARITY_FILE, parity_markdown
     with zipfile.ZipFile(zip_path) as zf:
         if PARITY_FILE not in zf.namelist():
             return ""
@@ -68,6 +70,7 @@ def readme_snippet(zip_path: Path) -> str:
 
 
 def on_export(fmt: str, session, workspace: Path, progress=gr.Progress()):
+    from ...store.exports import export_zip, locate
     source = session.current_model()
     if not source:
         raise gr.Error(NO_RUN)
@@ -104,6 +107,8 @@ def _upload_paths(files) -> list[Path]:
 
 
 def on_upload(files, session, workspace: Path):
+    from ...inference.predict import load_adapter
+    from ...store.exports import locate
     paths = _upload_paths(files)
     if not paths:
         return gr.update(), session, gr.update()

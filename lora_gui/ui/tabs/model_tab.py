@@ -7,11 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
-import timm
-import torch
 
 from ... import backbones as models
-from ... import lora
 from ...config import LoraConfig
 from ...errors import ConfigError
 from ..catalog_info import AVAILABILITY, CatalogInfo
@@ -36,16 +33,28 @@ randomly hides part of the correction while training, which helps with very few 
 **Target layers** are the layers that get a correction; the classifier head is always trained in full."""
 
 
+# torch, timm and lora (torch) are imported by the functions that build models, not when the tab is
+# laid out: the page is served before the engine has loaded (issue #15.3, ui/warmup.py).
+def _is_model(name: str) -> bool:
+    if any(e.name == name for e in models.CATALOG):
+        return True
+    import timm
+    return timm.is_model(name)
+
+
 @lru_cache(maxsize=16)
 def _skeleton(name: str, num_classes: int):
     """The model's structure without weights (meta device): enough to list layers and count."""
+    import timm
+    import torch
     with torch.device("meta"):
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
 
 
 def layer_summary(name: str, targets: str, rank, train_norm: bool, train_bias: bool, num_classes: int):
     """(markdown, rows) describing what LoRA would wrap and train."""
-    if not name or not timm.is_model(name):
+    from ... import lora
+    if not name or not _is_model(name):
         return f"Unknown model '{md(name)}': pick one from the list or search.", []
     if field_problem("rank", rank):   # said once, in the check line under the LoRA settings
         return "Trainable parameters appear here once the rank above is fixed.", []
@@ -73,6 +82,7 @@ def layer_summary(name: str, targets: str, rank, train_norm: bool, train_bias: b
 
 def lora_params(model, name: str, rank: int) -> int:
     """The parameters LoRA adds to one layer (rank x (inputs + outputs), as lora.estimate_trainable counts)."""
+    import torch
     m = model.get_submodule(name)
     if isinstance(m, torch.nn.Linear):
         return rank * (m.in_features + m.out_features)
@@ -80,19 +90,22 @@ def lora_params(model, name: str, rank: int) -> int:
 
 
 def model_note(name: str, info: CatalogInfo, compute: bool = True) -> str:
+    """``compute=False`` (the layout): only what is known without timm."""
     if not name:
         return ""
-    if not timm.is_model(name):
+    if not _is_model(name):
         return f"Unknown model '{md(name)}': pick one from the list or search."
     facts = info.get(name, compute=compute)
     size = (f"{facts['params'] / 1e6:.1f}M parameters (without a classifier head), {facts['resolution']} px "
             "by default; " if facts else "")
-    return f"{size}{AVAILABILITY[models.weights_availability(name)]}."
+    where = info.availability(name, exact=compute)
+    return f"{size}{AVAILABILITY[where]}." if where else size.removesuffix("; ")
 
 
 def target_choices(name: str) -> list[tuple[str, str]]:
     """The target presets that find layers in this model (no attention presets on a CNN)."""
-    if not name or not timm.is_model(name):
+    from ... import lora
+    if not name or not _is_model(name):
         return TARGET_CHOICES
     try:
         model = _skeleton(name, 2)
@@ -111,10 +124,10 @@ def target_choices(name: str) -> list[tuple[str, str]]:
 
 def build_model_tab(ctx: AppContext) -> None:
     info = CatalogInfo(ctx.workspace)   # sizes for the list: cached, or computed on the first visit
-    offline = gr.Markdown(info.offline_summary(), elem_id="lg-offline-models")
+    offline = gr.Markdown(info.offline_summary(exact=False), elem_id="lg-offline-models")
     with gr.Row():
         with gr.Column(scale=3):
-            model_name = gr.Dropdown(info.choices(), value=DEFAULTS["model_name"], label="Backbone",
+            model_name = gr.Dropdown(info.choices(exact=False), value=DEFAULTS["model_name"], label="Backbone",
                                      allow_custom_value=True, filterable=True,
                                      info="Fast-on-CPU models first. Type to filter, or search all of timm below.")
             note = gr.Markdown(model_note(DEFAULTS["model_name"], info, compute=False), elem_id="lg-model-note")

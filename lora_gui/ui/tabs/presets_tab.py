@@ -13,9 +13,9 @@ import gradio as gr
 
 import lora_gui
 
-from ...backbones import weights_availability
 from ...config import RunConfig, load_preset
 from ...errors import ConfigError
+from ..catalog_info import CatalogInfo
 from ..common import md, this_tab
 from ..fields import FIELD_NAMES, FIELDS, config_from_values, values_from_config
 
@@ -45,18 +45,23 @@ def preset_choices(workspace) -> list[tuple[str, str]]:
     return out
 
 
-def works_offline(cfg: RunConfig) -> bool:
-    return cfg.model.weights in ("bundled", "random", "file") or weights_availability(cfg.model.name) != "needs network"
+def works_offline(cfg: RunConfig, workspace, exact: bool = True) -> bool | None:
+    """Whether the preset trains without the internet; None when only timm could tell and ``exact``
+    is False (the layout, before the engine has loaded: issue #15.3)."""
+    if cfg.model.weights in ("bundled", "random", "file"):
+        return True
+    where = CatalogInfo(workspace).availability(cfg.model.name, exact)
+    return None if where is None else where != "needs network"
 
 
-def offline_default(workspace) -> str | None:
+def offline_default(workspace, exact: bool = True) -> str | None:
     """The first listed preset that can train right now without the internet (the tab opens on it)."""
     for _, path in preset_choices(workspace):
         try:
             cfg, _ = load_preset(Path(path))
         except ConfigError:
             continue
-        if works_offline(cfg):
+        if works_offline(cfg, workspace, exact):
             return path
     return None
 
@@ -78,7 +83,7 @@ def _extras(cfg: RunConfig) -> list[str]:
             if (sec, key) not in shown and key != "source" and mine[sec][key] != default[sec][key]]
 
 
-def describe(path: str | None, workspace) -> str:
+def describe(path: str | None, workspace, exact: bool = True) -> str:
     if not path:
         return "Pick a preset to see what it does."
     p = Path(path)
@@ -90,7 +95,8 @@ def describe(path: str | None, workspace) -> str:
     m, lo, t = cfg.model, cfg.lora, cfg.train
     size = f"{m.image_size} px" if m.image_size else "default resolution"
     extras = _extras(cfg)
-    offline = "works offline" if works_offline(cfg) else "needs the internet the first time (downloads weights)"
+    offline = {True: "works offline", False: "needs the internet the first time (downloads weights)",
+               None: "works offline once its weights were downloaded"}[works_offline(cfg, workspace, exact)]
     return (f"**{md(meta['name'])}** — {md(meta['description'] or 'no description')}\n\n"
             f"`{m.name}` ({m.weights} weights, {size}; {offline}) · LoRA rank {lo.rank}, alpha {lo.alpha:g}, targets "
             f"`{lo.targets}` · {t.epochs} epochs, batch {t.batch_size}, learning rate {t.lr:g}"
@@ -137,9 +143,10 @@ def build_presets_tab(ctx) -> None:
     workspace = Path(ctx.workspace)
     names = [n for n in FIELD_NAMES if n in ctx.fields]
     with gr.Row():
-        pick = gr.Dropdown(preset_choices(workspace), value=offline_default(workspace), label="Preset", scale=3, elem_id="lg-preset-pick")
+        first = offline_default(workspace, exact=False)
+        pick = gr.Dropdown(preset_choices(workspace), value=first, label="Preset", scale=3, elem_id="lg-preset-pick")
         refresh_btn = gr.Button("Refresh", size="sm", scale=1)
-    about = gr.Markdown(describe(offline_default(workspace), workspace))
+    about = gr.Markdown(describe(first, workspace, exact=False))
     apply_btn = gr.Button("Apply", variant="primary", interactive=bool(names))
     status_md = gr.Markdown()
     gr.Markdown("### Save the current settings as a preset\nSaved in "

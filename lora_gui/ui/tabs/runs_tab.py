@@ -10,7 +10,6 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ...jobs.registry import active_jobs, set_owner
-from ...jobs.training_job import TrainingJob
 from ...store.run_folder import RunFolder, list_runs
 from ..access import owner_id
 from ..common import ENGINE_ERRORS, failure, this_tab
@@ -167,6 +166,9 @@ def build_runs_tab(ctx) -> None:
         if previous is not None and previous.status in LIVE:
             gr.Info("Your other training keeps running in the background; the resumed run waits for the device.",
                     title="Queued")
+        from ...jobs.training_job import (
+            TrainingJob,  # the training stack loads on first use (issue #15.3)
+        )
         try:
             job = TrainingJob.resume_run(str(run.path), interactive=True).start()
         except ENGINE_ERRORS as exc:

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import pandas as pd
 
 from ...data.images import load_rgb
-from ...inference.adapter_cache import ADAPTERS, adapter_key
-from ...inference.evaluate import evaluate_run, find_run_dir
-from ...inference.predict import LoadedAdapter, predict
 from ...store.run_folder import RunFolder
 from ..charts import confusion_figure
 from ..common import ENGINE_ERRORS, failure, md, this_tab
 from ..image_input import ImageInput
 from ..run_names import dataset_name, run_label, run_title
+
+if TYPE_CHECKING:   # the engine (torch, timm) loads in the handlers, not when the page is laid out (#15.3)
+    from ...inference.predict import LoadedAdapter
 
 NO_MODEL = "Train a model first (Train tab) or load an adapter in the Export tab"
 GALLERY_MAX = 48
@@ -32,6 +33,7 @@ THUMB = 192
 
 def cache_model(session, source: str, loaded: LoadedAdapter) -> None:
     """Keep an adapter already loaded (the upload check) in the shared cache."""
+    from ...inference.adapter_cache import ADAPTERS
     ADAPTERS.put(source, loaded)
 
 
@@ -56,6 +58,7 @@ def _own_run_note(session) -> str | None:
 
 def get_test_model(session) -> LoadedAdapter:
     """The shared cache's model for the session's model under test; gr.Error with what to do otherwise."""
+    from ...inference.adapter_cache import ADAPTERS, adapter_key
     source = session.current_model()
     if not source:
         raise gr.Error(_own_run_note(session) or NO_MODEL)
@@ -98,6 +101,7 @@ def describe_source(session) -> str:
         return f"Model under test: {session.model_note}.{note}"
     if _no_adapter_yet(source):
         return f"**No trained adapter yet.** {_no_adapter_yet(source)}"
+    from ...inference.evaluate import find_run_dir
     run_dir = find_run_dir(source) or (Path(source) if RunFolder(source).exists() else None)
     if run_dir is not None:
         return _run_line(run_dir) + note
@@ -114,6 +118,7 @@ def sync_outputs(session):
 
 # handlers ---------------------------------------------------------------------
 def on_predict(image, session):
+    from ...inference.predict import predict
     if image is None:   # cleared
         return None, session, describe_source(session)
     loaded = get_test_model(session)
@@ -146,6 +151,7 @@ def _thumb(path: str):
 
 
 def on_evaluate(session, progress=gr.Progress()):
+    from ...inference.evaluate import evaluate_run, find_run_dir
     loaded = get_test_model(session)
     if session.stale("test"):   # a new model: the prediction shown came from the old one
         session.shown["clear-label"] = True

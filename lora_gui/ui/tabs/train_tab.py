@@ -15,10 +15,8 @@ import re
 
 import gradio as gr
 
-from ...backbones.build import check_model_available
 from ...errors import ConfigError, ModelError
 from ...jobs.registry import set_owner
-from ...jobs.training_job import TrainingJob
 from ...store.run_folder import FINAL_STATUSES
 from .. import attach, charts, torchrun_choice
 from ..access import owner_id
@@ -167,6 +165,9 @@ def build_train_tab(ctx: AppContext) -> None:
         listen(check_numbers, list(numbers), check, show_progress="hidden", api_visibility="private")
 
     def start_job(request: gr.Request, session, *values):
+        # the training stack (torch, timm) is imported here, not when the page is laid out (issue #15.3)
+        from ...backbones.build import check_model_available
+        from ...jobs.training_job import TrainingJob
         *values, use_all_gpus = values
         if session.dataset is None:
             raise gr.Error("Choose a dataset first: tab 1 · Data (one click: 'Use the example dataset').")
@@ -230,6 +231,7 @@ def build_train_tab(ctx: AppContext) -> None:
         inputs = [ctx.fields[n] for n in FIELD_NAMES]  # every tab has added its fields by now
         start.click(start_job, [ctx.session, *inputs, use_all_gpus],
                     [ctx.session, start, pause, resume, stop, other_tab], api_name="start_training")
+        demo.load(torchrun_choice.offer, None, use_all_gpus, **PRIVATE)   # counts the GPUs (torch) after the page is up
     ctx.shared.setdefault("on_load", []).append(wire)
     ctx.shared.setdefault("after_identify", []).append(lambda identified: attach.wire_reattach(ctx, identified))
     watch_btn.click(watch, ctx.session, [ctx.session, other_tab], **PRIVATE)
