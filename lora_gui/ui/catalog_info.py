@@ -65,7 +65,7 @@ class CatalogInfo:
         with self.lock:
             known = self.info.get(name, {})
             if "params" in known or not compute:
-                return known if "params" in known else None
+                return {k: known[k] for k in ("params", "resolution")} if "params" in known else None
         import timm
         import torch
         try:
