@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from measure_startup import app_env, free_port, median, once  # noqa: E402
+from measure_startup import app_env, cpu_seconds, free_port, median, once  # noqa: E402
 
 EXAMPLE = REPO / "assets" / "example"
 TINY_APP = """
@@ -52,8 +52,8 @@ def timed(cmd: list[str], env: dict, cwd: Path) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def tiny_app_page_s() -> float:
-    """Seconds from start to HTTP 200 of a one-Markdown Gradio app."""
+def tiny_app_page() -> tuple[float, float]:
+    """(seconds, CPU seconds) from start to HTTP 200 of a one-Markdown Gradio app."""
     import urllib.request
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1")
@@ -65,7 +65,7 @@ def tiny_app_page_s() -> float:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
                     if r.status == 200:
-                        return time.perf_counter() - started
+                        return time.perf_counter() - started, cpu_seconds(proc.pid)
             except OSError:
                 time.sleep(0.05)
         raise SystemExit("the tiny Gradio app exited before answering")
@@ -107,7 +107,8 @@ def main() -> None:
     if args.before:
         checkouts = {"before": unpack(args.before), "after": REPO}
     load_start = machine()
-    floor = {"python_s": [], "import_gradio_s": [], "import_gradio_cpu_s": [], "tiny_gradio_app_page_s": []}
+    floor = {"python_s": [], "import_gradio_s": [], "import_gradio_cpu_s": [], "tiny_gradio_app_page_s": [],
+             "tiny_gradio_app_page_cpu_s": []}
     raw = {name: [] for name in checkouts}
     for i in range(args.runs):
         for name, repo in checkouts.items():
@@ -119,7 +120,9 @@ def main() -> None:
         wall, cpu = timed([sys.executable, "-c", "import gradio"], env, REPO)
         floor["import_gradio_s"].append(wall)
         floor["import_gradio_cpu_s"].append(cpu)
-        floor["tiny_gradio_app_page_s"].append(tiny_app_page_s())
+        wall, cpu = tiny_app_page()
+        floor["tiny_gradio_app_page_s"].append(wall)
+        floor["tiny_gradio_app_page_cpu_s"].append(cpu)
     medians = {name: {k: median([r[k] for r in runs]) for k in runs[0]} for name, runs in raw.items()}
     medians["floor"] = {k: median(v) for k, v in floor.items()}
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

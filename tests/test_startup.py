@@ -41,7 +41,7 @@ def small_folder(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["models", "--help"], ["runs"],
-                                  ["export", "--help"], ["predict", "--help"], ["audit", "--help"]])
+                                  ["export", "--help"], ["predict", "--help"], ["audit", "--help"], ["app", "--help"]])
 def test_quick_commands_do_not_import_the_engine(args, tmp_path):
     names, proc = imported_modules(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
