@@ -158,8 +158,9 @@ def main(argv=None, prog: str | None = None) -> int:
         build_app,
         launch_kwargs,
     )
+    from .login_guard import LoginGuard
     demo = build_app(workspace, args.data, policy)
     demo.queue(default_concurrency_limit=8)
-    demo.launch(server_name=args.host, server_port=port, share=args.share, auth=auth,
+    demo.launch(server_name=args.host, server_port=port, share=args.share, auth=LoginGuard(*auth) if auth else None,
                 inbrowser=args.inbrowser, **launch_kwargs(workspace))
     return 0
