@@ -86,7 +86,7 @@ def test_unusable_uploads_are_refused_with_a_sentence(client, tmp_path):
         client.predict(handle_file(str(huge)), api_name="/predict")
     with pytest.raises(AppError, match="8000×6000 .*more than the 40 MP"):
         client.predict(handle_file(str(big)), api_name="/predict")
-    with pytest.raises(AppError, match="not an image this app can read"):
+    with pytest.raises(AppError, match="could not be read as a picture"):
         client.predict(handle_file(str(text)), api_name="/predict")
 
 

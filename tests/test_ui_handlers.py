@@ -154,6 +154,19 @@ def test_runs_table_names_the_dataset_and_reads_like_a_date(tmp_path):
     assert table["folder"][1] == "resnet18-20261202-131502-ab12" and table["training time"][1] == "1 min 15 s"
 
 
+def test_runs_list_keeps_a_pick_but_selects_a_new_run(tmp_path):
+    """Clicking Runs after a training selected an older run (the pick made when the tab was first
+    opened stayed). A person's pick stays across refreshes until a newer run appears."""
+    from lora_gui.ui.session import Session
+    from lora_gui.ui.tabs.runs_tab import pick_after_refresh
+    session = Session()
+    assert pick_after_refresh(None, [], session) is None
+    assert pick_after_refresh(None, ["/w/r1"], session) == "/w/r1"
+    assert pick_after_refresh("/w/r1", ["/w/r2", "/w/r1"], session) == "/w/r2"      # a new run appeared
+    assert pick_after_refresh("/w/r1", ["/w/r2", "/w/r1"], session) == "/w/r1"      # the person picked r1
+    assert pick_after_refresh("/w/gone", ["/w/r2", "/w/r1"], session) == "/w/r2"    # deleted: the newest
+
+
 def _snap(status, message, step=0, **kw):
     from lora_gui.jobs.job_state import JobSnapshot
     return JobSnapshot("j", "/r", status, message, 1, 3, step, 30, kw.pop("eta_s", None), None, **kw)

@@ -13,8 +13,8 @@ from ...jobs.registry import active_jobs, set_owner
 from ...jobs.training_job import TrainingJob
 from ...store.run_folder import RunFolder, list_runs
 from ..access import owner_id
-from ..common import ENGINE_ERRORS, failure, this_tab
-from ..run_names import dataset_name, run_label
+from ..common import ENGINE_ERRORS, failure, md, this_tab
+from ..run_names import dataset_name, run_label, run_title
 
 COLUMNS = ["run", "dataset", "model", "rank", "targets", "best val acc", "training time", "status", "folder"]
 LIVE = ("queued", "running", "paused", "stopping")
@@ -70,6 +70,16 @@ def _choices(rows: list[dict]) -> list[tuple[str, str]]:
     return [(f"{run_label(r)} · {dataset_name(r.get('source')) or '?'} · {r['status']}", r["path"]) for r in rows]
 
 
+def pick_after_refresh(picked: str | None, paths: list[str], session) -> str | None:
+    """The run the list selects: the person's pick stays across refreshes, except that a run newer
+    than any listed before (one just started or finished) is selected."""
+    newest = paths[0] if paths else None
+    if picked not in paths or newest != session.newest_run_listed:
+        picked = newest
+    session.newest_run_listed = newest
+    return picked
+
+
 def loss_overlay_figure(paths: list[str]) -> go.Figure:
     """One step-loss line per run (thinned to at most MAX_CURVE_POINTS points each)."""
     fig = go.Figure()
@@ -102,6 +112,7 @@ def build_runs_tab(ctx) -> None:
     empty_note = gr.Markdown("**No runs yet.** Train one in **3 · Train**; it appears here with its accuracy.",
                              elem_id="lg-runs-empty")
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Runs", max_height=420,
+                         column_widths=["13%", "14%", "17%", "6%", "8%", "8%", "9%", "10%", "15%"],
                          elem_id="lg-runs-table", visible=False)
     with gr.Row():
         pick = gr.Dropdown([], label="Run", scale=3, elem_id="lg-runs-pick")
@@ -126,7 +137,7 @@ def build_runs_tab(ctx) -> None:
     def refresh(picked, chosen, session, request: gr.Request):
         rows = visible_rows(session, request)
         paths = [r["path"] for r in rows]
-        picked = picked if picked in paths else (paths[0] if paths else None)
+        picked = pick_after_refresh(picked, paths, session)
         chosen = [c for c in (chosen or []) if c in paths]
         choices = _choices(rows)
         return (runs_table(rows), gr.Dropdown(choices=choices, value=picked),
@@ -143,7 +154,7 @@ def build_runs_tab(ctx) -> None:
             run = _picked(path, workspace, visibility(session, request))
             session.set_model(str(run.path))
             what = "Testing" if target == "test" else "Exporting"
-            return session, f"{what} run **{run.path.name}**."
+            return session, f"{what} **{md(run_title(run.path))}**."
         return handler
 
     def curves_of(paths, session, request: gr.Request):
