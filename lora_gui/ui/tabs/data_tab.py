@@ -260,8 +260,9 @@ def build_class_builder(ctx: AppContext) -> None:
     def add_files(session, cls, paths):
         if not cls:
             raise gr.Error("Add a class first, then its images.")
-        session.class_builder(ws).add_images(cls, [str(p) for p in (paths or [])])
-        return (*state(session, cls), None)
+        result = session.class_builder(ws).add_images(cls, [str(p) for p in (paths or [])])
+        session_, pick, text = state(session, cls)
+        return session_, pick, f"{text}\n\nTo **{md(cls)}**: {md(result.summary())}.", None
 
     @guarded
     def add_snapshot(session, cls, image):
