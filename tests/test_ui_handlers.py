@@ -48,7 +48,7 @@ def test_markdown_escaping_keeps_text_literal():
 
 def test_dataset_errors_are_escaped_and_said_once(tmp_path):
     """#12.5: '(<folder>/<class>/<image>)' was eaten as HTML and the sentence printed twice."""
-    from lora_gui.ui.tabs.data_tab import dataset_outputs
+    from lora_gui.ui.tabs.dataset_view import dataset_outputs
     folder = tmp_path / "Pictures" / "<b>odd"
     folder.mkdir(parents=True)
     (folder / "notes.txt").write_text("not an image")
@@ -208,7 +208,7 @@ def test_charts_wait_for_data_and_accuracy_says_when_it_comes():
 
 def test_validation_report_groups_non_images_by_extension_and_filters(make_image_folder):
     """#12.8: thousands of files: 'not an image' grouped per extension; the table filters by status."""
-    from lora_gui.ui.tabs.data_tab import _report_rows, report_groups
+    from lora_gui.ui.tabs.dataset_view import _report_rows, report_groups
     root = make_image_folder({f"{c}/{i}.png": None for c in ("cat", "dog") for i in range(3)}, "Pictures")
     for i in range(3):
         (root / "cat" / f"notes{i}.txt").write_text("x")
