@@ -104,6 +104,79 @@ def _picked(path: str | None, workspace: Path, visible=lambda p: True) -> RunFol
     return run
 
 
+class RunsActions:
+    """The Runs tab's event handlers over plain values (the picked run's path, the session). In
+    multi-user mode a person lists, tests, exports and resumes only their own runs."""
+
+    def __init__(self, ctx):
+        self.workspace, self.policy = Path(ctx.workspace), ctx.policy
+
+    def _sees(self, session, request):
+        who = owner_id(session, request)
+        return lambda path: self.policy.sees_run(path, who)
+
+    def visible_rows(self, session, request) -> list[dict]:
+        sees = self._sees(session, request)
+        return [r for r in runs_with_status(self.workspace) if sees(r["path"])]
+
+    def refresh(self, picked, chosen, session, request: gr.Request):
+        rows = self.visible_rows(session, request)
+        paths = [r["path"] for r in rows]
+        picked = pick_after_refresh(picked, paths, session)
+        chosen = [c for c in (chosen or []) if c in paths]
+        choices = _choices(rows)
+        return (runs_table(rows), gr.Dropdown(choices=choices, value=picked),
+                gr.Dropdown(choices=choices, value=chosen))
+
+    def pick_from_table(self, session, evt: gr.SelectData, request: gr.Request):
+        row = evt.row_value or []
+        match = [r["path"] for r in self.visible_rows(session, request) if row and r["run"] == row[-1]]  # folder
+        return match[0] if match else gr.skip()
+
+    def _use(self, path, session, request, what: str):
+        run = _picked(path, self.workspace, self._sees(session, request))
+        session.set_model(str(run.path))
+        return session, f"{what} **{md(run_title(run.path))}**."
+
+    def use_for_testing(self, path, session, request: gr.Request):
+        return self._use(path, session, request, "Testing")
+
+    def use_for_export(self, path, session, request: gr.Request):
+        return self._use(path, session, request, "Exporting")
+
+    def curves_of(self, paths, session, request: gr.Request):
+        seen = self._sees(session, request)   # only runs of this workspace the caller may see
+        ok = [p for p in (paths or []) if isinstance(p, str) and RunFolder(p).exists()
+              and Path(p).resolve().parent == self.workspace.resolve() and seen(p)]
+        return loss_overlay_figure(ok)
+
+    def resume(self, path, session, request: gr.Request):
+        run = _picked(path, self.workspace, self._sees(session, request))
+        if str(run.path.resolve()) in _live_paths():
+            raise gr.Error(f"{run.path.name} is already training; follow it in the Train tab")
+        rows = runs_with_status(self.workspace)
+        status = next((r["status"] for r in rows if r["path"] == str(run.path)), "unknown")
+        if status not in RESUMABLE:
+            raise gr.Error(f"{run.path.name} is {status}: only stopped, failed or interrupted runs can be resumed")
+        if not run.checkpoint_file.is_file():
+            raise gr.Error(f"{run.path.name} has no checkpoint to resume from (it stopped before saving one); "
+                           "start a new training in the Train tab")
+        previous = session.job()
+        if previous is not None and previous.status in LIVE:
+            gr.Info("Your other training keeps running in the background; the resumed run waits for the device.",
+                    title="Queued")
+        try:
+            job = TrainingJob.resume_run(str(run.path), interactive=True).start()
+        except ENGINE_ERRORS as exc:
+            raise failure(exc) from None
+        except Exception as exc:
+            raise failure(exc, "resuming") from None
+        session.owner_id = owner_id(session, request)
+        set_owner(job, session.owner_id, session.tab_id)
+        session.started(job)
+        return session, gr.Tabs(selected="train"), f"Resumed **{md(run_title(run.path))}**."
+
+
 def build_runs_tab(ctx) -> None:
     tab = this_tab()
     workspace = Path(ctx.workspace)
@@ -126,78 +199,16 @@ def build_runs_tab(ctx) -> None:
     compare = gr.Dropdown([], multiselect=True, label="Runs to overlay", elem_id="lg-runs-compare")
     curves = gr.Plot(label="Step loss", elem_id="lg-runs-curves", visible=False)   # shown once runs are chosen
 
-    def visible_rows(session, request):
-        who = owner_id(session, request)
-        return [r for r in runs_with_status(workspace) if ctx.policy.sees_run(r["path"], who)]
-
-    def visibility(session, request):
-        who = owner_id(session, request)
-        return lambda path: ctx.policy.sees_run(path, who)
-
-    def refresh(picked, chosen, session, request: gr.Request):
-        rows = visible_rows(session, request)
-        paths = [r["path"] for r in rows]
-        picked = pick_after_refresh(picked, paths, session)
-        chosen = [c for c in (chosen or []) if c in paths]
-        choices = _choices(rows)
-        return (runs_table(rows), gr.Dropdown(choices=choices, value=picked),
-                gr.Dropdown(choices=choices, value=chosen))
-
-    def pick_from_table(session, evt: gr.SelectData, request: gr.Request):
-        row = evt.row_value or []
-        rows = visible_rows(session, request)
-        match = [r["path"] for r in rows if row and r["run"] == row[-1]]   # the folder column
-        return match[0] if match else gr.skip()
-
-    def use_for(target: str):
-        def handler(path, session, request: gr.Request):
-            run = _picked(path, workspace, visibility(session, request))
-            session.set_model(str(run.path))
-            what = "Testing" if target == "test" else "Exporting"
-            return session, f"{what} **{md(run_title(run.path))}**."
-        return handler
-
-    def curves_of(paths, session, request: gr.Request):
-        seen = visibility(session, request)   # only runs of this workspace the caller may see
-        ok = [p for p in (paths or []) if isinstance(p, str) and RunFolder(p).exists()
-              and Path(p).resolve().parent == workspace.resolve() and seen(p)]
-        return loss_overlay_figure(ok)
-
-    def resume(path, session, request: gr.Request):
-        run = _picked(path, workspace, visibility(session, request))
-        if str(run.path.resolve()) in _live_paths():
-            raise gr.Error(f"{run.path.name} is already training; follow it in the Train tab")
-        status = runs_with_status(workspace)
-        status = next((r["status"] for r in status if r["path"] == str(run.path)), "unknown")
-        if status not in RESUMABLE:
-            raise gr.Error(f"{run.path.name} is {status}: only stopped, failed or interrupted runs can be resumed")
-        if not run.checkpoint_file.is_file():
-            raise gr.Error(f"{run.path.name} has no checkpoint to resume from (it stopped before saving one); "
-                           "start a new training in the Train tab")
-        previous = session.job()
-        if previous is not None and previous.status in LIVE:
-            gr.Info("Your other training keeps running in the background; the resumed run waits for the device.",
-                    title="Queued")
-        try:
-            job = TrainingJob.resume_run(str(run.path), interactive=True).start()
-        except ENGINE_ERRORS as exc:
-            raise failure(exc) from None
-        except Exception as exc:
-            raise failure(exc, "resuming") from None
-        session.owner_id = owner_id(session, request)
-        set_owner(job, session.owner_id, session.tab_id)
-        session.started(job)
-        return session, gr.Tabs(selected="train"), f"Resumed **{run.path.name}**."
-
+    act = RunsActions(ctx)
     session = ctx.session
-    refresh_args = dict(fn=refresh, inputs=[pick, compare, session], outputs=[table, pick, compare],
+    refresh_args = dict(fn=act.refresh, inputs=[pick, compare, session], outputs=[table, pick, compare],
                         show_progress="hidden")
     refresh_btn.click(api_name="list_runs", **refresh_args)
     if tab is not None:
         tab.select(api_visibility="private", **refresh_args)
     ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(api_visibility="private", **refresh_args))
-    table.select(pick_from_table, session, pick, api_visibility="private", show_progress="hidden")
-    compare.change(curves_of, [compare, session], curves, api_name="loss_curves", show_progress="hidden")
+    table.select(act.pick_from_table, session, pick, api_visibility="private", show_progress="hidden")
+    compare.change(act.curves_of, [compare, session], curves, api_name="loss_curves", show_progress="hidden")
     # no empty table or axes: a change listener (the API's outputs stay plain values)
     compare.change(lambda chosen: gr.update(visible=bool(chosen)), compare, curves, api_visibility="private",
                    show_progress="hidden")
@@ -205,11 +216,12 @@ def build_runs_tab(ctx) -> None:
                  [table, empty_note], api_visibility="private", show_progress="hidden")
 
     for btn, target in ((test_btn, "test"), (export_btn, "export")):
-        event = btn.click(use_for(target), [pick, session], [session, status_md], api_name=f"use_run_for_{target}")
+        use = act.use_for_testing if target == "test" else act.use_for_export
+        event = btn.click(use, [pick, session], [session, status_md], api_name=f"use_run_for_{target}")
         for sync in (ctx.shared.get("test_sync"), ctx.shared.get("export_sync")):
             if sync is not None:   # both tabs name the new model and drop what the old one made...
                 event = event.then(**sync)
         # ...before the tab is shown: it never shows the old model's results under the new name
         event.then(lambda t=target: gr.Tabs(selected=t), None, ctx.tabs, api_visibility="private",
                    show_progress="hidden")
-    resume_btn.click(resume, [pick, session], [session, ctx.tabs, status_md], api_name="resume_run")
+    resume_btn.click(act.resume, [pick, session], [session, ctx.tabs, status_md], api_name="resume_run")
