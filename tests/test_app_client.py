@@ -86,8 +86,20 @@ def test_unusable_uploads_are_refused_with_a_sentence(client, tmp_path):
         client.predict(handle_file(str(huge)), api_name="/predict")
     with pytest.raises(AppError, match="8000×6000 .*more than the 40 MP"):
         client.predict(handle_file(str(big)), api_name="/predict")
-    with pytest.raises(AppError, match="not an image this app can read"):
+    with pytest.raises(AppError, match="could not be read as a picture"):
         client.predict(handle_file(str(text)), api_name="/predict")
+
+
+def test_class_builder_says_which_files_it_left_out(client, tmp_path):
+    from gradio_client import handle_file
+    from PIL import Image
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "red mug.png")
+    (tmp_path / "mug.png").write_bytes(b"GIF89a but not really")        # an image name, not an image
+    client.predict("mug", api_name="/add_class")
+    _, text, _ = client.predict("mug", [handle_file(str(tmp_path / "red mug.png")),
+                                           handle_file(str(tmp_path / "mug.png"))], api_name="/add_class_images")
+    assert "**mug**: 1 image(s)" in text
+    assert "1 image(s) added, 1 left out: mug.png (" in text.replace("\\", ""), text
 
 
 def test_errors_reach_the_client_as_messages(client):

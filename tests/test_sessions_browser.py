@@ -154,7 +154,7 @@ def test_switching_models_clears_evaluation(server, browser):
         page.wait_for_function("/best adapter \\(epoch 1/.test(document.querySelector('#lg-test-source').innerText)"
                                " && !document.querySelector('#lg-test-source').innerText.includes('images -')",
                                timeout=60_000)
-        trained = re.search(r"run (run-[\w-]+)", page.inner_text("#lg-test-source")).group(1)
+        trained = re.search(r"folder (run-[\w-]+)", page.inner_text("#lg-test-source")).group(1)
 
         open_tab(page, "3 · Train")           # a second run, stopped before its first epoch ends
         page.get_by_label("strong").check()

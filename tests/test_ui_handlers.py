@@ -48,7 +48,7 @@ def test_markdown_escaping_keeps_text_literal():
 
 def test_dataset_errors_are_escaped_and_said_once(tmp_path):
     """#12.5: '(<folder>/<class>/<image>)' was eaten as HTML and the sentence printed twice."""
-    from lora_gui.ui.tabs.data_tab import dataset_outputs
+    from lora_gui.ui.tabs.dataset_view import dataset_outputs
     folder = tmp_path / "Pictures" / "<b>odd"
     folder.mkdir(parents=True)
     (folder / "notes.txt").write_text("not an image")
@@ -154,6 +154,19 @@ def test_runs_table_names_the_dataset_and_reads_like_a_date(tmp_path):
     assert table["folder"][1] == "resnet18-20261202-131502-ab12" and table["training time"][1] == "1 min 15 s"
 
 
+def test_runs_list_keeps_a_pick_but_selects_a_new_run(tmp_path):
+    """Clicking Runs after a training selected an older run (the pick made when the tab was first
+    opened stayed). A person's pick stays across refreshes until a newer run appears."""
+    from lora_gui.ui.session import Session
+    from lora_gui.ui.tabs.runs_tab import pick_after_refresh
+    session = Session()
+    assert pick_after_refresh(None, [], session) is None
+    assert pick_after_refresh(None, ["/w/r1"], session) == "/w/r1"
+    assert pick_after_refresh("/w/r1", ["/w/r2", "/w/r1"], session) == "/w/r2"      # a new run appeared
+    assert pick_after_refresh("/w/r1", ["/w/r2", "/w/r1"], session) == "/w/r1"      # the person picked r1
+    assert pick_after_refresh("/w/gone", ["/w/r2", "/w/r1"], session) == "/w/r2"    # deleted: the newest
+
+
 def _snap(status, message, step=0, **kw):
     from lora_gui.jobs.job_state import JobSnapshot
     return JobSnapshot("j", "/r", status, message, 1, 3, step, 30, kw.pop("eta_s", None), None, **kw)
@@ -195,7 +208,7 @@ def test_charts_wait_for_data_and_accuracy_says_when_it_comes():
 
 def test_validation_report_groups_non_images_by_extension_and_filters(make_image_folder):
     """#12.8: thousands of files: 'not an image' grouped per extension; the table filters by status."""
-    from lora_gui.ui.tabs.data_tab import _report_rows, report_groups
+    from lora_gui.ui.tabs.dataset_view import _report_rows, report_groups
     root = make_image_folder({f"{c}/{i}.png": None for c in ("cat", "dog") for i in range(3)}, "Pictures")
     for i in range(3):
         (root / "cat" / f"notes{i}.txt").write_text("x")

@@ -72,3 +72,25 @@ def test_the_app_cleans_at_start_and_says_so(tmp_path):
         proc.wait(30)
     assert any("removed 3 old upload/staging folder(s)" in line for line in lines), "".join(lines)
     assert not f["old"].exists() and f["used"].exists()
+
+
+def test_weights_a_run_starts_from_stay_other_builds_go(tmp_path):
+    """weights/, uploaded_adapters/ and exports/ are staging areas too; a run's starting weights
+    file (config.json names it; --resume reads it again) keeps its folder."""
+    from lora_gui.config import RunConfig
+    ws = tmp_path / "ws"
+    needed = _folder(ws / "weights" / "s1-ab12", 30, files=("resnet.safetensors",))
+    unused = _folder(ws / "weights" / "s2-cd34", 30, files=("resnet.safetensors",))
+    zips = _folder(ws / "exports" / "session9", 30, files=("run-peft.zip",))
+    demo = _folder(ws / "exports" / "run-1-demo-app", 30, files=("app.py",))
+    adapter = _folder(ws / "uploaded_adapters" / "s3-ef56", 30, files=("adapter.safetensors",))
+    new_zip = _folder(ws / "exports" / "session10", 1, files=("run-onnx.zip",))
+    cfg = RunConfig().to_dict()
+    cfg["model"].update(weights="file", weights_file=str(needed / "resnet.safetensors"))
+    run = ws / "run-2"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": cfg, "classes": ["a", "b"], "layers": [],
+                                                 "data_config": {}}))
+    removed, _ = clean(ws, 7)
+    assert sorted(removed) == sorted([unused, zips, demo, adapter])
+    assert needed.exists() and new_zip.exists() and run.exists()

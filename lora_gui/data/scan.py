@@ -144,45 +144,58 @@ def _plan(scan: Scan, csv_file: Path | None):
     candidates: (path, label) to probe; skipped: (path, reason) known without
     decoding; split_of: path -> "train"/"val" for split layouts.
     """
-    root = scan.root
-    candidates, skipped, split_of = [], [], {}
     # a CSV given as the source labels only what it lists; one found in a
     # folder source means the rest of that folder must be accounted for too
     walk_rest = csv_file is None
-    csv_file = csv_file or _labelled_csv(root)
+    csv_file = csv_file or _labelled_csv(scan.root)
     if csv_file is not None:
-        listed, labels, mentioned = {}, {}, set()
-        for name, label in _read_csv(csv_file):
-            parts = safe_parts(name)
-            path = csv_file.parent.joinpath(*parts) if parts else None
-            mentioned.add(path)
-            if path is None:
-                skipped.append((name, "unsafe path in CSV"))
-            elif not label:
-                skipped.append((path, "no label in CSV"))
-            elif path in labels:  # listed again: one line for the file, whatever the count
-                labels[path].append(label)
-            else:
-                scan.tick()
-                kind = scan.kind(path) if os.path.lexists(path) else "listed in CSV but missing"
-                labels[path] = [label]
-                if kind == "file":
-                    listed[path] = label
-                elif kind == "dir":
-                    skipped.append((path, "listed in CSV but is a folder"))
-                elif kind == "listed in CSV but missing":
-                    skipped.append((path, kind))
-        for path, label in listed.items():
-            named = list(dict.fromkeys(labels[path]))
-            if len(named) > 1:
-                skipped.append((path, f"listed {len(labels[path])} times in CSV with different labels "
-                                      f"({', '.join(named)})"))
-            else:
-                candidates.append((path, label))
-        if walk_rest:
-            skipped += [(p, "not listed in CSV") for p in scan.walk(root)
-                        if p not in mentioned and p != csv_file and p.suffix.lower() != ".csv"]
-        return candidates, skipped, split_of
+        candidates, skipped = _plan_csv(scan, csv_file, walk_rest)
+        return candidates, skipped, {}
+    return _plan_folders(scan)
+
+
+def _plan_csv(scan: Scan, csv_file: Path, walk_rest: bool):
+    """(candidates, skipped) for a CSV of file,label lines; with ``walk_rest`` every file of the
+    folder that the CSV does not list is reported as skipped."""
+    candidates, skipped = [], []
+    listed, labels, mentioned = {}, {}, set()
+    for name, label in _read_csv(csv_file):
+        parts = safe_parts(name)
+        path = csv_file.parent.joinpath(*parts) if parts else None
+        mentioned.add(path)
+        if path is None:
+            skipped.append((name, "unsafe path in CSV"))
+        elif not label:
+            skipped.append((path, "no label in CSV"))
+        elif path in labels:  # listed again: one line for the file, whatever the count
+            labels[path].append(label)
+        else:
+            scan.tick()
+            kind = scan.kind(path) if os.path.lexists(path) else "listed in CSV but missing"
+            labels[path] = [label]
+            if kind == "file":
+                listed[path] = label
+            elif kind == "dir":
+                skipped.append((path, "listed in CSV but is a folder"))
+            elif kind == "listed in CSV but missing":
+                skipped.append((path, kind))
+    for path, label in listed.items():
+        named = list(dict.fromkeys(labels[path]))
+        if len(named) > 1:
+            skipped.append((path, f"listed {len(labels[path])} times in CSV with different labels "
+                                  f"({', '.join(named)})"))
+        else:
+            candidates.append((path, label))
+    if walk_rest:
+        skipped += [(p, "not listed in CSV") for p in scan.walk(scan.root)
+                    if p not in mentioned and p != csv_file and p.suffix.lower() != ".csv"]
+    return candidates, skipped
+
+
+def _plan_folders(scan: Scan):
+    """(candidates, skipped, split_of) for class folders, or train/ + val/ folders of class folders."""
+    root = scan.root
+    candidates, skipped, split_of = [], [], {}
     dirs, files = scan.entries(root)
     by_name = {d.name.lower(): d for d in dirs}
     train = next((by_name[n] for n in _TRAIN_DIRS if n in by_name), None)

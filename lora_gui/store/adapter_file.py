@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from ..backbones.build import build_model
+from ..backbones.seeded import seeded_build
 from ..config import LoraConfig, ModelConfig
 from ..errors import AdapterError, ConfigError, LoraError
 from ..lora.inject import inject_lora
@@ -140,17 +140,11 @@ def mark_calibrated_norms(model: nn.Module, meta: AdapterMeta) -> None:
                            f"does not have: {exc}") from None
 
 
-_SEEDED_BUILD_LOCK = threading.Lock()
-
-
 def build_from_adapter(tensors: dict[str, torch.Tensor], meta: AdapterMeta) -> nn.Module:
     """Rebuild base + LoRA layout from metadata and load the tensors, refusing any mismatch."""
     # Random base weights are rebuilt from the seed through torch's one global generator, and
-    # inject_lora draws from it too: two rebuilds at once (two exports, two loads) would interleave
-    # their draws and get wrong base weights. One at a time. (A training thread of this process
-    # draws from it as well; only runs on random base weights, i.e. tests, are exposed to that.)
-    with _SEEDED_BUILD_LOCK:
-        torch.manual_seed(meta.base_seed)
+    # inject_lora draws from it too: one seeded build at a time in this process (backbones/seeded.py).
+    with seeded_build(meta.base_seed):
         model = build_model(meta.model, len(meta.classes))
         try:
             inject_lora(model, meta.lora, meta.layers)

@@ -1,13 +1,16 @@
-"""Old browser uploads, unpacked archives and class-builder folders are removed; run data never is.
+"""Old browser uploads, unpacked archives, builds and other staging folders are removed; run data never is.
 
 The app copies what people give it into the workspace: folders dropped in the
-browser (``uploads/``), unpacked archives (``datasets/``) and the per-class
-builder's images (``classes/``). On a server that runs for weeks these pile up.
-At start-up the app removes such folders that have not changed for
-``keep_days`` days, except any folder a run still trains or evaluates from
-(its ``split.json`` lists the files): resuming, testing and evaluating an old
-run keep working. Only folders directly inside those three are candidates, links
-are never followed, and nothing outside the workspace is touched.
+browser (``uploads/``), unpacked archives (``datasets/``), the per-class builder's
+images (``classes/``), uploaded starting weights (``weights/``) and adapters
+uploaded for testing (``uploaded_adapters/``); it also builds export zips and demo
+apps (``exports/``), which it hands out through Gradio's cache. On a server that
+runs for weeks these pile up. At start-up the app removes such folders that have
+not changed for ``keep_days`` days, except any folder a run still needs: the files
+its ``split.json`` lists (resuming, testing and evaluating an old run keep working)
+and the weights file its ``config.json`` starts from (resuming needs it). Only
+folders directly inside those areas are candidates, links are never followed, and
+nothing outside the workspace is touched.
 """
 from __future__ import annotations
 
@@ -17,9 +20,9 @@ import time
 from pathlib import Path
 
 from ..errors import DamagedRun
-from .records import SplitRecord
+from .records import RunRecord, SplitRecord
 
-STAGING = ("uploads", "datasets", "classes")
+STAGING = ("uploads", "datasets", "classes", "weights", "uploaded_adapters", "exports")
 DEFAULT_KEEP_DAYS = 7.0
 
 
@@ -34,18 +37,30 @@ def _newest_mtime(folder: Path) -> float:
     return newest
 
 
+def _needed_files(run_folder: Path) -> list[str]:
+    """Every file outside the run folder that the run reads again: its images and starting weights."""
+    files: list[str] = []
+    try:
+        record = SplitRecord.read(run_folder)
+        files += [p for p, _ in record.train + record.val]
+    except (DamagedRun, FileNotFoundError):
+        pass    # an unreadable split protects nothing, and is not ours to fix
+    try:
+        weights = RunRecord.read(run_folder).config.model.weights_file
+        files += [weights] if weights else []
+    except (DamagedRun, FileNotFoundError):
+        pass
+    return files
+
+
 def _referenced(workspace: Path) -> set[str]:
-    """The staging folders (absolute paths) that some run's split.json names a file in."""
+    """The staging folders (absolute paths) that some run needs a file from."""
     prefixes = {os.path.abspath(workspace / area) + os.sep for area in STAGING}
     prefixes |= {os.path.realpath(workspace / area) + os.sep for area in STAGING}
     used: set[str] = set()
-    for split in workspace.glob("*/split.json"):
-        try:
-            record = SplitRecord.read(split.parent)
-        except DamagedRun:
-            continue  # an unreadable split protects nothing, and is not ours to fix
-        paths = [p for p, _ in record.train + record.val]
-        for path in map(os.path.abspath, paths):
+    runs = {p.parent for p in workspace.glob("*/split.json")} | {p.parent for p in workspace.glob("*/config.json")}
+    for run in runs:
+        for path in map(os.path.abspath, _needed_files(run)):
             for prefix in prefixes:
                 if path.startswith(prefix):
                     used.add(prefix + path[len(prefix):].split(os.sep, 1)[0])

@@ -43,6 +43,8 @@ def _import_onnx():
         import onnxruntime as ort
     except ImportError:
         raise ExportError("ONNX export needs `pip install onnx onnxruntime`, then export again") from None
+    # onnxruntime's only telemetry is Windows' ETW trace events, on by default there: off.
+    ort.disable_telemetry_events()
     return onnx, ort
 
 

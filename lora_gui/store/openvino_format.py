@@ -6,6 +6,7 @@ checks it against PyTorch on the run's validation images.
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,11 @@ OPENVINO_FILE = "model.xml"   # model.bin beside it
 
 
 def _import_openvino():
+    # OpenVINO's converter reports usage to Google Analytics unless a consent file in the home
+    # folder says no, and writes ~/intel/openvino_ga_cid either way. Its own fallback for a missing
+    # openvino_telemetry package is a no-op stub: we choose that path (ImportError on import).
+    # Nothing leaves the machine and nothing is written outside the workspace.
+    sys.modules.setdefault("openvino_telemetry", None)
     try:
         import openvino as ov
     except ImportError:

@@ -10,11 +10,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..backbones.build import build_model
+from ..backbones.seeded import seeded_build
 from ..errors import AdapterError
 from ..lora.layers import get_parent
 from ..lora.targets import _reads_weight_directly, head_modules
 from .adapter_check import _quiet_build, check_adapter_fits
-from .adapter_file import _SEEDED_BUILD_LOCK, AdapterMeta
+from .adapter_file import AdapterMeta
 from .export_meta import _export_meta, _export_metadata, _load_tensors
 
 PEFT_CONFIG = "adapter_config.json"
@@ -80,8 +81,7 @@ def _write_base_weights(meta: AdapterMeta, path: Path) -> None:
     """The base model the adapter was trained on, in timm's naming, for a plain
     ``timm.create_model(pretrained=False)`` + ``load_state_dict``: bundled and local weights are on no
     hub, and random ones are only reproducible with the same seed *and* timm version."""
-    with _SEEDED_BUILD_LOCK:   # the seeded build draws from torch's global generator
-        torch.manual_seed(meta.base_seed)
+    with seeded_build(meta.base_seed):   # the seeded build draws from torch's global generator
         base = _quiet_build(build_model, meta.model, len(meta.classes))
     save_file({k: v.detach().contiguous() for k, v in base.state_dict().items()}, str(path),
               metadata={"format": "pt"})

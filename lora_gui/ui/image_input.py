@@ -31,7 +31,8 @@ def check_upload(path: str, name: str = "the picture") -> UnusableUpload | None:
         return UnusableUpload(f"{name} has too many pixels for this app (over {2 * MAX_IMAGE_PIXELS // 10**6} MP); "
                               f"scale it down to at most {MAX_IMAGE_PIXELS // 10**6} MP and try again")
     except (UnidentifiedImageError, OSError, ValueError):
-        return UnusableUpload(f"{name} is not an image this app can read; use a JPEG, PNG, WebP, BMP, GIF or TIFF")
+        return UnusableUpload(f"{name} could not be read as a picture (damaged, or not an image at all); "
+                              "use a JPEG, PNG, WebP, BMP, GIF or TIFF")
     if w * h > MAX_IMAGE_PIXELS:
         return UnusableUpload(f"{name} is {w}×{h} ({w * h / 1e6:.0f} MP), more than the {MAX_IMAGE_PIXELS // 10**6} MP "
                               "this app accepts; scale it down and try again")

@@ -160,10 +160,11 @@ def main(argv=None, prog: str | None = None) -> int:
         build_app,
         launch_kwargs,
     )
+    from .login_guard import LoginGuard
     demo = build_app(workspace, args.data, policy)   # laid out without torch or timm: the page is up in seconds
     demo.queue(default_concurrency_limit=8)
-    demo.launch(server_name=args.host, server_port=port, share=args.share, auth=auth, inbrowser=args.inbrowser,
-                prevent_thread_lock=True, quiet=True, **launch_kwargs(workspace))
+    demo.launch(server_name=args.host, server_port=port, share=args.share, auth=LoginGuard(*auth) if auth else None,
+                inbrowser=args.inbrowser, prevent_thread_lock=True, quiet=True, **launch_kwargs(workspace))
     # the one line that says where the app is: the port actually bound (the next free one if --port was taken)
     print(f"Open {demo.local_url.rstrip('/')} in your browser", flush=True)
     if demo.share_url:

@@ -41,6 +41,7 @@ class Session:
     shown: dict = field(default_factory=dict)   # output group -> model_version it was made from
     uploads: list = field(default_factory=list)  # folders this session uploaded into (removed on close)
     weights_upload: str | None = None  # the weights file this session uploaded (the only file path it may name)
+    newest_run_listed: str | None = None  # the Runs tab selects a run newer than this one when it appears
 
     def class_builder(self, workspace: Path) -> ClassBuilder:
         if self.builder is None:

@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 from ...jobs.registry import active_jobs, set_owner
 from ...store.run_folder import RunFolder, list_runs
 from ..access import owner_id
-from ..common import ENGINE_ERRORS, failure, this_tab
-from ..run_names import dataset_name, run_label
+from ..common import ENGINE_ERRORS, failure, md, this_tab
+from ..run_names import dataset_name, run_label, run_title
 
 COLUMNS = ["run", "dataset", "model", "rank", "targets", "best val acc", "training time", "status", "folder"]
 LIVE = ("queued", "running", "paused", "stopping")
@@ -69,6 +69,16 @@ def _choices(rows: list[dict]) -> list[tuple[str, str]]:
     return [(f"{run_label(r)} · {dataset_name(r.get('source')) or '?'} · {r['status']}", r["path"]) for r in rows]
 
 
+def pick_after_refresh(picked: str | None, paths: list[str], session) -> str | None:
+    """The run the list selects: the person's pick stays across refreshes, except that a run newer
+    than any listed before (one just started or finished) is selected."""
+    newest = paths[0] if paths else None
+    if picked not in paths or newest != session.newest_run_listed:
+        picked = newest
+    session.newest_run_listed = newest
+    return picked
+
+
 def loss_overlay_figure(paths: list[str]) -> go.Figure:
     """One step-loss line per run (thinned to at most MAX_CURVE_POINTS points each)."""
     fig = go.Figure()
@@ -93,70 +103,58 @@ def _picked(path: str | None, workspace: Path, visible=lambda p: True) -> RunFol
     return run
 
 
-def build_runs_tab(ctx) -> None:
-    tab = this_tab()
-    workspace = Path(ctx.workspace)
-    gr.Markdown(f"Runs in `{workspace}`, newest first. Pick one to test, export or resume.",
-                elem_classes=["lg-hint"])
-    empty_note = gr.Markdown("**No runs yet.** Train one in **3 · Train**; it appears here with its accuracy.",
-                             elem_id="lg-runs-empty")
-    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Runs", max_height=420,
-                         elem_id="lg-runs-table", visible=False)
-    with gr.Row():
-        pick = gr.Dropdown([], label="Run", scale=3, elem_id="lg-runs-pick")
-        refresh_btn = gr.Button("Refresh", scale=1, size="sm")
-    with gr.Row():
-        test_btn = gr.Button("Use for testing", variant="primary")
-        export_btn = gr.Button("Export")
-        resume_btn = gr.Button("Resume training")
-    status_md = gr.Markdown()
-    gr.Markdown("### Compare loss curves")
-    compare = gr.Dropdown([], multiselect=True, label="Runs to overlay", elem_id="lg-runs-compare")
-    curves = gr.Plot(label="Step loss", elem_id="lg-runs-curves", visible=False)   # shown once runs are chosen
+class RunsActions:
+    """The Runs tab's event handlers over plain values (the picked run's path, the session). In
+    multi-user mode a person lists, tests, exports and resumes only their own runs."""
 
-    def visible_rows(session, request):
+    def __init__(self, ctx):
+        self.workspace, self.policy = Path(ctx.workspace), ctx.policy
+
+    def _sees(self, session, request):
         who = owner_id(session, request)
-        return [r for r in runs_with_status(workspace) if ctx.policy.sees_run(r["path"], who)]
+        return lambda path: self.policy.sees_run(path, who)
 
-    def visibility(session, request):
-        who = owner_id(session, request)
-        return lambda path: ctx.policy.sees_run(path, who)
+    def visible_rows(self, session, request) -> list[dict]:
+        sees = self._sees(session, request)
+        return [r for r in runs_with_status(self.workspace) if sees(r["path"])]
 
-    def refresh(picked, chosen, session, request: gr.Request):
-        rows = visible_rows(session, request)
+    def refresh(self, picked, chosen, session, request: gr.Request):
+        rows = self.visible_rows(session, request)
         paths = [r["path"] for r in rows]
-        picked = picked if picked in paths else (paths[0] if paths else None)
+        picked = pick_after_refresh(picked, paths, session)
         chosen = [c for c in (chosen or []) if c in paths]
         choices = _choices(rows)
         return (runs_table(rows), gr.Dropdown(choices=choices, value=picked),
                 gr.Dropdown(choices=choices, value=chosen))
 
-    def pick_from_table(session, evt: gr.SelectData, request: gr.Request):
+    def pick_from_table(self, session, evt: gr.SelectData, request: gr.Request):
         row = evt.row_value or []
-        rows = visible_rows(session, request)
-        match = [r["path"] for r in rows if row and r["run"] == row[-1]]   # the folder column
+        match = [r["path"] for r in self.visible_rows(session, request) if row and r["run"] == row[-1]]  # folder
         return match[0] if match else gr.skip()
 
-    def use_for(target: str):
-        def handler(path, session, request: gr.Request):
-            run = _picked(path, workspace, visibility(session, request))
-            session.set_model(str(run.path))
-            what = "Testing" if target == "test" else "Exporting"
-            return session, f"{what} run **{run.path.name}**."
-        return handler
+    def _use(self, path, session, request, what: str):
+        run = _picked(path, self.workspace, self._sees(session, request))
+        session.set_model(str(run.path))
+        return session, f"{what} **{md(run_title(run.path))}**."
 
-    def curves_of(paths, session, request: gr.Request):
-        seen = visibility(session, request)   # only runs of this workspace the caller may see
+    def use_for_testing(self, path, session, request: gr.Request):
+        return self._use(path, session, request, "Testing")
+
+    def use_for_export(self, path, session, request: gr.Request):
+        return self._use(path, session, request, "Exporting")
+
+    def curves_of(self, paths, session, request: gr.Request):
+        seen = self._sees(session, request)   # only runs of this workspace the caller may see
         ok = [p for p in (paths or []) if isinstance(p, str) and RunFolder(p).exists()
-              and Path(p).resolve().parent == workspace.resolve() and seen(p)]
+              and Path(p).resolve().parent == self.workspace.resolve() and seen(p)]
         return loss_overlay_figure(ok)
 
-    def resume(path, session, request: gr.Request):
-        run = _picked(path, workspace, visibility(session, request))
+    def resume(self, path, session, request: gr.Request):
+        run = _picked(path, self.workspace, self._sees(session, request))
         if str(run.path.resolve()) in _live_paths():
             raise gr.Error(f"{run.path.name} is already training; follow it in the Train tab")
-        status = runs_with_status(workspace)
-        status = next((r["status"] for r in status if r["path"] == str(run.path)), "unknown")
+        rows = runs_with_status(self.workspace)
+        status = next((r["status"] for r in rows if r["path"] == str(run.path)), "unknown")
         if status not in RESUMABLE:
             raise gr.Error(f"{run.path.name} is {status}: only stopped, failed or interrupted runs can be resumed")
         if not run.checkpoint_file.is_file():
@@ -178,17 +176,41 @@ def build_runs_tab(ctx) -> None:
         session.owner_id = owner_id(session, request)
         set_owner(job, session.owner_id, session.tab_id)
         session.started(job)
-        return session, gr.Tabs(selected="train"), f"Resumed **{run.path.name}**."
+        return session, gr.Tabs(selected="train"), f"Resumed **{md(run_title(run.path))}**."
 
+
+def build_runs_tab(ctx) -> None:
+    tab = this_tab()
+    workspace = Path(ctx.workspace)
+    gr.Markdown(f"Runs in `{workspace}`, newest first. Pick one to test, export or resume.",
+                elem_classes=["lg-hint"])
+    empty_note = gr.Markdown("**No runs yet.** Train one in **3 · Train**; it appears here with its accuracy.",
+                             elem_id="lg-runs-empty")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Runs", max_height=420,
+                         column_widths=["13%", "14%", "17%", "6%", "8%", "8%", "9%", "10%", "15%"],
+                         elem_id="lg-runs-table", visible=False)
+    with gr.Row():
+        pick = gr.Dropdown([], label="Run", scale=3, elem_id="lg-runs-pick")
+        refresh_btn = gr.Button("Refresh", scale=1, size="sm")
+    with gr.Row():
+        test_btn = gr.Button("Use for testing", variant="primary")
+        export_btn = gr.Button("Export")
+        resume_btn = gr.Button("Resume training")
+    status_md = gr.Markdown()
+    gr.Markdown("### Compare loss curves")
+    compare = gr.Dropdown([], multiselect=True, label="Runs to overlay", elem_id="lg-runs-compare")
+    curves = gr.Plot(label="Step loss", elem_id="lg-runs-curves", visible=False)   # shown once runs are chosen
+
+    act = RunsActions(ctx)
     session = ctx.session
-    refresh_args = dict(fn=refresh, inputs=[pick, compare, session], outputs=[table, pick, compare],
+    refresh_args = dict(fn=act.refresh, inputs=[pick, compare, session], outputs=[table, pick, compare],
                         show_progress="hidden")
     refresh_btn.click(api_name="list_runs", **refresh_args)
     if tab is not None:
         tab.select(api_visibility="private", **refresh_args)
     ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(api_visibility="private", **refresh_args))
-    table.select(pick_from_table, session, pick, api_visibility="private", show_progress="hidden")
-    compare.change(curves_of, [compare, session], curves, api_name="loss_curves", show_progress="hidden")
+    table.select(act.pick_from_table, session, pick, api_visibility="private", show_progress="hidden")
+    compare.change(act.curves_of, [compare, session], curves, api_name="loss_curves", show_progress="hidden")
     # no empty table or axes: a change listener (the API's outputs stay plain values)
     compare.change(lambda chosen: gr.update(visible=bool(chosen)), compare, curves, api_visibility="private",
                    show_progress="hidden")
@@ -196,11 +218,12 @@ def build_runs_tab(ctx) -> None:
                  [table, empty_note], api_visibility="private", show_progress="hidden")
 
     for btn, target in ((test_btn, "test"), (export_btn, "export")):
-        event = btn.click(use_for(target), [pick, session], [session, status_md], api_name=f"use_run_for_{target}")
+        use = act.use_for_testing if target == "test" else act.use_for_export
+        event = btn.click(use, [pick, session], [session, status_md], api_name=f"use_run_for_{target}")
         for sync in (ctx.shared.get("test_sync"), ctx.shared.get("export_sync")):
             if sync is not None:   # both tabs name the new model and drop what the old one made...
                 event = event.then(**sync)
         # ...before the tab is shown: it never shows the old model's results under the new name
         event.then(lambda t=target: gr.Tabs(selected=t), None, ctx.tabs, api_visibility="private",
                    show_progress="hidden")
-    resume_btn.click(resume, [pick, session], [session, ctx.tabs, status_md], api_name="resume_run")
+    resume_btn.click(act.resume, [pick, session], [session, ctx.tabs, status_md], api_name="resume_run")
