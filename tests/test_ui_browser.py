@@ -103,7 +103,7 @@ def test_huge_photo_in_test_tab_gives_a_sentence_not_a_pill(app, tmp_path):
     page = app
     page.get_by_role("tab", name="4 · Test").click()
     page.set_input_files("#lg-test-image input[type=file]", str(_huge_png(tmp_path / "panorama.png")))
-    page.wait_for_selector(".toast-body", timeout=60_000)
+    page.wait_for_selector(".toast-body", timeout=180_000)   # the upload and its check queue behind other work
     text = page.inner_text(".toast-body")
     shot(page, "test-huge-photo")
     assert "too many pixels" in text and "scale it down" in text, text

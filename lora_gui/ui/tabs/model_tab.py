@@ -122,6 +122,82 @@ def target_choices(name: str) -> list[tuple[str, str]]:
     return usable or TARGET_CHOICES
 
 
+# handlers -------------------------------------------------------------------------------------------
+def refresh_layers(session, name, tg, r, tn, tb):
+    """The trainable count and the layer table for the form's values and the dataset's class count."""
+    k = len(session.dataset.classes) if session.dataset is not None and session.dataset.classes else 2
+    return layer_summary(name, tg, r, tn, tb, max(2, k))
+
+
+def do_search(query):
+    hits = models.search_models(query or "", limit=100) if (query or "").strip() else []
+    return gr.Dropdown(choices=hits, value=None, label=f"Matches ({len(hits)} shown)")
+
+
+def pick(hit):
+    return gr.skip() if not hit else hit
+
+
+def on_weights(w):
+    return gr.File(visible=w == "file"), gr.Textbox(visible=w == "file")
+
+
+def alpha_follows_rank(r, a, prev_r):
+    """Alpha moves with the rank (alpha = 2 x rank) unless the person set it to something else."""
+    if field_problem("rank", r) or a != 2 * (prev_r or DEFAULTS["rank"]):
+        return gr.skip()
+    return 2 * r
+
+
+def remember_rank(r, prev_r):
+    return prev_r if field_problem("rank", r) else r
+
+
+def check_numbers(*values):
+    return problems_text(["rank", "alpha", "dropout"], values)
+
+
+class ModelActions:
+    """Handlers that need the workspace (uploaded weights) or the backbone list's cached facts."""
+
+    def __init__(self, workspace: Path, info: CatalogInfo):
+        self.workspace, self.info = Path(workspace), info
+
+    def on_model(self, name, current_weights, current_targets):
+        w = current_weights
+        if name == models.BUNDLED_MODEL and w == "hub":
+            w = "bundled"
+        elif name != models.BUNDLED_MODEL and w == "bundled":
+            w = "hub"
+        usable = target_choices(name)
+        presets = [v for _, v in TARGET_CHOICES]
+        keep = current_targets in [v for _, v in usable] or current_targets not in presets   # a custom pattern stays
+        return model_note(name, self.info), w, gr.Dropdown(choices=usable, value=current_targets if keep else "auto")
+
+    def on_visit(self, name):
+        """The list's sizes (computed once, then cached on disk); which weights are at hand now."""
+        self.info.fill()
+        return (self.info.offline_summary(), gr.Dropdown(choices=self.info.choices(), value=name),
+                model_note(name, self.info))
+
+    def upload_weights(self, file, session):
+        if not file:
+            return gr.skip(), session
+        # a folder per upload: two people uploading 'model.pth' never overwrite each other's file
+        dest_dir = self.workspace / "weights" / f"{session.id}-{uuid.uuid4().hex[:8]}"
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / Path(str(file)).name
+        shutil.copyfile(str(file), dest)
+        try:
+            models.load_weights_file(dest)
+        except models.ModelError as exc:
+            shutil.rmtree(dest_dir, ignore_errors=True)
+            raise gr.Error(str(exc)) from None
+        session.weights_upload = str(dest)
+        return str(dest), session
+
+
+# layout -----------------------------------------------------------------------------------------------
 def build_model_tab(ctx: AppContext) -> None:
     info = CatalogInfo(ctx.workspace)   # sizes for the list: cached, or computed on the first visit
     offline = gr.Markdown(info.offline_summary(exact=False), elem_id="lg-offline-models")
@@ -163,89 +239,32 @@ def build_model_tab(ctx: AppContext) -> None:
                       dropout=dropout, targets=targets, train_norm=train_norm, train_bias=train_bias,
                       use_rslora=use_rslora)
 
-    def refresh(session, name, tg, r, tn, tb):
-        k = len(session.dataset.classes) if session.dataset is not None and session.dataset.classes else 2
-        text, rows = layer_summary(name, tg, r, tn, tb, max(2, k))
-        return text, rows
-
-    def on_model(name, current_weights, current_targets):
-        w = current_weights
-        if name == models.BUNDLED_MODEL and w == "hub":
-            w = "bundled"
-        elif name != models.BUNDLED_MODEL and w == "bundled":
-            w = "hub"
-        usable = target_choices(name)
-        presets = [v for _, v in TARGET_CHOICES]
-        keep = current_targets in [v for _, v in usable] or current_targets not in presets   # a custom pattern stays
-        return model_note(name, info), w, gr.Dropdown(choices=usable, value=current_targets if keep else "auto")
-
-    def on_visit(name):
-        """The list's sizes (computed once, then cached on disk); which weights are at hand now."""
-        info.fill()
-        return (info.offline_summary(), gr.Dropdown(choices=info.choices(), value=name), model_note(name, info))
-
-    def do_search(query):
-        hits = models.search_models(query or "", limit=100) if (query or "").strip() else []
-        return gr.Dropdown(choices=hits, value=None, label=f"Matches ({len(hits)} shown)")
-
-    def pick(hit):
-        return gr.skip() if not hit else hit
-
-    def on_weights(w):
-        return gr.File(visible=w == "file"), gr.Textbox(visible=w == "file")
-
-    def upload_weights(file, session):
-        if not file:
-            return gr.skip(), session
-        # a folder per upload: two people uploading 'model.pth' never overwrite each other's file
-        dest_dir = ctx.workspace / "weights" / f"{session.id}-{uuid.uuid4().hex[:8]}"
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / Path(str(file)).name
-        shutil.copyfile(str(file), dest)
-        try:
-            models.load_weights_file(dest)
-        except models.ModelError as exc:
-            shutil.rmtree(dest_dir, ignore_errors=True)
-            raise gr.Error(str(exc)) from None
-        session.weights_upload = str(dest)
-        return str(dest), session
-
-    def alpha_follows_rank(r, a, prev_r):
-        if field_problem("rank", r) or a != 2 * (prev_r or 8):
-            return gr.skip()
-        return 2 * r
-
-    def remember_rank(r, prev_r):
-        return prev_r if field_problem("rank", r) else r
-
+    act = ModelActions(ctx.workspace, info)
     numbers = [rank, alpha, dropout]
-
-    def check_numbers(*values):
-        return problems_text(["rank", "alpha", "dropout"], values)
 
     summary_inputs = [ctx.session, model_name, targets, rank, train_norm, train_bias]
     for comp in (model_name, targets, train_norm, train_bias):
-        comp.change(refresh, summary_inputs, [count, layers], **PRIVATE)
+        comp.change(refresh_layers, summary_inputs, [count, layers], **PRIVATE)
     # .change: fires for drags, typing (Enter or leaving the box) and the slider clamping a typed value,
     # so the trainable count always describes the rank shown
-    rank.change(refresh, summary_inputs, [count, layers], trigger_mode="always_last", **PRIVATE)
+    rank.change(refresh_layers, summary_inputs, [count, layers], trigger_mode="always_last", **PRIVATE)
     for comp in (rank, dropout):
         comp.change(check_numbers, numbers, check, show_progress="hidden", **PRIVATE)
     for listen in (alpha.submit, alpha.blur):
         listen(check_numbers, numbers, check, show_progress="hidden", **PRIVATE)
-    model_name.change(on_model, [model_name, weights, targets], [note, weights, targets], **PRIVATE)
+    model_name.change(act.on_model, [model_name, weights, targets], [note, weights, targets], **PRIVATE)
     search.submit(do_search, search, found, api_name="search_models")
     found.change(pick, found, model_name, **PRIVATE)
     weights.change(on_weights, weights, [weights_upload, weights_file], **PRIVATE)
-    weights_upload.upload(upload_weights, [weights_upload, ctx.session], [weights_file, ctx.session],
+    weights_upload.upload(act.upload_weights, [weights_upload, ctx.session], [weights_file, ctx.session],
                           api_name="upload_weights")
-    prev_rank = gr.State(8)
+    prev_rank = gr.State(DEFAULTS["rank"])
     rank.change(alpha_follows_rank, [rank, alpha, prev_rank], alpha, trigger_mode="always_last",
                 **PRIVATE).then(remember_rank, [rank, prev_rank], prev_rank, **PRIVATE)
     def wire(demo):
-        demo.load(refresh, summary_inputs, [count, layers], **PRIVATE)
-        ctx.shared["tab:model"].select(refresh, summary_inputs, [count, layers], **PRIVATE)  # class count may have changed
-        ctx.shared["tab:model"].select(on_visit, model_name, [offline, model_name, note], show_progress="hidden",
+        demo.load(refresh_layers, summary_inputs, [count, layers], **PRIVATE)
+        ctx.shared["tab:model"].select(refresh_layers, summary_inputs, [count, layers], **PRIVATE)  # class count may have changed
+        ctx.shared["tab:model"].select(act.on_visit, model_name, [offline, model_name, note], show_progress="hidden",
                                        **PRIVATE)
     ctx.shared.setdefault("on_load", []).append(wire)
-    ctx.shared["refresh_layers"] = (refresh, summary_inputs, [count, layers])
+    ctx.shared["refresh_layers"] = (refresh_layers, summary_inputs, [count, layers])
