@@ -137,6 +137,7 @@ def test_the_app_prints_where_it_really_listens_and_answers_engine_clicks(tmp_pa
                 reader.join(0.5)
             assert url, "no 'Open … in your browser' line:\n" + "".join(lines)[-3000:]
             assert url == f"http://127.0.0.1:{url.rsplit(':', 1)[1]}" and not url.endswith(f":{port}")
+            assert port < int(url.rsplit(":", 1)[1]) <= port + 10, "the next free port, one a person can guess"
             assert f"port {port} is taken" in "".join(lines)
             with urllib.request.urlopen(url, timeout=30) as r:
                 assert r.status == 200

@@ -46,6 +46,8 @@ CSS = """
 #lg-progress .lg-bar {height: 12px; border-radius: 6px; background: var(--neutral-200); overflow: hidden;}
 .lg-hidden {display: none !important;}
 #lg-progress .lg-fill {height: 100%; background: var(--color-accent); transition: width .4s;}
+/* table headers and cells break between words, never inside one ("ra nk", "finishe d") */
+#lg-runs-table th *, #lg-runs-table td * {word-break: normal !important; overflow-wrap: normal !important;}
 """
 
 

@@ -58,8 +58,9 @@ def _days(text: str) -> float:
 
 
 def free_port(host: str, preferred: int) -> int:
-    """The preferred port if free, else one the OS picks (Gradio refuses server_port=0)."""
-    for port in (preferred, 0):
+    """The preferred port if free, else the next of the ten after it (an address a person can guess
+    and type again), else one the OS picks (Gradio refuses server_port=0)."""
+    for port in (*range(preferred, min(preferred + 11, 65536)), 0):
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             try:
                 s.bind((host, port))

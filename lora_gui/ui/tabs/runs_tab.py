@@ -187,7 +187,6 @@ def build_runs_tab(ctx) -> None:
     empty_note = gr.Markdown("**No runs yet.** Train one in **3 · Train**; it appears here with its accuracy.",
                              elem_id="lg-runs-empty")
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, label="Runs", max_height=420,
-                         column_widths=["13%", "14%", "17%", "6%", "8%", "8%", "9%", "10%", "15%"],
                          elem_id="lg-runs-table", visible=False)
     with gr.Row():
         pick = gr.Dropdown([], label="Run", scale=3, elem_id="lg-runs-pick")
