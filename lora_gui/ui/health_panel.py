@@ -16,6 +16,7 @@ from ..data import DataError, load_rgb
 from ..data.fixes import apply_fixes, read_fixes, relative_path, write_fix
 from .context import AppContext
 from .health_charts import embedding_map_figure, learning_curve_figure
+from .tabs.dataset_view import show_dataset
 
 TABLE_HEADERS = {
     "labels": ["#", "file", "given label", "suggested label", "confidence", "decision"],
@@ -80,6 +81,70 @@ def _thumb(path: str) -> Image.Image:
     return im
 
 
+def pick_finding(result, session, evt: gr.SelectData):
+    """A row clicked in one of the lists: its images, what is suspected, the file to fix and a label."""
+    row = evt.row_value or []
+    if result is None or not row:
+        return None, [], "Select a row in a list above.", gr.Radio(choices=[]), gr.Dropdown(choices=[])
+    i = int(row[0])
+    f = result.findings[i]
+    items = [(_thumb(p), f"{lbl} · {_short(p)}") for p, lbl in zip(f.paths, f.labels) if os.path.isfile(p)]
+    text = f"**{f.kind}** — {f.note}"
+    if f.kind == "label":
+        text += f"  \nGiven **{f.labels[0]}**; the other images suggest **{f.suggested}** ({f.score:.0%})."
+    classes = (session.dataset.unfixed or session.dataset).classes if session.dataset else result.classes
+    choices = [(_short(p, 3), p) for p in f.paths if os.path.isfile(p)]
+    return (i, items, text, gr.Radio(choices=choices, value=choices[0][1] if choices else None),
+            gr.Dropdown(choices=classes, value=f.suggested or f.labels[0]))
+
+
+class HealthActions:
+    """The panel's handlers over plain values; the fixes are written to the workspace's record."""
+
+    def __init__(self, ws):
+        self.ws = ws
+
+    def run_check(self, session, vf, progress=gr.Progress()):
+        from ..health import run_audit  # embeddings need torch and timm: loaded on first use (issue #15.3)
+        ds = session.dataset
+        if ds is None:
+            raise gr.Error("Load a dataset first (e.g. 'Use the example dataset'), then run the health check.")
+        if ds.report.errors:
+            raise gr.Error("Fix the dataset first: " + " ".join(ds.report.errors))
+        try:
+            result = run_audit(ds, self.ws, split=DataConfig(val_fraction=vf),
+                               progress=lambda f, msg: progress(f, desc=msg))
+        except (DataError, ValueError) as exc:
+            raise gr.Error(f"The health check could not run: {exc}") from None
+        return (result, None, summary_text(result), *finding_tables(result, ds, self.ws), curve_rows(result),
+                learning_curve_figure(result.curves), embedding_map_figure(result))
+
+    def _decide(self, action, session, result, index, path, label, vf):
+        if result is None or index is None or not path:
+            raise gr.Error("Select a finding in one of the lists first.")
+        ds = session.dataset
+        if ds is None:
+            raise gr.Error("The dataset is no longer loaded; load it and run the health check again.")
+        try:
+            write_fix(self.ws, ds, path, action, label if action == "relabel" else None)
+        except DataError as exc:
+            raise gr.Error(str(exc)) from None
+        fixed = apply_fixes(ds, self.ws)
+        word = ACTION_WORDS[action].format(label=label)
+        outs = show_dataset(session, fixed, session.dataset_label, vf)
+        return (*outs, f"**{_short(path, 3)}**: {word}. Saved; training and the validation report follow it.",
+                *finding_tables(result, fixed, self.ws))
+
+    def relabel(self, session, result, index, path, label, vf):
+        return self._decide("relabel", session, result, index, path, label, vf)
+
+    def exclude(self, session, result, index, path, label, vf):
+        return self._decide("exclude", session, result, index, path, label, vf)
+
+    def keep(self, session, result, index, path, label, vf):
+        return self._decide("keep", session, result, index, path, label, vf)
+
+
 def build_health_panel(ctx: AppContext, val_fraction: gr.Slider | None = None) -> None:
     """The Health check accordion; call at the end of the Data tab."""
     ws = ctx.workspace
@@ -125,65 +190,16 @@ def build_health_panel(ctx: AppContext, val_fraction: gr.Slider | None = None) -
                     keep_btn = gr.Button("Keep", elem_id="lg-health-keep")
     tables = [labels_df, pairs_df, outliers_df]
 
-    def run_check(session, vf, progress=gr.Progress()):
-        from ..health import (
-            run_audit,  # embeddings need torch and timm: loaded on first use (issue #15.3)
-        )
-        ds = session.dataset
-        if ds is None:
-            raise gr.Error("Load a dataset first (e.g. 'Use the example dataset'), then run the health check.")
-        if ds.report.errors:
-            raise gr.Error("Fix the dataset first: " + " ".join(ds.report.errors))
-        try:
-            result = run_audit(ds, ws, split=DataConfig(val_fraction=vf),
-                               progress=lambda f, msg: progress(f, desc=msg))
-        except (DataError, ValueError) as exc:
-            raise gr.Error(f"The health check could not run: {exc}") from None
-        return (result, None, summary_text(result), *finding_tables(result, ds, ws), curve_rows(result),
-                learning_curve_figure(result.curves), embedding_map_figure(result))
-
-    def pick(result, session, evt: gr.SelectData):
-        row = evt.row_value or []
-        if result is None or not row:
-            return None, [], "Select a row in a list above.", gr.Radio(choices=[]), gr.Dropdown(choices=[])
-        i = int(row[0])
-        f = result.findings[i]
-        items = [(_thumb(p), f"{lbl} · {_short(p)}") for p, lbl in zip(f.paths, f.labels) if os.path.isfile(p)]
-        text = f"**{f.kind}** — {f.note}"
-        if f.kind == "label":
-            text += f"  \nGiven **{f.labels[0]}**; the other images suggest **{f.suggested}** ({f.score:.0%})."
-        classes = (session.dataset.unfixed or session.dataset).classes if session.dataset else result.classes
-        choices = [(_short(p, 3), p) for p in f.paths if os.path.isfile(p)]
-        return (i, items, text, gr.Radio(choices=choices, value=choices[0][1] if choices else None),
-                gr.Dropdown(choices=classes, value=f.suggested or f.labels[0]))
-
+    act = HealthActions(ws)
     for df in tables:
-        df.select(pick, [audit, ctx.session], [selected, preview, details, target, new_label], show_progress="hidden")
-
-    show, data_outputs = ctx.shared["show_dataset"]
-
-    def decide(action):
-        def handler(session, result, index, path, label, vf):
-            if result is None or index is None or not path:
-                raise gr.Error("Select a finding in one of the lists first.")
-            ds = session.dataset
-            if ds is None:
-                raise gr.Error("The dataset is no longer loaded; load it and run the health check again.")
-            try:
-                write_fix(ws, ds, path, action, label if action == "relabel" else None)
-            except DataError as exc:
-                raise gr.Error(str(exc)) from None
-            fixed = apply_fixes(ds, ws)
-            word = ACTION_WORDS[action].format(label=label)
-            outs = show(session, fixed, session.dataset_label, vf)
-            return (*outs, f"**{_short(path, 3)}**: {word}. Saved; training and the validation report follow it.",
-                    *finding_tables(result, fixed, ws))
-        return handler
+        df.select(pick_finding, [audit, ctx.session], [selected, preview, details, target, new_label],
+                  show_progress="hidden")
+    _, data_outputs = ctx.shared["show_dataset"]
 
     inputs = [ctx.session, audit, selected, target, new_label, val_fraction]
     outputs = [ctx.session, *data_outputs, details, *tables]
     for btn, action in ((relabel_btn, "relabel"), (exclude_btn, "exclude"), (keep_btn, "keep")):
-        btn.click(decide(action), inputs, outputs, api_name=f"health_{action}", concurrency_id="health-fix")
-    run_btn.click(run_check, [ctx.session, val_fraction],
+        btn.click(getattr(act, action), inputs, outputs, api_name=f"health_{action}", concurrency_id="health-fix")
+    run_btn.click(act.run_check, [ctx.session, val_fraction],
                   [audit, selected, summary, *tables, curve_df, curve_plot, map_plot],
                   api_name="health_check", concurrency_limit=1, concurrency_id="health")
