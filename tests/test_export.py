@@ -239,6 +239,30 @@ def test_snippets_rebuild_a_vit_at_the_size_it_was_trained_at(tmp_path, monkeypa
     model.load_state_dict(load_file(str(tmp_path / "demo" / "model.safetensors")), strict=True)
 
 
+def test_demo_app_is_an_export_format_with_its_own_readme(small, tmp_path, capsys):
+    """#16: the demo app goes through the same export path as every format (the CLI's --format, a zip,
+    the Export tab's list), and keeps its own README: the Hugging Face Space card, not the generic one."""
+    from lora_gui.store.demo_app_format import DEMO_FILES
+    from lora_gui.ui.tabs.export_tab import FORMAT_CHOICES, readme_snippet
+    assert "demo_app" in [v for _, v in FORMAT_CHOICES]
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers())
+    out = tmp_path / "demo"
+    assert cli_export(parser.parse_args(["export", str(small.run_dir), "--format", "demo_app", "--out", str(out)])) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(DEMO_FILES)
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
+    assert "demo_app export (lora_gui)" not in readme
+    assert "lora_gui" not in (out / "requirements.txt").read_text()
+    assert json.loads((out / "labels.json").read_text()) == small.meta.classes
+    assert load_adapter(out).layout == "merged"   # its model.safetensors is the merged export's
+    zip_path = export_zip(small.run_dir, "demo_app", tmp_path / "dl" / "demo.zip")
+    with zipfile.ZipFile(zip_path) as zf:
+        assert sorted(zf.namelist()) == sorted(DEMO_FILES)
+        assert zf.read("README.md").decode() == readme
+    assert readme_snippet(zip_path).startswith("pip install -r requirements.txt")
+
+
 def test_export_zip_holds_the_export(small, tmp_path):
     zip_path = export_zip(small.run_dir, "peft", tmp_path / "dl" / "adapter_peft.zip")
     with zipfile.ZipFile(zip_path) as zf:
@@ -301,7 +325,8 @@ def test_cli_export_exit_codes(small, tmp_path, capsys):
     assert err.startswith("error: no adapter found") and "Traceback" not in err
     with pytest.raises(SystemExit):
         parser.parse_args(["export", str(small.run_dir), "--format", "pdf", "--out", "x"])
-    assert set(FORMATS) == {"native", "peft", "merged", "onnx", "onnx_int8", "openvino", "coreml", "tflite"}
+    assert set(FORMATS) == {"native", "peft", "merged", "onnx", "onnx_int8", "openvino", "coreml", "tflite",
+                            "demo_app"}
 
 
 def test_onnx_export_that_fails_its_check_is_not_written(small, tmp_path, monkeypatch, capsys):
