@@ -145,7 +145,8 @@ AUGMENTATIONS = ("none", "flip", "light", "strong")
 class DataConfig(_Serialisable):
     """Where the images are and how they are split and augmented."""
 
-    source: str = option("", "folder of class folders, .zip/.tar/.tar.gz archive, or .csv (filename,label)")
+    source: str = option("", "folder of class folders, .zip/.tar/.tar.gz archive, .csv (filename,label), or "
+                         "'example' for the built-in example dataset")
     val_fraction: float = option(0.2, "share of images held out for validation, from 0 to below 1",
                                  "--val-fraction")
     split_seed: int = option(0, "seed of the train/validation split")

@@ -65,6 +65,12 @@ def test_endpoints_train_predict_export(client, tmp_path):
         labels = json.loads(next(z.read(n) for n in z.namelist() if n.endswith("labels.json")))
     assert "model.safetensors" in " ".join(names) and labels == ["bag", "sneaker", "t-shirt", "trouser"]
     assert "load_state_dict" in code
+    # the shareable demo app is one of the Export tab's formats, with its run commands as the code shown
+    file_path, code, _ = client.predict("demo_app", api_name="/export")
+    with zipfile.ZipFile(file_path) as z:
+        assert {"app.py", "requirements.txt", "model.safetensors", "calibration.json"} <= set(z.namelist())
+        assert "sdk: gradio" in z.read("README.md").decode()
+    assert code.startswith("pip install -r requirements.txt") and "python app.py" in code
 
     runs = client.predict(None, [], api_name="/list_runs")
     assert any("tf_efficientnet_lite0" in json.dumps(r) for r in runs[:1]), runs[:1]

@@ -237,6 +237,21 @@ def test_cli_preset_unknown_key_exits_2(tmp_path, data_dir, capsys):
     assert "rnak" in capsys.readouterr().err
 
 
+def test_example_and_builtin_preset_by_name(tmp_path, monkeypatch, capsys):
+    """`--data example --preset quick-cpu-demo` from any folder (an installed package has no presets/ or
+    assets/ beside the user); a real file or folder of that name still wins."""
+    from lora_gui.data import example_dataset_path
+    monkeypatch.chdir(tmp_path)
+    cfg = build_config(cli.parser().parse_args(["train", "--data", "example", "--preset", "quick-cpu-demo"]))
+    assert cfg.data.source == str(example_dataset_path()) and Path(cfg.data.source).is_dir()
+    assert cfg == build_config(cli.parser().parse_args(["train", "--data", "example", "--preset",
+                                                        str(ROOT / "presets" / "quick-cpu-demo.json")]))
+    (tmp_path / "example").mkdir()
+    assert build_config(cli.parser().parse_args(["train", "--data", "example"])).data.source == str(tmp_path / "example")
+    assert cli.main(["train", "--data", "example", "--preset", "no-such-preset", "--out", "r"]) == 2
+    assert "quick-cpu-demo" in capsys.readouterr().err   # the built-in names are listed
+
+
 def test_preset_is_applied_and_flags_override_it(data_dir, tmp_path, capsys):
     preset = ROOT / "presets" / "quick-cpu-demo.json"
     base, _ = load_preset(preset)

@@ -130,6 +130,33 @@ def test_heatmaps_for_a_gallery_skip_unreadable_files(loaded, tmp_path):
     assert len(out) == 1 and "top_left" in out[0][1] and isinstance(out[0][0], Image.Image)
 
 
+def test_misclassified_gallery_shows_where_it_looked(loaded, tmp_path, monkeypatch):
+    """The Test tab's gallery of mistakes: each with the heatmap for the class it wrongly chose (the
+    first HEATMAP_MAX of them), plain thumbnails after that; an unreadable file is left out."""
+    from lora_gui.ui.tabs import test_tab
+    mistakes = []
+    for i, corner in enumerate(CORNERS):
+        path = tmp_path / f"{corner}.png"
+        Image.fromarray(square_image(corner, 900 + i)).save(path)
+        mistakes.append((str(path), corner, CORNERS[(i + 1) % len(CORNERS)], 0.6))   # "mistaken" for the next
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    mistakes.append((str(broken), "top_left", "top_right", 0.5))
+    monkeypatch.setattr(test_tab, "HEATMAP_MAX", 2)
+    seen = []
+    items = test_tab.mistakes_gallery(loaded, mistakes, lambda done, total: seen.append((done, total)))
+    assert len(items) == len(CORNERS) and seen[-1] == (len(mistakes), len(mistakes))
+    for n, ((image, caption), (path, true, pred, _)) in enumerate(zip(items, mistakes)):
+        assert caption.startswith(f"{true} → {pred} 60%")
+        plain = np.asarray(test_tab._thumb(path), dtype=np.float32)
+        assert image.size == (plain.shape[1], plain.shape[0])
+        changed = float(np.abs(np.asarray(image, dtype=np.float32) - plain).mean())
+        if n < 2:   # the heat is drawn over the image
+            assert f"heat: where it saw {pred}" in caption and changed > 5, (caption, changed)
+        else:
+            assert "heat" not in caption and changed == 0.0
+
+
 # ---------------------------------------------------------------- fix it on the spot
 
 def test_thats_wrong_writes_one_file_in_the_class_folder_and_retrain_uses_it(squares, loaded):

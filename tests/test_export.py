@@ -62,7 +62,7 @@ def make_adapter(root: Path, name: str, weights: str = "random", image_size: int
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "random weights learn poorly": true, and irrelevant here
-        model = build_model(ModelConfig(name=name, weights=weights), classes)
+        model = build_model(ModelConfig(name=name, weights=weights, image_size=image_size), classes)
     cfg = LoraConfig(**{"rank": 4, "alpha": 8.0, **lora_kwargs})
     layers = inject_lora(model, cfg)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -210,6 +210,59 @@ def test_readme_code_runs_as_written(small, tmp_path, monkeypatch):
         assert label == expected, fmt
 
 
+def test_snippets_rebuild_a_vit_at_the_size_it_was_trained_at(tmp_path, monkeypatch):
+    """A ViT trained at 64 px instead of its own 224: its position embeddings are sized for 64, so
+    every snippet (merged, PEFT, the demo app) must build it with img_size=64 to load the weights."""
+    t = make_adapter(tmp_path, "vit_tiny_patch16_224", image_size=64)
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 255, (90, 70, 3), dtype=np.uint8))
+    expected = None
+    for fmt in ("merged", "peft"):
+        out = tmp_path / fmt
+        export_adapter(t.run_dir, fmt, out)
+        photo.save(out / "photo.jpg")
+        code = (out / "README.md").read_text().split("```python\n")[1].split("```")[0]
+        assert "img_size=64" in code, fmt
+        monkeypatch.chdir(out)
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            exec(compile(code, f"{fmt}/README.md", "exec"), {})
+        expected = expected or predict(load_adapter(t.run_dir), [out / "photo.jpg"], topk=1)[0][0][0]
+        assert buf.getvalue().strip() == expected, fmt
+    loaded = load_adapter(tmp_path / "merged")   # lora_gui reads the merged file back at 64 px too
+    with torch.no_grad():
+        assert rel_diff(loaded.model(t.x), t.logits) < 1e-5
+    export_adapter(t.run_dir, "demo_app", tmp_path / "demo")
+    app_line = next(line for line in (tmp_path / "demo" / "app.py").read_text().splitlines()
+                    if "timm.create_model(" in line)
+    assert app_line.endswith("num_classes=len(LABELS), img_size=64)")
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=64)
+    model.load_state_dict(load_file(str(tmp_path / "demo" / "model.safetensors")), strict=True)
+
+
+def test_demo_app_is_an_export_format_with_its_own_readme(small, tmp_path, capsys):
+    """#16: the demo app goes through the same export path as every format (the CLI's --format, a zip,
+    the Export tab's list), and keeps its own README: the Hugging Face Space card, not the generic one."""
+    from lora_gui.store.demo_app_format import DEMO_FILES
+    from lora_gui.ui.tabs.export_tab import FORMAT_CHOICES, readme_snippet
+    assert "demo_app" in [v for _, v in FORMAT_CHOICES]
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers())
+    out = tmp_path / "demo"
+    assert cli_export(parser.parse_args(["export", str(small.run_dir), "--format", "demo_app", "--out", str(out)])) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(DEMO_FILES)
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
+    assert "demo_app export (lora_gui)" not in readme
+    assert "lora_gui" not in (out / "requirements.txt").read_text()
+    assert json.loads((out / "labels.json").read_text()) == small.meta.classes
+    assert load_adapter(out).layout == "merged"   # its model.safetensors is the merged export's
+    zip_path = export_zip(small.run_dir, "demo_app", tmp_path / "dl" / "demo.zip")
+    with zipfile.ZipFile(zip_path) as zf:
+        assert sorted(zf.namelist()) == sorted(DEMO_FILES)
+        assert zf.read("README.md").decode() == readme
+    assert readme_snippet(zip_path).startswith("pip install -r requirements.txt")
+
+
 def test_export_zip_holds_the_export(small, tmp_path):
     zip_path = export_zip(small.run_dir, "peft", tmp_path / "dl" / "adapter_peft.zip")
     with zipfile.ZipFile(zip_path) as zf:
@@ -272,7 +325,8 @@ def test_cli_export_exit_codes(small, tmp_path, capsys):
     assert err.startswith("error: no adapter found") and "Traceback" not in err
     with pytest.raises(SystemExit):
         parser.parse_args(["export", str(small.run_dir), "--format", "pdf", "--out", "x"])
-    assert set(FORMATS) == {"native", "peft", "merged", "onnx", "onnx_int8", "openvino", "coreml", "tflite"}
+    assert set(FORMATS) == {"native", "peft", "merged", "onnx", "onnx_int8", "openvino", "coreml", "tflite",
+                            "demo_app"}
 
 
 def test_onnx_export_that_fails_its_check_is_not_written(small, tmp_path, monkeypatch, capsys):

@@ -198,3 +198,48 @@ def test_exact_copies_the_scan_left_out_are_listed_with_both_files(tmp_path):
     assert len(found) == 1 and found[0].kind == "exact duplicate"
     assert found[0].paths == [str(root / "trouser" / "zz.png"), str((root / "bag" / "00.png").resolve())]
     assert found[0].labels == ["trouser", "bag"] and "already left out" in found[0].note
+
+
+def test_slight_crops_of_real_photos_are_caught_as_near_duplicates(tmp_path):
+    """Real photos (scikit-image's bundled ones) in two classes; five of them slightly cropped (4-12 % off
+    one to four sides), shrunk and re-saved as JPEG into validation: each crop is listed as a leak with
+    its original (their perceptual hashes are as far apart as distinct photos'), and no two different
+    photos are paired."""
+    skimage = pytest.importorskip("skimage")
+    data = Path(skimage.__file__).parent / "data"
+    classes = {"near": ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                        "horse.png", "page.png"],
+               "far": ["camera.png", "moon.png", "coins.png", "hubble_deep_field.jpg", "retina.jpg",
+                       "clock_motion.png", "ihc.png"]}
+    root = tmp_path / "photos"
+    originals = {}
+    for label, names in classes.items():
+        for name in names:
+            dest = root / "train" / label / f"{Path(name).stem}.png"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(data / name).convert("RGB").save(dest)
+            originals[dest.stem] = (label, dest)
+    boxes = {"astronaut": (0.07, 0.03, 0.97, 0.92), "camera": (0.12, 0.0, 1.0, 0.95),
+             "coffee": (0.0, 0.1, 0.9, 1.0), "moon": (0.04, 0.04, 0.96, 0.96), "retina": (0.1, 0.08, 1.0, 1.0)}
+    expected = set()
+    for stem, (left, top, right, bottom) in boxes.items():
+        label, original = originals[stem]
+        with Image.open(original) as im:
+            w, h = im.size
+            crop = im.crop((round(left * w), round(top * h), round(right * w), round(bottom * h)))
+            crop = crop.resize((round(crop.width * 0.8), round(crop.height * 0.8)), Image.BICUBIC)
+        dest = root / "val" / label / f"{stem}-cropped.jpg"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        crop.save(dest, quality=85)
+        expected.add(frozenset({str(original.resolve()), str(dest.resolve())}))
+    for label in classes:   # a validation image of each class that has no copy
+        extra = root / "val" / label / "other.png"
+        Image.open(data / ("brick.png" if label == "near" else "grass.png")).convert("RGB").save(extra)
+    ds = load_dataset(root, tmp_path / "ws")
+    result = run_audit(ds, tmp_path / "ws")
+    pairs = {frozenset(str(Path(p).resolve()) for p in f.paths): f
+             for f in result.of_kind("leak", "duplicate", "label conflict")}
+    for pair in expected:
+        assert pair in pairs, f"crop not caught: {sorted(Path(p).name for p in pair)}"
+        assert pairs[pair].kind == "leak"
+    assert set(pairs) == expected, [sorted(Path(p).name for p in pair) for pair in set(pairs) - expected]

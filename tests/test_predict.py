@@ -224,6 +224,28 @@ def test_cli_predict_text_and_json(small, photos, capsys):
     assert probs == sorted(probs, reverse=True) and data[0]["predictions"][0]["label"] in small.meta.classes
 
 
+def test_cli_predict_says_not_sure_below_the_saved_threshold(small, photos, tmp_path, capsys):
+    """#16: the calibration saved beside the adapter (temperature, threshold) is what the CLI uses."""
+    from lora_gui.store.calibration_file import Calibration, write_calibration
+    run = tmp_path / "run"
+    shutil.copytree(small.run_dir, run)
+    argv = ["predict", "--adapter", str(run), str(photos[0]), "--topk", "2"]
+    write_calibration(run / "best", Calibration(temperature=1.0, threshold=1.0))   # nothing is sure enough
+    assert cli_predict(_parse(argv)) == 0
+    out = capsys.readouterr().out
+    assert f"{photos[0]}: Not sure — looks most like class_" in out and "below the 100% threshold" in out
+    assert cli_predict(_parse([*argv, "--json"])) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["not_sure"] is True and row["verdict"].startswith("Not sure — looks most like "
+                                                                 + row["predictions"][0]["label"])
+    write_calibration(run / "best", Calibration(temperature=1.0, threshold=0.0))   # every answer kept
+    assert cli_predict(_parse([*argv, "--json"])) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["not_sure"] is False and row["verdict"].startswith(row["predictions"][0]["label"])
+    assert cli_predict(_parse(argv)) == 0
+    assert "Not sure" not in capsys.readouterr().out
+
+
 def test_cli_predict_bad_input_exits_2(small, photos, tmp_path, capsys):
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("not a picture")

@@ -56,6 +56,31 @@ def _create(name: str, image_size: int | None = None, **kwargs) -> nn.Module:
     return timm.create_model(name, **kwargs)
 
 
+def size_kwargs(name: str, image_size: int | None) -> dict:
+    """What ``timm.create_model`` needs besides the name to rebuild ``name`` as ``_create`` built it:
+    ``{"img_size": N}`` for a fixed-size model (ViT, DeiT, EVA, Swin) trained at a set resolution (its
+    position embeddings are sized for it), ``{}`` for a model that takes any size (CNNs). Exports'
+    snippets and readers use it; asked of a shapes-only build on the meta device (no memory, no weights)."""
+    if not image_size:
+        return {}
+    check_model_name(name)
+
+    def accepts(device) -> bool:
+        try:
+            with torch.device(device):
+                timm.create_model(name, pretrained=False, img_size=image_size)
+        except TypeError as exc:
+            if "img_size" in str(exc):
+                return False
+            raise
+        return True
+    try:
+        ok = accepts("meta")
+    except Exception:   # a few models compute at init, which the meta device cannot: build for real
+        ok = accepts("cpu")
+    return {"img_size": image_size} if ok else {}
+
+
 def check_model_available(cfg: ModelConfig) -> None:
     """Fail fast (ModelError) when the model or its weights can't be had, without building it."""
     if not timm.is_model(cfg.name):

@@ -13,7 +13,8 @@ def add_audit_parser(sub) -> None:
                        description="Look for suspected wrong labels, near-duplicate images (within a class, across "
                        "classes, across train and validation), outliers, and how many more images each class "
                        "needs. Nothing is changed; decide in the app's Data tab (Health check).")
-    a.add_argument("data", help="a folder of class folders, a .zip/.tar/.tar.gz archive or a .csv file")
+    a.add_argument("data", help="a folder of class folders, a .zip/.tar/.tar.gz archive, a .csv file, or "
+                   "'example' for the built-in example dataset")
     a.add_argument("--workspace", default="runs", help="where archives are unpacked and embeddings cached "
                    "(default ./runs)")
     a.add_argument("--val-fraction", type=float, default=0.2, help="validation share, as in training (default 0.2)")

@@ -77,7 +77,9 @@ def _parity_line(out: Path | None) -> str:
 
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("predict", help="classify images with a trained adapter",
-                              description="Print the top-k classes for each image.")
+                              description="Print the top-k classes for each image. With a calibration saved "
+                                          "beside the adapter (the app's Demo tab), probabilities are calibrated "
+                                          "and an image below its confidence threshold is marked 'Not sure'.")
     p.add_argument("--adapter", required=True, help="adapter file, its folder, a run folder, or an export")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--topk", type=int, default=5, help="how many classes to show per image (default 5)")
@@ -89,6 +91,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
 
 def cli_predict(args: argparse.Namespace) -> int:
     """0 ok, 2 bad input (message on stderr, no traceback), 1 anything else."""
+    from ..inference.calibration import verdict
     from ..inference.predict import load_adapter, predict
     try:
         if args.topk < 1:
@@ -101,12 +104,15 @@ def cli_predict(args: argparse.Namespace) -> int:
     except Exception as exc:  # a bug or the machine; still no traceback for the user
         print(f"error: prediction failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    # the saved calibration's "not sure" (below its threshold), as the app and the exports say it
+    verdicts = [verdict(loaded, res) for res in results]
     if args.json:
-        print(json.dumps([{"image": str(img), "predictions": [{"label": c, "probability": p} for c, p in res]}
-                          for img, res in zip(args.images, results)], indent=2))
+        print(json.dumps([{"image": str(img), "not_sure": unsure, "verdict": sentence,
+                           "predictions": [{"label": c, "probability": p} for c, p in res]}
+                          for img, res, (unsure, sentence) in zip(args.images, results, verdicts)], indent=2))
     else:
-        for img, res in zip(args.images, results):
-            print(img)
+        for img, res, (unsure, sentence) in zip(args.images, results, verdicts):
+            print(f"{img}: {sentence}" if unsure else img)
             for c, p in res:
                 print(f"  {p:7.2%}  {c}")
     return EXIT_OK

@@ -79,11 +79,23 @@ def build_config(args):
     """Preset (if any) first, then each flag given on the command line overrides it."""
     from ..backbones.weights import BUNDLED_MODEL
     from ..config import RunConfig, load_preset
+    from ..data.bundled import EXAMPLE_WORD, builtin_preset, builtin_presets_dir, example_dataset_path
+    from ..errors import ConfigError
+    preset = args.preset
+    if preset and not Path(preset).exists():
+        # a built-in preset by name (`--preset quick-cpu-demo`): after `pip install` the presets/
+        # folder is inside the package, not beside the user
+        preset = builtin_preset(preset)
+        if preset is None:
+            names = ", ".join(sorted(p.stem for p in builtin_presets_dir().glob("*.json")))
+            raise ConfigError(f"preset {args.preset} does not exist: give a preset .json file or a built-in "
+                              f"preset's name ({names})")
     cfg = (RunConfig.from_dict(_read_config_json(args.config_json), where="--config-json") if args.config_json
-           else load_preset(args.preset)[0] if args.preset else RunConfig())
+           else load_preset(preset)[0] if preset else RunConfig())
     d = cfg.to_dict()
     if args.data:
-        d["data"]["source"] = str(Path(args.data).expanduser().resolve())
+        example = args.data == EXAMPLE_WORD and not Path(args.data).exists()   # `--data example`
+        d["data"]["source"] = str(example_dataset_path() if example else Path(args.data).expanduser().resolve())
     if args.model:
         if not args.weights and args.model != d["model"]["name"]:
             # another model than the preset's: its weights come from where that model's are

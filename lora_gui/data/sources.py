@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .archives import ArchiveLimits, extract_archive, is_archive_name, place_uploads
+from .bundled import EXAMPLE_WORD, example_dataset_path
 from .files import file_type
 from .fixes import apply_fixes
 from .scan import Dataset, FileReport, build_dataset, unwrap
@@ -15,7 +16,8 @@ from .scan import Dataset, FileReport, build_dataset, unwrap
 
 def load_dataset(source: str | os.PathLike, workspace: str | os.PathLike,
                  limits: ArchiveLimits | None = None, scan_seconds: float | None = None) -> Dataset:
-    """A folder, an archive (.zip/.tar/.tar.gz/.tgz) or a CSV file -> Dataset.
+    """A folder, an archive (.zip/.tar/.tar.gz/.tgz), a CSV file, or the word ``example`` (the
+    built-in example dataset, when there is no file of that name) -> Dataset.
 
     Bad individual files never raise: ``report`` lists them as skipped with
     the reason. DataError only when the source itself is unusable (missing,
@@ -28,6 +30,8 @@ def load_dataset(source: str | os.PathLike, workspace: str | os.PathLike,
 
 def _load(source, workspace, limits: ArchiveLimits | None, scan_seconds: float | None) -> Dataset:
     path = Path(source).expanduser()
+    if str(source).strip() == EXAMPLE_WORD and not path.exists():   # a folder of that name still wins
+        path = example_dataset_path()
     if not str(source).strip() or not path.exists():
         raise DataError(f"'{source}' does not exist: give a folder of class folders, a "
                         f".zip/.tar/.tar.gz archive or a .csv file")
@@ -61,11 +65,6 @@ def dataset_from_files(files: list[str], relative_paths: list[str], workspace) -
         ds.report.warnings.append(f"{len(not_placed)} uploaded file(s) could not be put back in their "
                                   f"folders; drop the folder again, or upload it as a zip")
     return ds
-
-
-def example_dataset_path() -> Path:
-    """The built-in Fashion-MNIST sample (assets/example, beside the package)."""
-    return Path(__file__).resolve().parents[2] / "assets" / "example"
 
 
 def gallery_items(ds: Dataset, per_class: int = 4) -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..config import DataConfig, ModelConfig
 from ..data import Dataset, split_dataset
@@ -97,7 +98,21 @@ def run_audit(ds: Dataset, workspace: str | os.PathLike, model: ModelConfig | No
     seconds, t = {}, time.time()
     features = embed_paths(paths, workspace, model,
                            lambda d, n: progress(0.75 * d / max(1, n), f"embedding images {d}/{n}"))
-    seconds["embeddings"], t = time.time() - t, time.time()
+    seconds["embeddings"] = time.time() - t
+    # One BLAS thread for the small problems that follow (logistic regressions on ~1,000 x 1,280
+    # features, kNN, PCA): with OpenBLAS's two threads beside torch's on a 2-core CPU, one fit of the
+    # label check took 5-14 s instead of 0.3 s (benchmarks/README.md, health check).
+    with threadpool_limits(limits=1, user_api="blas"):
+        findings, curves, map_xy = _analyse(ds, features, paths, y, parts, len(train), seconds, progress)
+    progress(1.0, "done")
+    return AuditResult(ds.classes, paths, y.tolist(), parts, findings, curves, map_xy, seconds,
+                       read_fixes(workspace, ds))
+
+
+def _analyse(ds: Dataset, features: np.ndarray, paths: list[str], y: np.ndarray, parts: list[str],
+             n_train: int, seconds: dict, progress: Progress):
+    """Every finding, the learning curves and the map, from the embeddings (times into ``seconds``)."""
+    t = time.time()
     progress(0.78, "checking labels")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn's ConvergenceWarning: a few steps are enough here
@@ -123,12 +138,10 @@ def run_audit(ds: Dataset, workspace: str | os.PathLike, model: ModelConfig | No
     progress(0.93, "learning curve")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        curves = (curve.learning_curve(features, y, np.arange(len(train)), len(train) + np.arange(len(val)),
-                                       ds.classes) if val else [])
+        curves = (curve.learning_curve(features, y, np.arange(n_train), np.arange(n_train, len(paths)),
+                                       ds.classes) if n_train < len(paths) else [])
     seconds["learning_curve"], t = time.time() - t, time.time()
     from sklearn.decomposition import PCA
     map_xy = PCA(n_components=2, random_state=0).fit_transform(labels.normalise(features))
     seconds["map"] = time.time() - t
-    progress(1.0, "done")
-    return AuditResult(ds.classes, paths, y.tolist(), parts, findings, curves, map_xy, seconds,
-                       read_fixes(workspace, ds))
+    return findings, curves, map_xy

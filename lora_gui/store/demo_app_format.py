@@ -16,6 +16,7 @@ import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
+from ..backbones.build import size_kwargs
 from ..errors import AdapterError
 from .adapter_file import AdapterMeta, read_adapter, resolve_adapter_file
 from .calibration_file import CALIBRATION_FILE, Calibration, read_calibration
@@ -45,7 +46,10 @@ def _template_values(meta: AdapterMeta, cal: Calibration) -> dict[str, str]:
     shown = ", ".join(classes[:8]) + (f" and {len(classes) - 8} more" if len(classes) > 8 else "")
     return {"TITLE": f"{meta.model.name} — {len(classes)} classes", "MODEL_NAME": meta.model.name,
             "N_CLASSES": str(len(classes)), "CLASS_LIST": shown, "GRADIO_VERSION": gradio_version,
-            "TIMM_VERSION": timm.__version__.split("+")[0], "THRESHOLD": f"{cal.threshold:.0%}"}
+            "TIMM_VERSION": timm.__version__.split("+")[0], "THRESHOLD": f"{cal.threshold:.0%}",
+            # a ViT trained at another resolution than its own is rebuilt at that size
+            "MODEL_KWARGS": "".join(f", {k}={v!r}" for k, v in size_kwargs(meta.model.name,
+                                                                          meta.model.image_size).items())}
 
 
 def _write_demo_app(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-FORMATS = ("native", "peft", "merged", "onnx", "onnx_int8", "openvino", "coreml", "tflite")
+FORMATS = ("native", "peft", "merged", "onnx", "onnx_int8", "openvino", "coreml", "tflite", "demo_app")
 # The import names a format needs and the pip line that installs them.
 FORMAT_PACKAGES = {"onnx": (("onnx", "onnxruntime"), "onnx onnxruntime"),
                    "onnx_int8": (("onnx", "onnxruntime"), "onnx onnxruntime"),

@@ -1,6 +1,7 @@
 """The README written beside every export, with code that runs as it is."""
 from __future__ import annotations
 
+from ..backbones.build import size_kwargs
 from .adapter_file import AdapterMeta
 from .coreml_format import COREML_FILE
 from .merged_format import MERGED_FILE
@@ -18,13 +19,19 @@ transform = timm.data.create_transform(**json.load(open("preprocessing.json")), 
 x = transform(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)   # a batch of one image"""
 
 
+def _size_arg(meta: AdapterMeta) -> str:
+    """``, img_size=N`` for a fixed-size model (ViT ...) trained at a set resolution: without it timm
+    builds position embeddings for the model's own size, and loading the weights fails."""
+    return "".join(f", {k}={v!r}" for k, v in size_kwargs(meta.model.name, meta.model.image_size).items())
+
+
 def _base_snippet(meta: AdapterMeta) -> str:
     """How to rebuild the exact base weights the adapter was trained on, with timm alone."""
-    name, k = meta.model.name, len(meta.classes)
-    if meta.model.weights == "hub":
-        return f"base = timm.create_model({name!r}, pretrained=True, num_classes={k})"
+    name, k, size = meta.model.name, len(meta.classes), _size_arg(meta)
+    if meta.model.weights == "hub":   # timm resamples the pretrained position embeddings to img_size
+        return f"base = timm.create_model({name!r}, pretrained=True, num_classes={k}{size})"
     # bundled, local-file and random base weights are on no hub: the export carries them
-    return (f"base = timm.create_model({name!r}, pretrained=False, num_classes={k})\n"
+    return (f"base = timm.create_model({name!r}, pretrained=False, num_classes={k}{size})\n"
             f"base.load_state_dict(load_file(\"{BASE_WEIGHTS}\"), strict=True)   # the base it was trained on")
 
 
@@ -41,7 +48,7 @@ def _code(fmt: str, meta: AdapterMeta) -> str:
                 "model = peft.PeftModel.from_pretrained(base, \".\").eval()   # .merge_and_unload(): plain timm\n"
                 f"with torch.no_grad():\n    logits = model(x)\n{show}",
         "merged": f"{_PREPROCESS}\nfrom safetensors.torch import load_file\n"
-                  f"model = timm.create_model({name!r}, pretrained=False, num_classes={k})\n"
+                  f"model = timm.create_model({name!r}, pretrained=False, num_classes={k}{_size_arg(meta)})\n"
                   f"model.load_state_dict(load_file(\"{MERGED_FILE}\"), strict=True)\n"
                   f"with torch.no_grad():\n    logits = model.eval()(x)\n{show}",
         "onnx": onnx.format(file=ONNX_FILE),

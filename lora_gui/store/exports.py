@@ -20,6 +20,7 @@ from .adapter_file import (
 from .export_formats import FORMAT_PACKAGES, FORMATS, missing_packages  # noqa: F401  (re-exported)
 from .export_meta import EXPORT_META_KEY, _export_meta, _safetensors_metadata
 from .coreml_format import _write_coreml
+from .demo_app_format import _write_demo_app
 from .export_readme import _readme
 from .merged_format import MERGED_FILE, _merged_model, _write_merged
 from .onnx_format import _write_onnx, onnx_runner
@@ -39,9 +40,12 @@ def _write_native(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Pa
 
 WRITERS = {"native": _write_native, "peft": _write_peft, "merged": _write_merged, "onnx": _write_onnx,
            "onnx_int8": _write_onnx_int8, "openvino": _write_openvino, "coreml": _write_coreml,
-           "tflite": _write_tflite}
+           "tflite": _write_tflite, "demo_app": _write_demo_app}
 if tuple(WRITERS) != FORMATS:   # one list of names, kept torch-free in export_formats (for --help and the UI)
     raise ImportError(f"store.export_formats.FORMATS {FORMATS} must list the writers {tuple(WRITERS)}")
+# Formats that write their own README (the demo app's is its Hugging Face Space card): the generic one
+# written beside every other export would replace it.
+OWN_README = {"demo_app"}
 # Formats whose export runs here with its own runtime: parity with PyTorch is measured and enforced.
 # (native, peft and merged are PyTorch itself; Core ML runs only on Apple systems.)
 RUNNERS = {"onnx": onnx_runner, "onnx_int8": onnx_runner, "openvino": openvino_runner, "tflite": tflite_runner}
@@ -100,7 +104,8 @@ def export_adapter(source: str | os.PathLike, fmt: str, out_dir: str | os.PathLi
     dc = {k: list(v) if isinstance(v, tuple) else v for k, v in meta.data_config.items()}
     (out / "labels.json").write_text(json.dumps(list(meta.classes), indent=2))
     (out / "preprocessing.json").write_text(json.dumps(dc, indent=2))
-    (out / "README.md").write_text(_readme(fmt, meta, parity))
+    if fmt not in OWN_README:
+        (out / "README.md").write_text(_readme(fmt, meta, parity))
     return artefact
 
 

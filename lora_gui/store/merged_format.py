@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..backbones.build import size_kwargs
 from ..errors import ExportError
 from ..lora.inject import remove_lora
 from .adapter_check import _check_shapes, _skeleton, build_checked
@@ -58,6 +59,7 @@ def load_merged(file: Path) -> tuple[nn.Module, AdapterMeta]:
     skeleton = _skeleton(meta)   # names and shapes to check against, before building for real
     _check_shapes({k: tuple(v.shape) for k, v in state.items()},
                   {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, skeleton, meta, file.name)
-    model = timm.create_model(meta.model.name, pretrained=False, num_classes=len(meta.classes))
+    model = timm.create_model(meta.model.name, pretrained=False, num_classes=len(meta.classes),
+                              **size_kwargs(meta.model.name, meta.model.image_size))
     model.load_state_dict(state, strict=True)
     return model.eval(), meta

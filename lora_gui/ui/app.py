@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
+from ..data.bundled import logo_path
 from .access import AccessPolicy
 from .common import PRIVATE, guard_events
 from .context import MAX_UPLOAD_MB, AppContext
@@ -33,7 +34,7 @@ from .tabs import (
     train_tab,
 )
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+LOGO = logo_path()   # assets/logo.svg of the checkout, or its copy inside an installed package
 UI_DIR = Path(__file__).resolve().parent
 
 CSS = """
@@ -68,8 +69,7 @@ def head_html() -> str:
 
 
 def header_html() -> str:
-    logo = ASSETS / "logo.svg"
-    img = f"<img src='/gradio_api/file={logo}' alt='lora_gui logo'>" if logo.is_file() else ""
+    img = f"<img src='/gradio_api/file={LOGO}' alt='lora_gui logo'>" if LOGO.is_file() else ""
     return (f"<div id='lg-header'>{img}<div><h1>lora_gui</h1>"
             "<p>Teach a pretrained vision model your own image categories with LoRA: "
             "pick data, train, test, download.</p></div></div>")
@@ -165,5 +165,5 @@ def launch_kwargs(workspace: Path) -> dict:
     return {"theme": theme(), "css": CSS, "head": head_html(),
             # only the logo and icons: everything else the app shows goes through a handler (Gradio copies it
             # into its cache under a content-hash name and sends the link only to the caller)
-            "allowed_paths": [str(ASSETS)], "run_history": False,
+            "allowed_paths": [str(LOGO)], "run_history": False,
             "max_file_size": f"{MAX_UPLOAD_MB}mb", "show_error": False}

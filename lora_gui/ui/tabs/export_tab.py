@@ -1,6 +1,6 @@
 """Export tab: download the session's run as native / PEFT / merged / ONNX / int8 ONNX / OpenVINO /
-Core ML / TFLite (a zip with a README and, for formats that run here, a parity report), with the
-Python that loads it; load an adapter file back for testing.
+Core ML / TFLite or as a shareable demo app (a zip with a README and, for formats that run here, a
+parity report), with the code that loads or runs it; load an adapter file back for testing.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ _FORMAT_NOTES = [
     ("OpenVINO — IR (model.xml + .bin) for Intel CPUs, GPUs and NPUs", "openvino"),
     ("Core ML — .mlpackage for iPhone/iPad/Mac apps (converted here; runs only on Apple systems)", "coreml"),
     ("TFLite / LiteRT — model.tflite for Android and edge devices", "tflite"),
+    ("Demo app — a Gradio app to share (top classes, \"not sure\", heatmap): `pip install -r requirements.txt "
+     "&& python app.py` anywhere, or upload to a Hugging Face Space; no lora_gui needed", "demo_app"),
 ]
 
 
@@ -42,6 +44,7 @@ FORMAT_CHOICES = format_choices()
 assert [v for _, v in FORMAT_CHOICES] == list(FORMATS)
 NO_RUN = "Nothing to export yet: train a model first (Train tab) or pick a run in the Runs tab"
 _CODE = re.compile(r"```python\n(.*?)```", re.S)
+_ANY_CODE = re.compile(r"```[a-z]*\n(.*?)```", re.S)   # the demo app's README shows shell commands
 
 
 def _export_name(source: str) -> str:
@@ -65,7 +68,7 @@ def readme_snippet(zip_path: Path) -> str:
     """The Python block of the README inside an export zip."""
     with zipfile.ZipFile(zip_path) as zf:
         text = zf.read("README.md").decode("utf-8", "replace")
-    m = _CODE.search(text)
+    m = _CODE.search(text) or _ANY_CODE.search(text)
     return m.group(1).rstrip() if m else text
 
 

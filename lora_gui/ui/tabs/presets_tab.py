@@ -11,15 +11,14 @@ from pathlib import Path
 
 import gradio as gr
 
-import lora_gui
-
 from ...config import RunConfig, load_preset
+from ...data.bundled import builtin_presets_dir
 from ...errors import ConfigError
 from ..catalog_info import CatalogInfo
 from ..common import md, this_tab
 from ..fields import FIELD_NAMES, FIELDS, config_from_values, values_from_config
 
-BUILTIN_DIR = Path(lora_gui.__file__).resolve().parents[1] / "presets"
+BUILTIN_DIR = builtin_presets_dir()   # presets/ of the checkout, or its copy inside an installed package
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

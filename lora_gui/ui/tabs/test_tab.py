@@ -28,6 +28,7 @@ if TYPE_CHECKING:   # the engine (torch, timm) loads in the handlers, not when t
 
 NO_MODEL = "Train a model first (Train tab) or load an adapter in the Export tab"
 GALLERY_MAX = 48
+HEATMAP_MAX = 24   # a heatmap costs a forward and a backward pass: the most confident mistakes get one
 THUMB = 192
 
 
@@ -150,6 +151,24 @@ def _thumb(path: str):
     return im
 
 
+def mistakes_gallery(loaded: LoadedAdapter, mistakes: list, progress=None) -> list[tuple]:
+    """(image, caption) per mistake (path, true, predicted, probability): the first HEATMAP_MAX with the
+    heatmap of where the model looked for the class it wrongly chose (what confused it), the rest
+    (and any image the heatmap cannot be made for) as plain thumbnails."""
+    from ...inference.explain import heatmaps_for
+    gallery = []
+    for n, (path, true, pred, prob) in enumerate(mistakes):
+        caption = f"{true} → {pred} {prob:.0%}"
+        heat = heatmaps_for([path], loaded, targets=[pred], max_side=THUMB * 2) if n < HEATMAP_MAX else []
+        if heat:
+            gallery.append((heat[0][0], f"{caption} · heat: where it saw {pred}"))
+        elif (thumb := _thumb(path)) is not None:
+            gallery.append((thumb, caption))
+        if progress:
+            progress(n + 1, len(mistakes))
+    return gallery
+
+
 def on_evaluate(session, progress=gr.Progress()):
     from ...inference.evaluate import evaluate_run, find_run_dir
     loaded = get_test_model(session)
@@ -169,11 +188,8 @@ def on_evaluate(session, progress=gr.Progress()):
                f"{md(run_title(run))}) · macro F1 {result.macro['f1']:.3f} · {len(result.misclassified)} misclassified")
     if result.skipped:
         summary += f" · {len(result.skipped)} image(s) could not be read and were left out (e.g. {result.skipped[0][1]})"
-    gallery = []
-    for path, true, pred, prob in result.misclassified[:GALLERY_MAX]:
-        thumb = _thumb(path)
-        if thumb is not None:
-            gallery.append((thumb, f"{true} → {pred} {prob:.0%}"))
+    gallery = mistakes_gallery(loaded, result.misclassified[:GALLERY_MAX],
+                               lambda done, total: progress(done / total, desc=f"where it looked: {done}/{total}"))
     if len(result.misclassified) > GALLERY_MAX:
         summary += f" (the {GALLERY_MAX} most confident mistakes are shown)"
     # no mistakes: no empty box (the summary already says 0 misclassified)
@@ -202,7 +218,8 @@ def build_test_tab(ctx) -> None:
         table = gr.Dataframe(headers=["class", "precision", "recall", "F1", "support"], label="Per class",
                              interactive=False, wrap=True, scale=1, visible=False)
         plot = gr.Plot(label="Confusion matrix", scale=1, elem_id="lg-confusion", visible=False)
-    gallery = gr.Gallery(label="Misclassified validation images (true → predicted)", columns=5, height="auto",
+    gallery = gr.Gallery(label="Misclassified validation images (true → predicted; the heat shows where the "
+                               "model looked for the class it chose)", columns=5, height="auto",
                          object_fit="contain", allow_preview=True, elem_id="lg-misclassified", visible=False)
 
     session = ctx.session
