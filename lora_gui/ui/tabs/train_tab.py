@@ -120,6 +120,99 @@ def figures(snap) -> tuple:
             gr.Plot(charts.lr_figure(snap.step_rows), visible=steps))
 
 
+# handlers -------------------------------------------------------------------------------------------
+NUMBER_NAMES = ["epochs", "batch_size", "lr", "seed", "image_size"]
+
+
+def check_train_numbers(*values):
+    return problems_text(NUMBER_NAMES, values)
+
+
+def _control(session, action: str):
+    job = session.job()
+    if job is not None:
+        torchrun_choice.control(job, action)
+    return buttons(job.status if job else None, job is None or torchrun_choice.can_pause(job))
+
+
+def pause_job(session):
+    return _control(session, "pause")
+
+
+def unpause_job(session):
+    return _control(session, "unpause")
+
+
+def stop_job(session):
+    return _control(session, "stop")
+
+
+def poll_job(session):
+    """The timer's tick: progress, charts (only when new rows came), log, buttons, the other-tab offer."""
+    job = session.job()
+    following = job is not None and job.status not in FINAL_STATUSES
+    offer = gr.Row(visible=not following and attach.other_tab_job(session) is not None)
+    if job is None:
+        return session, *[gr.skip()] * 10, offer
+    _, count = job.events_since(0)
+    snap = job.snapshot()
+    if count == session.event_index and snap.done:
+        return session, *[gr.skip()] * 10, offer
+    changed = count != session.event_index
+    session.event_index = count
+    return (session, progress_html(snap), *(figures(snap) if changed else (gr.skip(),) * 4), details_text(snap),
+            *buttons(snap.status, torchrun_choice.can_pause(job)), offer)
+
+
+def watch_other_tab(session):
+    other = attach.other_tab_job(session)
+    if other is None:
+        raise gr.Error("That training has ended; its run is in the Runs tab.")
+    session.attach(other, watching=True)
+    return session, gr.Row(visible=False)
+
+
+class TrainActions:
+    """Start needs the workspace and the access policy (a weights path is checked against it)."""
+
+    def __init__(self, ctx: AppContext):
+        self.workspace, self.policy = ctx.workspace, ctx.policy
+
+    def start_job(self, request: gr.Request, session, *values):
+        # the training stack (torch, timm) is imported here, not when the page is laid out (issue #15.3)
+        from ...backbones.build import check_model_available
+        from ...jobs.training_job import TrainingJob
+        *values, use_all_gpus = values
+        if session.dataset is None:
+            raise gr.Error("Choose a dataset first: tab 1 · Data (one click: 'Use the example dataset').")
+        if session.dataset.report.errors:
+            raise gr.Error("The dataset can't be used yet: " + " ".join(session.dataset.report.errors))
+        running = session.job()
+        if running is not None and not session.watching and not running.snapshot(last_steps=0).done:
+            raise gr.Error("A training is already running in this page: stop it first, or wait for it to end.")
+        try:
+            cfg = config_from_values(dict(zip(FIELD_NAMES, values)), source=session.dataset.root,
+                                     base=session.base_config)
+            attach.check_weights_path(cfg, session, self.policy, caller_host(request))
+            check_model_available(cfg.model)
+        except (ConfigError, ModelError) as exc:
+            raise gr.Error(str(exc)) from None
+        except PermissionError as exc:
+            raise gr.Error(str(exc)) from None
+        if cfg.model.weights == "random":
+            gr.Warning("Random starting weights: expect poor accuracy from a few hundred images.", title="Heads-up")
+        if use_all_gpus:
+            job = torchrun_choice.start(cfg, self.workspace)
+        else:
+            # The engine's "random weights" warning goes to the server log; the person got gr.Warning above.
+            job = TrainingJob(cfg, workspace=str(self.workspace), dataset=session.dataset, interactive=True).start()
+        session.owner_id = owner_id(session, request)   # an API client: its own session from now on
+        set_owner(job, session.owner_id, session.tab_id)
+        session.started(job)
+        return session, *buttons("queued", torchrun_choice.can_pause(job)), gr.Row(visible=False)
+
+
+# layout -----------------------------------------------------------------------------------------------
 def build_train_tab(ctx: AppContext) -> None:
     with gr.Row():
         epochs = gr.Slider(1, 50, value=DEFAULTS["epochs"], step=1, label="Epochs", info="passes over the training images",
@@ -134,7 +227,6 @@ def build_train_tab(ctx: AppContext) -> None:
         image_size = gr.Dropdown(SIZES, value=DEFAULTS["image_size"], label="Resolution", info="smaller trains faster")
         seed = gr.Number(value=DEFAULTS["seed"], precision=0, label="Seed", info="same seed + data = same result")
     numbers = lenient(epochs, batch_size, lr, seed, image_size)
-    number_names = ["epochs", "batch_size", "lr", "seed", "image_size"]
     check = gr.Markdown(elem_id="lg-train-check")
     ctx.fields.update(epochs=epochs, batch_size=batch_size, lr=lr, augmentation=augmentation,
                       image_size=image_size, seed=seed)
@@ -158,86 +250,21 @@ def build_train_tab(ctx: AppContext) -> None:
         lr_plot = gr.Plot(label="Learning rate", visible=False)
     timer = gr.Timer(1.0)
 
-    def check_numbers(*values):
-        return problems_text(number_names, values)
-
+    act = TrainActions(ctx)
     for listen in (epochs.change, batch_size.change, image_size.change, lr.submit, lr.blur, seed.submit, seed.blur):
-        listen(check_numbers, list(numbers), check, show_progress="hidden", api_visibility="private")
-
-    def start_job(request: gr.Request, session, *values):
-        # the training stack (torch, timm) is imported here, not when the page is laid out (issue #15.3)
-        from ...backbones.build import check_model_available
-        from ...jobs.training_job import TrainingJob
-        *values, use_all_gpus = values
-        if session.dataset is None:
-            raise gr.Error("Choose a dataset first: tab 1 · Data (one click: 'Use the example dataset').")
-        if session.dataset.report.errors:
-            raise gr.Error("The dataset can't be used yet: " + " ".join(session.dataset.report.errors))
-        running = session.job()
-        if running is not None and not session.watching and not running.snapshot(last_steps=0).done:
-            raise gr.Error("A training is already running in this page: stop it first, or wait for it to end.")
-        try:
-            cfg = config_from_values(dict(zip(FIELD_NAMES, values)), source=session.dataset.root,
-                                     base=session.base_config)
-            attach.check_weights_path(cfg, session, ctx.policy, caller_host(request))
-            check_model_available(cfg.model)
-        except (ConfigError, ModelError) as exc:
-            raise gr.Error(str(exc)) from None
-        except PermissionError as exc:
-            raise gr.Error(str(exc)) from None
-        if cfg.model.weights == "random":
-            gr.Warning("Random starting weights: expect poor accuracy from a few hundred images.", title="Heads-up")
-        if use_all_gpus:
-            job = torchrun_choice.start(cfg, ctx.workspace)
-        else:
-            # The engine's "random weights" warning goes to the server log; the person got gr.Warning above.
-            job = TrainingJob(cfg, workspace=str(ctx.workspace), dataset=session.dataset, interactive=True).start()
-        session.owner_id = owner_id(session, request)   # an API client: its own session from now on
-        set_owner(job, session.owner_id, session.tab_id)
-        session.started(job)
-        return session, *buttons("queued", torchrun_choice.can_pause(job)), gr.Row(visible=False)
-
-    def control(action):
-        def handler(session):
-            job = session.job()
-            if job is not None:
-                torchrun_choice.control(job, action)
-            return buttons(job.status if job else None, job is None or torchrun_choice.can_pause(job))
-        return handler
-
-    def poll(session):
-        job = session.job()
-        following = job is not None and job.status not in FINAL_STATUSES
-        offer = gr.Row(visible=not following and attach.other_tab_job(session) is not None)
-        if job is None:
-            return session, *[gr.skip()] * 10, offer
-        _, count = job.events_since(0)
-        snap = job.snapshot()
-        if count == session.event_index and snap.done:
-            return session, *[gr.skip()] * 10, offer
-        changed = count != session.event_index
-        session.event_index = count
-        return (session, progress_html(snap), *(figures(snap) if changed else (gr.skip(),) * 4), details_text(snap),
-                *buttons(snap.status, torchrun_choice.can_pause(job)), offer)
-
-    def watch(session):
-        other = attach.other_tab_job(session)
-        if other is None:
-            raise gr.Error("That training has ended; its run is in the Runs tab.")
-        session.attach(other, watching=True)
-        return session, gr.Row(visible=False)
+        listen(check_train_numbers, list(numbers), check, show_progress="hidden", api_visibility="private")
 
     def wire(demo):
         inputs = [ctx.fields[n] for n in FIELD_NAMES]  # every tab has added its fields by now
-        start.click(start_job, [ctx.session, *inputs, use_all_gpus],
+        start.click(act.start_job, [ctx.session, *inputs, use_all_gpus],
                     [ctx.session, start, pause, resume, stop, other_tab], api_name="start_training")
         demo.load(torchrun_choice.offer, None, use_all_gpus, **PRIVATE)   # counts the GPUs (torch) after the page is up
     ctx.shared.setdefault("on_load", []).append(wire)
     ctx.shared.setdefault("after_identify", []).append(lambda identified: attach.wire_reattach(ctx, identified))
-    watch_btn.click(watch, ctx.session, [ctx.session, other_tab], **PRIVATE)
-    for btn, action in ((pause, "pause"), (resume, "unpause"), (stop, "stop")):
-        btn.click(control(action), ctx.session, [start, pause, resume, stop], api_name=f"{action}_training")
-    timer.tick(poll, [ctx.session],
+    watch_btn.click(watch_other_tab, ctx.session, [ctx.session, other_tab], **PRIVATE)
+    for btn, handler, name in ((pause, pause_job, "pause"), (resume, unpause_job, "unpause"), (stop, stop_job, "stop")):
+        btn.click(handler, ctx.session, [start, pause, resume, stop], api_name=f"{name}_training")
+    timer.tick(poll_job, [ctx.session],
                [ctx.session, progress, loss_plot, acc_plot, acc_note, lr_plot, log, start, pause, resume, stop,
                 other_tab],
                show_progress="hidden", api_name="training_status")
