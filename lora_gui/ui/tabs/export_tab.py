@@ -165,6 +165,27 @@ def on_forget_upload(session):
     return f"Back to this session's own run. {line}", session, line
 
 
+def sync_export(sess):
+    """The model line; a build of another model is dropped (never offered under this one's name)."""
+    line = describe_source(sess)
+    if sess.stale("export"):
+        return line, None, "", "", sess
+    return line, gr.skip(), gr.skip(), gr.skip(), sess
+
+
+class ExportActions:
+    """Build a download of the model under test, or load an adapter file for testing, in the workspace."""
+
+    def __init__(self, workspace: Path):
+        self.workspace = workspace
+
+    def export(self, fmt_value, sess, progress=gr.Progress()):
+        return on_export(fmt_value, sess, self.workspace, progress)
+
+    def load(self, files, sess):
+        return on_upload(files, sess, self.workspace)
+
+
 def build_export_tab(ctx) -> None:
     tab = this_tab()
     workspace = Path(ctx.workspace)
@@ -187,23 +208,12 @@ def build_export_tab(ctx) -> None:
 
     session = ctx.session
 
-    def export(fmt_value, sess, progress=gr.Progress()):
-        return on_export(fmt_value, sess, workspace, progress)
-
-    def load(files, sess):
-        return on_upload(files, sess, workspace)
-
-    def sync(sess):
-        line = describe_source(sess)
-        if sess.stale("export"):   # a build of another model must not be offered under this one's name
-            return line, None, "", "", sess
-        return line, gr.skip(), gr.skip(), gr.skip(), sess
-
-    refresh = dict(fn=sync, inputs=[session], outputs=[source_md, download, code, export_md, session],
+    act = ExportActions(workspace)
+    refresh = dict(fn=sync_export, inputs=[session], outputs=[source_md, download, code, export_md, session],
                    show_progress="hidden", api_visibility="private")
-    build_btn.click(export, [fmt, session], [download, code, export_md, session], api_name="export")
+    build_btn.click(act.export, [fmt, session], [download, code, export_md, session], api_name="export")
     fmt.change(lambda: (None, "", ""), None, [download, code, export_md], api_visibility="private", show_progress="hidden")
-    upload.upload(load, [upload, session], [upload_md, session, source_md],
+    upload.upload(act.load, [upload, session], [upload_md, session, source_md],
                   api_name="load_adapter").then(**refresh)
     forget_btn.click(on_forget_upload, [session], [upload_md, session, source_md],
                      api_visibility="private").then(**refresh)
