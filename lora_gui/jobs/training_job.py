@@ -32,7 +32,8 @@ class TrainingJob(JobState):
 
     ``dataset`` may be a ``data.Dataset`` already loaded (the UI has one); the
     CLI passes none and the job loads ``config.data.source`` itself.
-    ``interactive`` leaves a CPU core free so a UI in the same process stays responsive.
+    ``interactive`` (the app) makes the training step aside while a prediction in the same
+    process runs (``training.yield_gate``), so predictions stay quick on every core.
     """
 
     trainer_factory = Trainer   # a subclass may train another way (jobs.retrain_job: from an adapter)

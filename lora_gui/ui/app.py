@@ -17,6 +17,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
+from ..inference.adapter_cache import ADAPTERS
+from ..training.yield_gate import PREDICTIONS
 from .access import AccessPolicy
 from .common import PRIVATE, guard_events
 from .context import MAX_UPLOAD_MB, AppContext
@@ -119,6 +121,7 @@ def build_app(workspace: str | os.PathLike = "runs", data_path: str | None = Non
               policy: AccessPolicy | None = None) -> gr.Blocks:
     workspace = Path(workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
+    watch_predictions()
     # the cache (uploads, handed-out downloads) is swept hourly of files older than a day: handlers copy
     # what they keep into the workspace at once, and a download link older than a day has been used or lost
     with gr.Blocks(title="lora_gui — LoRA for vision models", delete_cache=(3600, 24 * 3600)) as demo:
@@ -157,6 +160,13 @@ def build_app(workspace: str | os.PathLike = "runs", data_path: str | None = Non
         guard_events(demo)
     demo.lora_ctx = ctx
     return demo
+
+
+def watch_predictions() -> None:
+    """Every model the app predicts with holds the yield gate while it runs: the app's trainings,
+    on every core, step aside for it (training.yield_gate says why)."""
+    if PREDICTIONS.watch not in ADAPTERS.watchers:
+        ADAPTERS.watchers.append(PREDICTIONS.watch)
 
 
 def launch_kwargs(workspace: Path) -> dict:
