@@ -178,6 +178,16 @@ def engine_worker(spec: dict) -> dict:
     run = RunFolder(Path(spec["workspace"]) / f"engine-{os.getpid()}").create()
     reporter = RecordingReporter()
     baseline_rss = rss_mb()
+    first_model = {}
+    if hasattr(loop.Trainer, "_first_model"):   # the seconds until Test has a model (issue 15 goal 2)
+        original = loop.Trainer._first_model
+
+        def first(trainer):
+            original(trainer)
+            if trainer.best is not None:
+                first_model["s"] = time.perf_counter() - t0
+                first_model["val_acc"] = trainer.best["val_acc"]
+        loop.Trainer._first_model = first
     t0 = time.perf_counter()
     with timer.phase("data scan"):
         dataset = load_dataset(config.data.source, spec["workspace"])
@@ -188,7 +198,8 @@ def engine_worker(spec: dict) -> dict:
     steps = [r for r in reporter.rows if r["kind"] == "step"]
     best = max(epochs, key=lambda r: (r["val_acc"] or 0)) if epochs else {}
     return {"total_s": total, "phases": timer.report(total), "best_val_acc": best.get("val_acc"),
-            "held_out_acc": _held_out_acc(run.path / "best", spec),
+            "held_out_acc": _held_out_acc(run.path / "best", spec), "first_model_s": first_model.get("s"),
+            "first_model_val_acc": first_model.get("val_acc"),
             "final_val_acc": epochs[-1]["val_acc"] if epochs else None, "epochs": len(epochs),
             "steps": len(steps), "set": spec.get("set", []), "log": run.log_tail(40),
             "threads": torch.get_num_threads(), "rss_added_mb": peak_memory_mb("cpu")["peak_rss_mb"] - baseline_rss,
@@ -226,6 +237,8 @@ def measure(spec: dict, engine_sets: list[list[str]], repeat: int = 1) -> dict:
         for sets in engine_sets:
             name = "engine" + "".join(f" {s}" for s in sets)
             _keep(out["runs"], name, launch("engine", dict(spec, set=sets)), "total_s")
+        if spec.get("before"):   # the same default run with an older engine (--before)
+            _keep(out["runs"], "engine before", launch("engine", dict(spec, code=spec["before"])), "total_s")
     out["load_after"] = load_average()
     floors = [v for k, v in out["runs"].items() if k.startswith("floor-")]
     out["floor"] = min(floors, key=lambda r: r["pass_s"])
@@ -245,7 +258,8 @@ def _keep(runs: dict, name: str, result: dict, key: str) -> None:
 
 def table(m: dict) -> str:
     f = m["floor"]
-    lines = [f"floor: {f['images']} images, {f['dtype']}, {f['pass_s']:.2f} s ({f['images_per_s']:.0f} images/s); "
+    first = {k: r["first_model_s"] for k, r in m["runs"].items() if r.get("first_model_s")}
+    lines = [f"first model ready (s): {first}" if first else "", f"floor: {f['images']} images, {f['dtype']}, {f['pass_s']:.2f} s ({f['images_per_s']:.0f} images/s); "
              f"model build {f['build_s']:.2f} s; load {m['load_before']} -> {m['load_after']}", "",
              "| run | wall s | x floor | held-out acc | peak RSS MB |", "|---|---:|---:|---:|---:|"]
     for name, r in m["runs"].items():
@@ -300,6 +314,7 @@ def main(argv=None) -> int:
                    help="an extra engine variant: 'data.augmentation=none' (';'-separated for several options)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--out", help="JSON file (default results/floor-<date>.json)")
+    p.add_argument("--before", help="an older lora_gui source tree whose default run is measured too")
     p.add_argument("--code", default=str(HERE.parent), help="the lora_gui source tree to measure "
                    "(default: this checkout; e.g. an unpacked `git archive` of an older commit)")
     a = p.parse_args(argv)
@@ -311,7 +326,7 @@ def main(argv=None) -> int:
     workspace = HERE / ".data" / "floor-runs"
     workspace.mkdir(parents=True, exist_ok=True)
     spec = {"code": str(Path(a.code).resolve()), "commit": _commit(a.code), "data": str(data),
-            "held_out": str(held_out), "workspace": str(workspace), "model": a.model, "weights": a.weights,
+            "held_out": str(held_out), "before": a.before and str(Path(a.before).resolve()), "workspace": str(workspace), "model": a.model, "weights": a.weights,
             "image_size": a.image_size, "batch_size": a.batch_size}
     m = measure(spec, [[]] + [v.split(";") for v in a.set], a.repeat)
     m["table_md"] = table(m)

@@ -163,13 +163,7 @@ class Trainer(CheckpointMixin):
         self.scaler = torch.amp.GradScaler("cuda") if self.speed["mixed_precision"] == "fp16" else None
 
     def _first_model(self) -> None:
-        """The linear probe (``probe``): saved as best/ for Test, its head where LoRA starts."""
-        metrics = probe.run(self)
-        if metrics is None:
-            return
-        self.best = {k: metrics[k] for k in ("epoch", "val_acc", "val_loss")}
-        self._save_adapter("best", metrics)
-        self.folder.update_status(best_val_acc=metrics["val_acc"], best_epoch=0)
+        probe.first_model(self)   # the linear probe: saved as best/ for Test, LoRA starts from its head
 
     def _calibrate_norms(self) -> list[str]:
         # before the prefix cache, which must see the final statistics; on resume too (a
@@ -368,8 +362,11 @@ class Trainer(CheckpointMixin):
                "train_acc": self.acc["correct"] / seen, "val_loss": val_loss, "val_acc": val_acc, "time": time.time()}
         self._emit(row)
         # without validation images there is nothing to compare: the latest epoch is the best one
+        # the first model (the linear probe, epoch 0) gives way to LoRA at equal accuracy: it stays
+        # best only when LoRA does worse on the validation images
         improved = (self.best is None or val_acc is None or self.best.get("val_acc") is None
-                    or (val_acc, -val_loss) > (self.best["val_acc"], -self.best["val_loss"]))
+                    or (val_acc, -val_loss) > (self.best["val_acc"], -self.best["val_loss"])
+                    or (self.best.get("epoch") == 0 and val_acc >= self.best["val_acc"]))
         if improved:
             self.best = {"epoch": self.epoch + 1, "val_acc": val_acc, "val_loss": val_loss}
             self.bad_epochs = 0

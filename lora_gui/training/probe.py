@@ -119,3 +119,15 @@ def run(trainer) -> dict | None:
     trainer.folder.log(f"first model (linear probe on the cached features, {EPOCHS} epochs) in "
                        f"{time.time() - started:.1f} s: val acc {acc}; saved as best/, LoRA starts from its head")
     return metrics
+
+
+def first_model(trainer) -> None:
+    """Run the probe (when the run starts with one) and make it the run's best model so far."""
+    metrics = run(trainer)
+    if metrics is None:
+        return
+    trainer.best = {k: metrics[k] for k in ("epoch", "val_acc", "val_loss")}
+    trainer._save_adapter("best", metrics)
+    # kept apart from best_*, which later epochs overwrite: the charts mark the first model
+    trainer.folder.update_status(best_val_acc=metrics["val_acc"], best_epoch=0,
+                                 first_model={"stage": metrics["stage"], "val_acc": metrics["val_acc"]})

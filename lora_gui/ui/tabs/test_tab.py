@@ -79,6 +79,11 @@ def _run_line(run_dir: Path) -> str:
     epoch = status.get("best_epoch")
     best = (f"best adapter (epoch {epoch}" + (f", validation accuracy {acc:.1%}" if isinstance(acc, (int, float)) else "")
             + ")") if epoch else "best adapter so far"
+    if epoch == 0:   # issue 15: the linear probe saved before LoRA trains (training/probe.py)
+        best = ("the first model: the linear probe, head only, before LoRA"
+                + (f" (validation accuracy {acc:.1%})" if isinstance(acc, (int, float)) else "")
+                + (" — LoRA is still training; testing switches to its adapter when an epoch beats this"
+                   if status.get("status") in ("queued", "running", "paused", "stopping") else ""))
     return (f"Model under test: run **{s['run']}**, {best} — `{s['model']}`, {s['classes']} classes, "
             f"LoRA rank {s['rank']}, run status *{s['status']}*.")
 
