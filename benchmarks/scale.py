@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--out")
     a = p.parse_args(argv)
     out: dict = {"load_before": load_average(), "sizes": {}}
+    target = Path(a.out or HERE / "results" / f"scale-{time.strftime('%Y-%m-%d')}.json")
     for per_class in [int(s) for s in a.sizes.split(",")]:
         data, held = fmnist_sets(per_class, 5, 100)
         workspace = HERE / ".data" / "scale-runs"
@@ -53,9 +54,9 @@ def main(argv=None) -> int:
         out["sizes"][per_class * 10] = row
         print(per_class * 10, "images:", f"run {row['engine']['total_s']:.1f} s = {row['x_floor']:.2f}x floor, "
               f"peak RSS {row['engine']['peak_rss_mb']:.0f} MB, cache {row['cache_mb']} MB", flush=True)
+        target.write_text(json.dumps(out, indent=1, default=str))   # kept as it goes: the big sizes are slow
     out["plan_50000"] = plan(out["sizes"], a.spill_at * 10)
     out["load_after"] = load_average()
-    target = Path(a.out or HERE / "results" / f"scale-{time.strftime('%Y-%m-%d')}.json")
     target.write_text(json.dumps(out, indent=1, default=str))
     print(json.dumps(out["plan_50000"], indent=1))
     print(f"wrote {target}")

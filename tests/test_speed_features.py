@@ -117,6 +117,16 @@ def test_a_first_model_is_saved_before_lora_trains_and_lora_starts_from_its_head
     top = predict(loaded, [s.path for s in val], topk=1)
     acc = sum(t[0][0] == trainer.classes[s.label] for t, s in zip(top, val)) / len(val)
     assert acc == pytest.approx(meta["metrics"]["val_acc"])
+    # the Test tab and the Train tab's accuracy chart say that this is the first model, not LoRA's
+    from types import SimpleNamespace
+
+    from lora_gui.ui import charts
+    from lora_gui.ui.tabs import test_tab, train_tab
+    assert "the first model: the linear probe" in test_tab._run_line(run.path)
+    acc = train_tab.first_model_acc(SimpleNamespace(run_dir=str(run.path)))
+    assert acc == meta["metrics"]["val_acc"]
+    names = [t.name for t in charts.accuracy_figure([], acc).data]
+    assert any("first model" in n for n in names)
     # the app's trainings use every core; the gate stands in for the core once kept free
     assert torch.get_num_threads() == os.cpu_count() and trainer.gate_hooks
 
