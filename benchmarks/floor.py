@@ -80,14 +80,15 @@ def floor_worker(spec: dict) -> dict:
     if spec["dtype"] == "bf16":
         model = model.to(memory_format=torch.channels_last)
     t_build = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     with torch.inference_mode(), _ctx(spec["dtype"]):
         for x, _ in _batches(train, dc, spec["batch_size"]):
             model(x.contiguous(memory_format=torch.channels_last) if spec["dtype"] == "bf16" else x)
             n += len(x)
     t_pass = time.perf_counter() - t0
-    return {"scan_s": t_scan, "build_s": t_build, "pass_s": t_pass, "images": n, "images_per_s": n / t_pass,
+    return {"scan_s": t_scan, "build_s": t_build, "pass_s": t_pass, "cpu_s": time.process_time() - c0,
+            "images": n, "images_per_s": n / t_pass,
             "dtype": spec["dtype"], "threads": torch.get_num_threads(), **peak_memory_mb("cpu")}
 
 
@@ -188,16 +189,16 @@ def engine_worker(spec: dict) -> dict:
                 first_model["s"] = time.perf_counter() - t0
                 first_model["val_acc"] = trainer.best["val_acc"]
         loop.Trainer._first_model = first
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with timer.phase("data scan"):
         dataset = load_dataset(config.data.source, spec["workspace"])
     loop.Trainer(config, run, "cpu", reporter, dataset=dataset, workspace=spec["workspace"]).run()
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     timer.restore()
     epochs = [r for r in reporter.rows if r["kind"] == "epoch"]
     steps = [r for r in reporter.rows if r["kind"] == "step"]
     best = max(epochs, key=lambda r: (r["val_acc"] or 0)) if epochs else {}
-    return {"total_s": total, "phases": timer.report(total), "best_val_acc": best.get("val_acc"),
+    return {"total_s": total, "cpu_s": cpu, "phases": timer.report(total), "best_val_acc": best.get("val_acc"),
             "held_out_acc": _held_out_acc(run.path / "best", spec), "first_model_s": first_model.get("s"),
             "first_model_val_acc": first_model.get("val_acc"),
             "final_val_acc": epochs[-1]["val_acc"] if epochs else None, "epochs": len(epochs),

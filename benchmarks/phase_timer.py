@@ -78,7 +78,6 @@ class PhaseTimer:
         t.wrap(loop.Trainer, "_save_adapter", "save adapter")
         t.wrap(loop.Trainer, "_flush_and_checkpoint", "checkpoint")
         t.wrap(loop.Trainer, "_optimizer_step", "optimizer step")
-        for name in ("probe_head",):  # pieces that only some versions of the engine have
-            if hasattr(loop.Trainer, name):
-                t.wrap(loop.Trainer, name, name.replace("_", " "))
+        if hasattr(loop.Trainer, "_first_model"):  # issue 15's linear probe (newer engines only)
+            t.wrap(loop.Trainer, "_first_model", "first model (linear probe)")
         return t
