@@ -101,6 +101,45 @@ def worker(kind: str, spec: dict) -> dict:
             "waited_s": round(PREDICTIONS.waited_s, 3)}
 
 
+def gate_overhead(pairs: int = 15, image_size: int = 160) -> dict:
+    """What the yield points cost when nobody predicts: training steps of the default model with
+    the gate's hooks and without, alternated in one process (a shared machine's load drifts alike
+    over both), median of the per-pair ratios."""
+    import torch
+    import torch.nn.functional as F
+    from lora_gui import lora
+    from lora_gui.backbones.build import build_model
+    from lora_gui.config import LoraConfig, ModelConfig
+    from lora_gui.training.yield_gate import YieldGate
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(image_size=image_size), 10)
+    lora.inject_lora(model, LoraConfig())
+    lora.train_mode(model)
+    x, y = torch.randn(16, 3, image_size, image_size), torch.randint(0, 10, (16,))
+    gate = YieldGate()
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+    for _ in range(3):
+        step()
+    ratios, hooks = [], 0
+    for _ in range(pairs):
+        plain = step()
+        handles = gate.install(model)
+        hooks = len(handles)
+        gated = step()
+        for h in handles:
+            h.remove()
+        ratios.append(gated / plain)
+    return {"median_ratio": statistics.median(ratios), "ratios": ratios, "yield_points": hooks,
+            "image_size": image_size}
+
+
 def launch(kind: str, spec: dict) -> dict:
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1",
                PYTHONPATH=str(HERE.parent))
@@ -136,10 +175,19 @@ def main(argv=None) -> int:
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--overhead-only", action="store_true", help="only the yield points' cost without predictions")
     p.add_argument("--out")
     a = p.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker[0], json.loads(a.worker[1]))))
+        kind = a.worker[0]
+        print(json.dumps(gate_overhead() if kind == "overhead" else worker(kind, json.loads(a.worker[1]))))
+        return 0
+    if a.overhead_only:   # only the gate's cost, added to an existing results file
+        target = Path(a.out or HERE / "results" / f"app-vs-cli-{time.strftime('%Y-%m-%d')}.json")
+        r = json.loads(target.read_text()) if target.is_file() else {}
+        r["gate_overhead"] = launch("overhead", {})
+        target.write_text(json.dumps(r, indent=1))
+        print(json.dumps(r["gate_overhead"]))
         return 0
     data, held = fmnist_sets(20, 5, 100)
     workspace = HERE / ".data" / "app-vs-cli-runs"
@@ -153,6 +201,7 @@ def main(argv=None) -> int:
         _keep(r, "cli", cli, lambda x: -x["images_per_s"])
         for kind in ("app", "app-old"):
             _keep(r, kind, launch(kind, spec), lambda x: x["while_training"]["median_ms"] + x["idle"]["median_ms"])
+    r["gate_overhead"] = launch("overhead", {})
     r["load_after"] = load_average()
     r["table_md"] = table(r)
     print(r["table_md"])
