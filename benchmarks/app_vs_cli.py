@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from floor import fmnist_sets, load_average  # noqa: E402
+from floor import fmnist_sets, load_average
 
 PREDICTIONS_N, PREDICT_EVERY_S = 20, 0.2
 
@@ -62,6 +62,7 @@ def _summary(ms: list[float]) -> dict:
 
 def worker(kind: str, spec: dict) -> dict:
     import torch
+
     from lora_gui.inference.predict import load_adapter, predict
     from lora_gui.training.yield_gate import PREDICTIONS
     if kind == "cli":
@@ -74,7 +75,7 @@ def worker(kind: str, spec: dict) -> dict:
     if not old:
         PREDICTIONS.watch(loaded.model)
     image = spec["image"]
-    one = lambda: predict(loaded, [image], topk=1)  # noqa: E731
+    one = lambda: predict(loaded, [image], topk=1)
     for _ in range(3):
         one()
     torch.set_num_threads(os.cpu_count())
@@ -107,6 +108,7 @@ def gate_overhead(pairs: int = 15, image_size: int = 160) -> dict:
     over both), median of the per-pair ratios."""
     import torch
     import torch.nn.functional as F
+
     from lora_gui import lora
     from lora_gui.backbones.build import build_model
     from lora_gui.config import LoraConfig, ModelConfig

@@ -31,8 +31,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from phase_timer import PhaseTimer  # noqa: E402
-from reference_loop import peak_memory_mb, rss_mb  # noqa: E402
+from phase_timer import PhaseTimer
+from reference_loop import peak_memory_mb, rss_mb
 
 HEAD_EPOCHS, HEAD_LR, HEAD_BATCH = 50, 1e-3, 16
 
@@ -59,14 +59,21 @@ def _model(spec: dict, n_classes: int):
 def _batches(samples, dc: dict, batch_size: int):
     """Decoded + transformed batches, through the engine's own decoder (pre-shrunk, nothing kept)."""
     import torch
-    from lora_gui.data.images import DecodedCache, ImageDataset, build_transform, cache_max_side
+
+    from lora_gui.data.images import (
+        DecodedCache,
+        ImageDataset,
+        build_transform,
+        cache_max_side,
+    )
     ds = ImageDataset(samples, build_transform(dc, "none", False), DecodedCache(0, cache_max_side(dc)))
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
 def _ctx(dtype: str):
-    import torch
     from contextlib import nullcontext
+
+    import torch
     return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
 
@@ -166,6 +173,7 @@ def _set(config, assignment: str) -> None:
 
 def engine_worker(spec: dict) -> dict:
     import torch
+
     from lora_gui.config import DataConfig, ModelConfig, RunConfig
     from lora_gui.data.sources import load_dataset
     from lora_gui.store.run_folder import RunFolder

@@ -59,7 +59,7 @@ class PhaseTimer:
         return out
 
     @classmethod
-    def engine(cls) -> "PhaseTimer":
+    def engine(cls) -> PhaseTimer:
         """A timer around every piece of a default run (see floor.py's docstring)."""
         from lora_gui import lora
         from lora_gui.data import images

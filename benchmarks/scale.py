@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from floor import fmnist_sets, launch, load_average  # noqa: E402
+from floor import fmnist_sets, launch, load_average
 
 
 def _cache_mb(result: dict) -> float | None:

@@ -81,8 +81,7 @@ class YieldGate:
         return handles
 
     def _on_grad(self, grad):
-        self.give_way()
-        return None   # the gradient unchanged
+        self.give_way()   # returns nothing: the gradient goes on unchanged
 
 
 # the app's one gate: its trainings give way to its predictions
