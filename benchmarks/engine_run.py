@@ -57,13 +57,13 @@ def _train(spec: dict, workspace: Path, name: str, dataset, epochs: int, limit: 
     from lora_gui.jobs.training_job import TrainingJob
     job = TrainingJob(_config(spec, epochs), workspace=str(workspace), run_dir=str(workspace / name),
                       dataset=dataset, **job_kw)
-    cpu_marks, record = [], job.record
+    cpu_marks, record = [], job.report_metrics
 
     def record_cpu(row):  # the loop calls this in its own thread right after each step
         if row.get("kind") == "step":
             cpu_marks.append((row["epoch"], time.process_time()))
         record(row)
-    job.record = record_cpu
+    job.report_metrics = record_cpu
     job.cpu_marks = cpu_marks
     t0, started = time.perf_counter(), time.time()
     job.start()
@@ -317,7 +317,7 @@ def profile(spec: dict) -> dict:
 
     job = TrainingJob(_config(spec, 1000), workspace=str(workspace), run_dir=str(workspace / "profile"),
                       dataset=dataset)
-    record = job.record
+    record = job.report_metrics
 
     def record_with_phases(row):  # called by the loop, in the training thread, once per step
         if row.get("kind") == "step":
@@ -327,7 +327,7 @@ def profile(spec: dict) -> dict:
             if "prof" in state:
                 state["prof"].step()
         record(row)
-    job.record = record_with_phases
+    job.report_metrics = record_with_phases
     try:
         job.start()
         while not job.wait(0.5):
