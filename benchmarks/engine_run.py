@@ -11,6 +11,7 @@ adapter (``load_adapter`` + ``predict``), then the same while a second
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import statistics
@@ -102,7 +103,7 @@ def run(spec: dict) -> dict:
     memory = peak_memory_mb(device)
     if snap.status not in ("finished", "stopped"):
         raise RuntimeError(f"engine run {snap.status}: {snap.message}\n" + "\n".join(snap.log))
-    saved = job.run.read_config()
+    saved = json.loads(job.run.config_file.read_text())   # config.json as written
     rows = snap.step_rows[:limit] if limit else snap.step_rows
     skip = spec["warmup"]
     by_epoch = {}

@@ -46,10 +46,13 @@ def headline(floor: dict | None, app: dict | None, scale: dict | None, vit: dict
                           "peak_rss_mb": round(r["engine"]["peak_rss_mb"]), "cache_mb": r["cache_mb"]}
                       for n, r in scale["sizes"].items()}
         h["plan_50000"] = scale.get("plan_50000")
-    if vit:
-        rows = vit.get("results", vit)
-        h["vit_tiny_steps"] = {k: v.get("images_per_s") for k, v in rows.items() if isinstance(v, dict)} \
-            if isinstance(rows, dict) else rows
+    if vit:   # train_speed.py: {model: {variant: result}}
+        for model, variants in vit.get("results", {}).items():
+            peft, engine = variants.get("peft", {}), variants.get("engine", {})
+            if peft.get("images_per_s") and engine.get("images_per_s"):
+                h[f"{model}_steps_engine_over_peft"] = round(engine["images_per_s"] / peft["images_per_s"], 2)
+                h[f"{model}_cpu_steps_engine_over_peft"] = round(
+                    engine["images_per_cpu_s"] / peft["images_per_cpu_s"], 2)
     return h
 
 
