@@ -11,6 +11,7 @@ adapter (``load_adapter`` + ``predict``), then the same while a second
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import statistics
@@ -57,13 +58,13 @@ def _train(spec: dict, workspace: Path, name: str, dataset, epochs: int, limit: 
     from lora_gui.jobs.training_job import TrainingJob
     job = TrainingJob(_config(spec, epochs), workspace=str(workspace), run_dir=str(workspace / name),
                       dataset=dataset, **job_kw)
-    cpu_marks, record = [], job.record
+    cpu_marks, record = [], job.report_metrics
 
     def record_cpu(row):  # the loop calls this in its own thread right after each step
         if row.get("kind") == "step":
             cpu_marks.append((row["epoch"], time.process_time()))
         record(row)
-    job.record = record_cpu
+    job.report_metrics = record_cpu
     job.cpu_marks = cpu_marks
     t0, started = time.perf_counter(), time.time()
     job.start()
@@ -102,7 +103,7 @@ def run(spec: dict) -> dict:
     memory = peak_memory_mb(device)
     if snap.status not in ("finished", "stopped"):
         raise RuntimeError(f"engine run {snap.status}: {snap.message}\n" + "\n".join(snap.log))
-    saved = job.run.read_config()
+    saved = json.loads(job.run.config_file.read_text())   # config.json as written
     rows = snap.step_rows[:limit] if limit else snap.step_rows
     skip = spec["warmup"]
     by_epoch = {}
@@ -317,7 +318,7 @@ def profile(spec: dict) -> dict:
 
     job = TrainingJob(_config(spec, 1000), workspace=str(workspace), run_dir=str(workspace / "profile"),
                       dataset=dataset)
-    record = job.record
+    record = job.report_metrics
 
     def record_with_phases(row):  # called by the loop, in the training thread, once per step
         if row.get("kind") == "step":
@@ -327,7 +328,7 @@ def profile(spec: dict) -> dict:
             if "prof" in state:
                 state["prof"].step()
         record(row)
-    job.record = record_with_phases
+    job.report_metrics = record_with_phases
     try:
         job.start()
         while not job.wait(0.5):

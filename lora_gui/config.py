@@ -187,7 +187,8 @@ class TrainConfig(_Serialisable):
                                       "stopping; 0 = off", "--patience")
     seed: int = option(0, "random seed: same seed and data give the same metrics on CPU", "--seed")
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps", "--device")
-    num_threads: int = option(0, "CPU threads for training; 0 = all cores (the app leaves one for itself)",
+    num_threads: int = option(0, "CPU threads for training; 0 = all cores (in the app, training steps aside "
+                              "while a prediction runs)",
                               "--threads")
     checkpoint_minutes: float = option(2.0, "checkpoint at least this often, besides every epoch (minimum 0.01)",
                                        "--checkpoint-minutes")
@@ -204,6 +205,9 @@ class TrainConfig(_Serialisable):
     # auto: random weights only (pretrained statistics beat a few hundred images')
     calibrate_norms: str = option("auto", "recompute frozen BatchNorm statistics on the training images",
                                   choices=SWITCH)
+    # auto = on where it can run: with the frozen-prefix cache and a single linear classifier
+    linear_probe: str = option("auto", "first train the head alone on the cached features: a first model "
+                               "for Test in seconds, and LoRA starts from its head", choices=SWITCH)
 
     def __post_init__(self):
         def whole(name, lo, hi):
@@ -230,7 +234,8 @@ class TrainConfig(_Serialisable):
         _check(isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda", "mps")
                                                  or self.device.startswith("cuda:")),
                f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        for name in ("mixed_precision", "channels_last", "compile", "cache_frozen_prefix", "calibrate_norms"):
+        for name in ("mixed_precision", "channels_last", "compile", "cache_frozen_prefix", "calibrate_norms",
+                     "linear_probe"):
             _check(getattr(self, name) in SWITCH,
                    f"{name} must be one of {', '.join(SWITCH)}, got {getattr(self, name)!r}")
 

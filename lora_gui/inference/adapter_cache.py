@@ -30,6 +30,9 @@ class AdapterCache:
         self._models: OrderedDict[tuple, LoadedAdapter] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple, threading.Lock] = {}
+        # called with every model that enters the cache; the app adds the yield gate's ``watch``
+        # (training.yield_gate), which this layer may not import, so its trainings step aside
+        self.watchers: list = []
 
     def get(self, source: str | os.PathLike) -> LoadedAdapter:
         """The loaded adapter for ``source`` (loaded now if it is not cached). Errors from locate/load pass through."""
@@ -54,6 +57,8 @@ class AdapterCache:
     def put(self, source: str | os.PathLike, loaded: LoadedAdapter) -> None:
         """Keep a model already loaded (the upload check loads it once)."""
         key = adapter_key(source)
+        for watch in self.watchers:
+            watch(loaded.model)
         with self._lock:
             self._models[key] = loaded
             self._models.move_to_end(key)

@@ -16,13 +16,21 @@ from ..backbones.build import check_model_available
 from ..config import RunConfig
 from ..data.sources import load_dataset
 from ..errors import StopRequested, TrainingFailed, user_errors
+from ..inference.adapter_cache import ADAPTERS
 from ..store.run_folder import FINAL_STATUSES, RunFolder, new_run_id
 from ..training import distributed
 from ..training.loop import Trainer
 from ..training.runtime import device_for
+from ..training.yield_gate import PREDICTIONS
 from .device_queue import DEVICE_QUEUE, DeviceQueue
 from .job_state import JobSnapshot, JobState, _one_line
 from .registry import _JOBS, _JOBS_LOCK
+
+# Every model the process predicts with (the app's shared adapter cache) holds the yield gate while it
+# runs, so a training job of this process steps aside for it (training/yield_gate.py says why). Wired
+# here, where trainings and predictions meet, not by the page: the page is laid out without torch.
+if PREDICTIONS.watch not in ADAPTERS.watchers:
+    ADAPTERS.watchers.append(PREDICTIONS.watch)
 
 PAUSED = "paused — other trainings may run meanwhile; Resume waits for the device"
 
@@ -32,7 +40,8 @@ class TrainingJob(JobState):
 
     ``dataset`` may be a ``data.Dataset`` already loaded (the UI has one); the
     CLI passes none and the job loads ``config.data.source`` itself.
-    ``interactive`` leaves a CPU core free so a UI in the same process stays responsive.
+    ``interactive`` (the app) makes the training step aside while a prediction in the same
+    process runs (``training.yield_gate``), so predictions stay quick on every core.
     """
 
     trainer_factory = Trainer   # a subclass may train another way (jobs.retrain_job: from an adapter)

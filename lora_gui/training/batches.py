@@ -11,7 +11,9 @@ memory bound. Otherwise it says why, and training decodes images as usual.
 from __future__ import annotations
 
 import ctypes
+import shutil
 import time
+from pathlib import Path
 
 import torch
 
@@ -139,11 +141,13 @@ def calibration_batches(trainer):
     return _plain_batches(trainer, trainer.train_samples, norm_calibration.BATCH_SIZE)
 
 
-def _compute(trainer, plan, samples, flip_views: bool, dtype: torch.dtype) -> torch.Tensor:
+def _compute(trainer, plan, samples, flip_views: bool, dtype: torch.dtype, spill: Path | None = None) -> torch.Tensor:
     """(views, N, *sample_shape): filled in place, batch by batch, so the peak is the cache
-    itself plus one batch's activations, not a list of pieces and their concatenation."""
+    itself plus one batch's activations, not a list of pieces and their concatenation.
+    ``spill``: a file to hold it instead of memory (see ``_on_disk``)."""
     views = 2 if flip_views else 1
-    out = torch.empty((views, len(samples), *plan.sample_shape), dtype=dtype)
+    shape = (views, len(samples), *plan.sample_shape)
+    out = _on_disk(spill, shape, dtype) if spill else torch.empty(shape, dtype=dtype)
     trainer.model.eval()
     start = 0
     for x in _plain_batches(trainer, samples, compute_batch_size(trainer.device)):
@@ -173,14 +177,76 @@ def make_batches(trainer):
     flip = cfg.data.augmentation == "flip"
     dtype = plan.sample_dtype
     need = plan.bytes_per_sample(dtype) * (len(trainer.train_samples) * (2 if flip else 1) + len(trainer.val_samples))
-    budget = cfg.data.cache_mb * 2**20
-    if need > budget:
-        return ImageBatches(trainer), f"the cache would need {need / 2**20:.0f} MB, over cache_mb={cfg.data.cache_mb}"
+    where, why_not = cache_place(need, cfg.data.cache_mb * 2**20, trainer.folder.path)
+    if where is None:
+        return ImageBatches(trainer), why_not
+    if why_not:   # held on disk: say so, and why
+        trainer.folder.log(why_not)
     started = time.time()
-    train_cache = _compute(trainer, plan, trainer.train_samples, flip, dtype)
-    val_cache = _compute(trainer, plan, trainer.val_samples, False, dtype)[0] if trainer.val_samples else torch.empty(0)
+    spill = (lambda part: trainer.folder.path / f".prefix-cache-{part}.bin") if where == "disk" else (lambda part: None)
+    train_cache = _compute(trainer, plan, trainer.train_samples, flip, dtype, spill("train"))
+    val_cache = (_compute(trainer, plan, trainer.val_samples, False, dtype, spill("val"))[0] if trainer.val_samples
+                 else torch.empty(0))
     release_free_memory()
+    trainer.speed["prefix_cache_storage"] = where
     trainer.folder.log(f"frozen prefix cached at {plan.boundary}: {train_cache.shape[1]} train x "
                        f"{train_cache.shape[0]} view(s) + {len(trainer.val_samples)} val in "
-                       f"{time.time() - started:.1f} s ({(train_cache.nbytes + val_cache.nbytes) / 2**20:.0f} MB)")
+                       f"{time.time() - started:.1f} s ({(train_cache.nbytes + val_cache.nbytes) / 2**20:.0f} MB"
+                       f"{', in a file on disk' if where == 'disk' else ''})")
     return CachedBatches(trainer, plan, train_cache, val_cache), ""
+
+
+# the prefix cache may take this share of the memory the OS says is available; the rest is left
+# to the model's activations, the decoded-image cache and everything else on the machine
+RAM_SHARE = 0.5
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the OS can give without swapping (Linux MemAvailable; None elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cache_place(need: int, budget: int, folder: Path, available: int | None = -1) -> tuple[str | None, str]:
+    """Where a prefix cache of ``need`` bytes goes, estimated before any of it is computed:
+    ('memory', ''), ('disk', why) when it is over ``budget`` (cache_mb) or over half the memory
+    available, or (None, why) when the disk has no room either: then images are decoded as usual.
+    Never an out-of-memory crash halfway through the cache."""
+    available = available_memory() if available == -1 else available
+    mb = need / 2**20
+    limit = min(budget, int(available * RAM_SHARE)) if available is not None else budget
+    if need <= limit:
+        return "memory", ""
+    over = (f"over cache_mb={budget // 2**20}" if need > budget
+            else f"over half the {available / 2**30:.1f} GB of memory available")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    if need * 1.1 + 2**28 <= free:   # room for it, and a little for the run's own files
+        return "disk", (f"the frozen-prefix cache needs {mb:.0f} MB, {over}: it is kept in a file in the run "
+                        "folder instead (read back through the OS's file cache) and deleted at the end")
+    return None, f"the cache would need {mb:.0f} MB, {over}, and the disk has {free / 2**20:.0f} MB free"
+
+
+def _on_disk(path: Path, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor whose storage is a memory-mapped file: the OS pages it in and out, so a cache
+    larger than memory never runs the machine out of it. The file is removed at once (Linux
+    keeps it while mapped) so that nothing is left behind, even after a kill."""
+    n = 1
+    for d in shape:
+        n *= d
+    with open(path, "wb") as f:
+        f.truncate(n * torch.tensor([], dtype=dtype).element_size())
+    tensor = torch.from_file(str(path), shared=True, size=n, dtype=dtype).view(shape)
+    try:
+        path.unlink()
+    except OSError:   # Windows keeps an open file: left for the next start-up's clean-up
+        pass
+    return tensor

@@ -22,7 +22,7 @@ from ..data.scan import Sample
 from ..data.sources import load_dataset
 from ..data.split import split_dataset
 from ..errors import StopRequested, TrainingFailed
-from . import distributed, norm_calibration, speed_levers
+from . import distributed, norm_calibration, probe, speed_levers
 from .batches import (
     _loader,
     calibration_batches,
@@ -36,6 +36,7 @@ from .eta import StepRate
 from .reporter import Reporter
 from .schedule import cosine_with_warmup
 from .seeding import rng_state, seed_everything
+from .yield_gate import PREDICTIONS
 
 STEP_LOG_EVERY = 1
 # A cross-entropy this far above where training started is not learning any more but
@@ -59,8 +60,8 @@ class Trainer(CheckpointMixin):
 
     ``dataset`` may be a ``data.Dataset`` already loaded (the app has one); without it the
     trainer loads ``config.data.source`` (unpacking archives under ``workspace``).
-    ``resume`` continues from the run's checkpoint; ``interactive`` leaves a CPU core free
-    so a UI in the same process stays responsive.
+    ``resume`` continues from the run's checkpoint; ``interactive`` (the app) makes the
+    training step aside while a prediction in the same process runs (``yield_gate``).
     """
 
     def __init__(self, config, run, device: str, reporter: Reporter, *, dataset=None,
@@ -81,12 +82,35 @@ class Trainer(CheckpointMixin):
     # set-up ----------------------------------------------------------------------
     def prepare(self) -> None:
         cfg, run = self.cfg, self.folder
-        threads = cfg.train.num_threads or max(1, (os.cpu_count() or 2) - (1 if self.interactive else 0))
+        # every core, also in the app: predictions there get their turn at the yield gate
+        # (training.yield_gate) instead of a core kept idle for them all run long
+        threads = cfg.train.num_threads or max(1, os.cpu_count() or 2)
         torch.set_num_threads(threads)
         seed_everything(cfg.train.seed)
+        self._load_samples()
+        self._build_model()
+        self._make_optimizer()
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best, self.bad_epochs = None, 0
+        self.acc = {"loss": 0.0, "correct": 0, "seen": 0}
+        self.first_loss: float | None = None
         if self.resume:
-            saved, split = run.record(), run.split()
-            self.classes = saved.classes
+            self._restore()
+        else:
+            self._write_config()
+        if self.step == 0:   # a new run, or one restarted from its beginning: a first model at once
+            self._first_model()
+        trainable, total = lora.count_parameters(self.model)
+        run.log(f"{len(self.train_samples)} train / {len(self.val_samples)} val images, {len(self.classes)} classes; "
+                f"{len(self.layers)} LoRA layers; {trainable:,} of {total:,} parameters trainable; "
+                f"device {self.device}, {threads} threads; {speed_levers.describe(self.speed)}")
+
+    def _load_samples(self) -> None:
+        """Classes and the train/validation samples: the saved split on resume, else a new one."""
+        cfg = self.cfg
+        if self.resume:
+            self._saved, split = self.folder.record(), self.folder.split()
+            self.classes = self._saved.classes
             self.train_samples = [Sample(p, l) for p, l in split.train]
             self.val_samples = [Sample(p, l) for p, l in split.val]
         else:
@@ -98,9 +122,12 @@ class Trainer(CheckpointMixin):
         if missing:
             raise TrainingFailed(f"image files have gone missing (e.g. {missing[0]}); restore the data folder")
 
+    def _build_model(self) -> None:
+        """The model with its LoRA layers on the device, its speed levers and its batch source."""
+        cfg = self.cfg
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model, len(self.classes))
-        self.layers = (saved.layers if self.resume else
+        self.layers = (self._saved.layers if self.resume else
                        lora.inject_lora(self.model, cfg.lora))
         if self.resume:
             lora.inject_lora(self.model, cfg.lora, self.layers)
@@ -109,20 +136,24 @@ class Trainer(CheckpointMixin):
         self.model.to(self.device)
         if self.speed["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
+        if self.interactive:  # the app: step aside for its predictions, already while caching
+            self.gate_hooks = PREDICTIONS.install(self.model)
         self.calibrated_norms = self._calibrate_norms()
         if self.dist.enabled:  # [ddp] DistributedDataParallel over the trainable tensors
             self.ddp = DDPHelper(self)
-
         self.batches, why_not = make_batches(self)
         self.speed["cache_frozen_prefix"] = self.batches.cached
         if why_not:
             self.speed["cache_frozen_prefix_note"] = why_not
         speed_levers.compile_if_asked(self)
+        probe.decide(self)
+
+    def _make_optimizer(self) -> None:
+        cfg = self.cfg
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum
         self.batches_per_epoch = max(1, math.ceil(len(self.train_samples) / (bs * self.dist.world)))
         self.steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / accum))
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
-
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         warmup = int(cfg.train.warmup_fraction * self.total_steps)
@@ -131,18 +162,8 @@ class Trainer(CheckpointMixin):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(self.total_steps, warmup))
         self.scaler = torch.amp.GradScaler("cuda") if self.speed["mixed_precision"] == "fp16" else None
 
-        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.best, self.bad_epochs = None, 0
-        self.acc = {"loss": 0.0, "correct": 0, "seen": 0}
-        self.first_loss: float | None = None
-        if self.resume:
-            self._restore()
-        else:
-            self._write_config()
-        trainable, total = lora.count_parameters(self.model)
-        run.log(f"{len(self.train_samples)} train / {len(self.val_samples)} val images, {len(self.classes)} classes; "
-                f"{len(self.layers)} LoRA layers; {trainable:,} of {total:,} parameters trainable; "
-                f"device {self.device}, {threads} threads; {speed_levers.describe(self.speed)}")
+    def _first_model(self) -> None:
+        probe.first_model(self)   # the linear probe: saved as best/ for Test, LoRA starts from its head
 
     def _calibrate_norms(self) -> list[str]:
         # before the prefix cache, which must see the final statistics; on resume too (a
@@ -199,65 +220,14 @@ class Trainer(CheckpointMixin):
         cfg = self.cfg
         self._mark_boundary()
         self.last_checkpoint = time.time()
-        rate = StepRate()   # time left from the last steps' rate, never from set-up time
+        self.rate = StepRate()   # time left from the last steps' rate, never from set-up time
         self.reporter.report_progress(min(self.epoch + 1, cfg.train.epochs), self.step, self.total_steps, None)
         self.reporter.report_status("running", f"training on {self.device}")
-        accum = cfg.train.grad_accum
         while self.epoch < cfg.train.epochs:
             if self._early_stop():  # checked here too, so resuming an early-stopped run stays stopped
                 self.folder.log(f"early stopping: no improvement for {cfg.train.early_stop_patience} epochs")
                 break
-            self.model.train()
-            lora.train_mode(self.model)
-            micro, tick = 0, time.time()
-            step_loss, step_images = 0.0, 0
-            self.optimizer.zero_grad(set_to_none=True)
-            batches = iter(self._epoch_batches(self.epoch, self.batch_in_epoch))
-            epoch_batches = distributed.epoch_batches(len(self.train_samples), self.epoch_start, self.dist.world,
-                                                      cfg.train.batch_size)
-            while True:
-                # before the next batch is even decoded: stop/pause act at once ([ddp]: at the next step)
-                self.ddp.controls(act=True) if self.ddp else self.reporter.check_controls()
-                try:
-                    x, y = next(batches)
-                except StopIteration:
-                    break
-                y = y.to(self.device)
-                if self.ddp:  # [ddp] forward/backward on this rank's slice; its sums are reduced at the step
-                    with norm_calibration.lone_sample(self.model, len(y)):
-                        self.ddp.micro_batch(self._to_device(x), y, accum)
-                else:
-                    with self.autocast(), norm_calibration.lone_sample(self.model, len(y)):
-                        logits = self.batches.forward(self.model, x)
-                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.train.label_smoothing)
-                    value = loss.item()
-                    self._check_loss(value)
-                    (self.scaler.scale(loss / accum) if self.scaler else loss / accum).backward()
-                    self.acc["loss"] += value * len(y)
-                    self.acc["correct"] += int((logits.argmax(1) == y).sum())
-                    self.acc["seen"] += len(y)
-                    step_loss += value * len(y)
-                    step_images += len(y)
-                micro += 1
-                self.batch_in_epoch += 1
-                if micro % accum and self.batch_in_epoch < epoch_batches:
-                    continue
-                if self.ddp:  # [ddp] one all-reduce: the step's loss/accuracy sums, checkpoint and stop flags
-                    step_loss, step_images = self.ddp.end_step(cfg.train.checkpoint_minutes * 60)
-                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-                self._optimizer_step()
-                now = time.time()
-                row = {"kind": "step", "epoch": self.epoch + 1, "step": self.step, "loss": step_loss / step_images,
-                       "lr": lr, "images_per_s": step_images / max(now - tick, 1e-9), "time": now}
-                self._emit(row)
-                self._mark_boundary()
-                rate.mark(now - self.reporter.paused_seconds, self.step)
-                self.reporter.report_progress(self.epoch + 1, self.step, self.total_steps,
-                                              rate.eta(self.total_steps - self.step))
-                tick, step_loss, step_images = time.time(), 0.0, 0
-                if (self.ddp.checkpoint_due if self.ddp else  # [ddp] rank 0's clock decides for all
-                        now - self.last_checkpoint > cfg.train.checkpoint_minutes * 60):
-                    self._flush_and_checkpoint()
+            self._train_epoch()
             self._end_epoch()
         if self.step >= self.total_steps:
             self.reporter.report_progress(cfg.train.epochs, self.step, self.total_steps, 0.0)
@@ -265,9 +235,73 @@ class Trainer(CheckpointMixin):
         self._flush_and_checkpoint()
         best = self.best or {}
         self.folder.update_status(best_val_acc=best.get("val_acc"), best_epoch=best.get("epoch"))
-        self.reporter.report_status("finished", f"best validation accuracy "
-                       f"{best.get('val_acc', float('nan')):.1%} (epoch {best.get('epoch', '?')})"
-                       if best.get("val_acc") is not None else "finished")
+        where = "the linear probe" if best.get("epoch") == 0 else f"epoch {best.get('epoch', '?')}"
+        self.reporter.report_status("finished", f"best validation accuracy {best.get('val_acc', float('nan')):.1%} "
+                                    f"({where})" if best.get("val_acc") is not None else "finished")
+
+    def _train_epoch(self) -> None:
+        """The current epoch's batches (from ``batch_in_epoch`` on), an optimizer step every ``grad_accum``."""
+        cfg = self.cfg
+        accum = cfg.train.grad_accum
+        self.model.train()
+        lora.train_mode(self.model)
+        micro, tick = 0, time.time()
+        step_loss, step_images = 0.0, 0
+        self.optimizer.zero_grad(set_to_none=True)
+        batches = iter(self._epoch_batches(self.epoch, self.batch_in_epoch))
+        epoch_batches = distributed.epoch_batches(len(self.train_samples), self.epoch_start, self.dist.world,
+                                                  cfg.train.batch_size)
+        while True:
+            # before the next batch is even decoded: stop/pause act at once ([ddp]: at the next step)
+            self.ddp.controls(act=True) if self.ddp else self.reporter.check_controls()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            loss_sum, images = self._micro_batch(x, y.to(self.device), accum)
+            step_loss, step_images = step_loss + loss_sum, step_images + images
+            micro += 1
+            self.batch_in_epoch += 1
+            if micro % accum and self.batch_in_epoch < epoch_batches:
+                continue
+            self._end_step(step_loss, step_images, tick)
+            tick, step_loss, step_images = time.time(), 0.0, 0
+
+    def _micro_batch(self, x, y, accum: int) -> tuple[float, int]:
+        """Forward and backward of one batch; (its loss sum, its images) for the step's row."""
+        if self.ddp:  # [ddp] forward/backward on this rank's slice; its sums are reduced at the step
+            with norm_calibration.lone_sample(self.model, len(y)):
+                self.ddp.micro_batch(self._to_device(x), y, accum)
+            return 0.0, 0
+        with self.autocast(), norm_calibration.lone_sample(self.model, len(y)):
+            logits = self.batches.forward(self.model, x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.train.label_smoothing)
+        value = loss.item()
+        self._check_loss(value)
+        (self.scaler.scale(loss / accum) if self.scaler else loss / accum).backward()
+        self.acc["loss"] += value * len(y)
+        self.acc["correct"] += int((logits.argmax(1) == y).sum())
+        self.acc["seen"] += len(y)
+        return value * len(y), len(y)
+
+    def _end_step(self, step_loss: float, step_images: int, tick: float) -> None:
+        """The optimizer step, its metrics row and progress, and a checkpoint when one is due."""
+        cfg = self.cfg
+        if self.ddp:  # [ddp] one all-reduce: the step's loss/accuracy sums, checkpoint and stop flags
+            step_loss, step_images = self.ddp.end_step(cfg.train.checkpoint_minutes * 60)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+        self._optimizer_step()
+        now = time.time()
+        row = {"kind": "step", "epoch": self.epoch + 1, "step": self.step, "loss": step_loss / step_images,
+               "lr": lr, "images_per_s": step_images / max(now - tick, 1e-9), "time": now}
+        self._emit(row)
+        self._mark_boundary()
+        self.rate.mark(now - self.reporter.paused_seconds, self.step)
+        self.reporter.report_progress(self.epoch + 1, self.step, self.total_steps,
+                                      self.rate.eta(self.total_steps - self.step))
+        if (self.ddp.checkpoint_due if self.ddp else  # [ddp] rank 0's clock decides for all
+                now - self.last_checkpoint > cfg.train.checkpoint_minutes * 60):
+            self._flush_and_checkpoint()
 
     def _check_loss(self, value: float) -> None:
         step = self.step + 1
@@ -328,8 +362,11 @@ class Trainer(CheckpointMixin):
                "train_acc": self.acc["correct"] / seen, "val_loss": val_loss, "val_acc": val_acc, "time": time.time()}
         self._emit(row)
         # without validation images there is nothing to compare: the latest epoch is the best one
+        # the first model (the linear probe, epoch 0) gives way to LoRA at equal accuracy: it stays
+        # best only when LoRA does worse on the validation images
         improved = (self.best is None or val_acc is None or self.best.get("val_acc") is None
-                    or (val_acc, -val_loss) > (self.best["val_acc"], -self.best["val_loss"]))
+                    or (val_acc, -val_loss) > (self.best["val_acc"], -self.best["val_loss"])
+                    or (self.best.get("epoch") == 0 and val_acc >= self.best["val_acc"]))
         if improved:
             self.best = {"epoch": self.epoch + 1, "val_acc": val_acc, "val_loss": val_loss}
             self.bad_epochs = 0

@@ -32,8 +32,12 @@ def loss_figure(step_rows: list[dict], epoch_rows: list[dict] | None = None) -> 
     return fig
 
 
-def accuracy_figure(epoch_rows: list[dict]) -> go.Figure:
+def accuracy_figure(epoch_rows: list[dict], first_model_acc: float | None = None) -> go.Figure:
+    """Accuracy per epoch; ``first_model_acc``: the linear probe's, at epoch 0 (before LoRA)."""
     fig = go.Figure()
+    if first_model_acc is not None:
+        fig.add_scatter(x=[0], y=[first_model_acc], mode="markers", name="first model (linear probe, before LoRA)",
+                        marker=dict(symbol="star", size=13, color="#a855f7"))
     epochs = [r["epoch"] for r in epoch_rows]
     fig.add_scatter(x=epochs, y=[r.get("train_acc") for r in epoch_rows], mode="lines+markers",
                     name="train accuracy", line=dict(color="#38bdf8"))

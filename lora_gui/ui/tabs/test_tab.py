@@ -43,8 +43,9 @@ def _no_adapter_yet(source: str) -> str | None:
     if run.exists() and not (run.path / "best").is_dir():
         status = run.read_status().get("status", "")
         if status in ("queued", "running", "paused", "stopping"):
-            return (f"Run {run.path.name} has no trained adapter yet: the first one is saved at the end of the "
-                    "first epoch. Wait for it, or pick a finished run in the Runs tab.")
+            return (f"Run {run.path.name} has no trained adapter yet: the first one is saved when set-up ends "
+                    "(a linear probe, where the run can make one) or at the end of the first epoch. Wait for it, "
+                    "or pick a finished run in the Runs tab.")
         return (f"Run {run.path.name} ({status or 'unknown status'}) has no trained adapter yet: it ended before "
                 "its first epoch finished. Pick another run in the Runs tab, or resume this one.")
     return None
@@ -85,6 +86,11 @@ def _run_line(run_dir: Path) -> str:
     epoch = status.get("best_epoch")
     best = (f"best adapter (epoch {epoch}" + (f", validation accuracy {acc:.1%}" if isinstance(acc, (int, float)) else "")
             + ")") if epoch else "best adapter so far"
+    if epoch == 0:   # issue 15: the linear probe saved before LoRA trains (training/probe.py)
+        best = ("the first model: the linear probe, head only, before LoRA"
+                + (f" (validation accuracy {acc:.1%})" if isinstance(acc, (int, float)) else "")
+                + (" — LoRA is still training; testing switches to its adapter when an epoch beats this"
+                   if status.get("status") in ("queued", "running", "paused", "stopping") else ""))
     on = dataset_name(s.get("source"))
     return (f"Model under test: **{md(run_label(s))}**" + (f" on {md(on)}" if on else "") + f", {best} — "
             f"{s['classes']} classes, LoRA rank {s['rank']}, run status *{s['status']}* (folder `{s['run']}`).")
@@ -95,7 +101,7 @@ def describe_source(session) -> str:
     source = session.current_model()
     pending = session.pending_run
     note = (f" Run **{Path(pending).name}** is training: testing switches to it once it has saved its first "
-            "adapter (end of epoch 1)." if pending and pending != source else "")
+            "adapter (a linear probe after set-up, or the end of epoch 1)." if pending and pending != source else "")
     if not source:
         return f"**No model yet.** {_own_run_note(session) or NO_MODEL + '.'}"
     if session.model_note:

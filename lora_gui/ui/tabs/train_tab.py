@@ -17,7 +17,7 @@ import gradio as gr
 
 from ...errors import ConfigError, ModelError
 from ...jobs.registry import set_owner
-from ...store.run_folder import FINAL_STATUSES
+from ...store.run_folder import FINAL_STATUSES, RunFolder
 from .. import attach, charts, torchrun_choice
 from ..access import owner_id
 from ..common import PRIVATE, caller_host
@@ -111,12 +111,18 @@ def buttons(status: str | None, can_pause: bool = True):
             gr.Button(interactive=status == "paused"), gr.Button(interactive=status in ("queued", "running", "paused")))
 
 
+def first_model_acc(snap) -> float | None:
+    """The validation accuracy of the run's first model (the linear probe), if it has one."""
+    first = RunFolder(snap.run_dir).read_status().get("first_model") if snap.run_dir else None
+    return first.get("val_acc") if isinstance(first, dict) else None
+
+
 def figures(snap) -> tuple:
     """Loss, accuracy, the note that stands in for accuracy during epoch 1, learning rate."""
-    steps, epochs = bool(snap.step_rows), bool(snap.epoch_rows)
+    steps, epochs, first = bool(snap.step_rows), bool(snap.epoch_rows), first_model_acc(snap)
     return (gr.Plot(charts.loss_figure(snap.step_rows, snap.epoch_rows), visible=steps),
-            gr.Plot(charts.accuracy_figure(snap.epoch_rows), visible=epochs),
-            gr.Markdown(visible=steps and not epochs and not snap.done),   # no promise after the run ended
+            gr.Plot(charts.accuracy_figure(snap.epoch_rows, first), visible=epochs or first is not None),
+            gr.Markdown(visible=steps and not epochs and first is None and not snap.done),  # no promise after the end
             gr.Plot(charts.lr_figure(snap.step_rows), visible=steps))
 
 

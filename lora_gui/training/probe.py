@@ -1,0 +1,133 @@
+"""A first model in seconds: the head trained alone on the cached features, before LoRA starts.
+
+With the frozen prefix cached (``batches.CachedBatches``), running the rest of the model once
+over each image's cached input gives its pooled features (LoRA's B is zero at the start, so this
+is the base model). A linear head trained on them for 50 cheap epochs (the linear probe,
+Teachable Machine's way) is saved as the run's first ``best/`` adapter, so the Test tab can use
+it while LoRA trains, and LoRA then starts from this head instead of a random one (linear probe
+then fine-tune: a random head's large early gradients would first push the adapted layers the
+wrong way; Kumar et al. 2022, "Fine-tuning can distort pretrained features").
+
+Only for a single ``nn.Linear`` classifier trained in full (the usual timm head); deterministic
+for a seed, so a run restarted from its beginning gets the same head.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..lora.targets import classifier_names, head_modules
+
+EPOCHS, LR, BATCH = 50, 1e-3, 16
+STAGE = "linear probe"   # the adapter's metrics say which model it is (the Test tab shows it)
+
+
+def decide(trainer) -> None:
+    """Whether the run starts with the probe, in its speed record (config.json)."""
+    note = why_not(trainer)
+    trainer.speed["linear_probe"] = not note
+    if note:
+        trainer.speed["linear_probe_note"] = note
+
+
+def why_not(trainer) -> str:
+    """'' when the probe runs, else why it does not."""
+    if trainer.cfg.train.linear_probe == "off":
+        return "off in the config"
+    if not getattr(trainer.batches, "cached", False):
+        return "needs the frozen-prefix cache (the features are computed from it)"
+    names = classifier_names(trainer.model)
+    if len(names) != 1 or head_modules(trainer.model) != names:
+        return "the head is not a single classifier layer"
+    if not isinstance(trainer.model.get_submodule(names[0]), nn.Linear):
+        return "the classifier is not a linear layer"
+    return ""
+
+
+@torch.no_grad()
+def features(trainer, cached: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The classifier's input (pooled features, fp32) for each cached boundary input."""
+    model, head = trainer.model, trainer.model.get_submodule(classifier_names(trainer.model)[0])
+    got: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda module, args: got.append(args[0].float().cpu()))
+    model.eval()
+    try:
+        for start in range(0, len(cached), batch_size):
+            trainer.reporter.check_controls()
+            with trainer.autocast():
+                trainer.batches.forward(model, cached[start:start + batch_size])
+    finally:
+        handle.remove()
+    return torch.cat(got) if got else torch.empty(0)
+
+
+def fit_head(feats: torch.Tensor, labels: torch.Tensor, classes: int, seed: int,
+             weight_decay: float = 0.0, label_smoothing: float = 0.0) -> nn.Linear:
+    """A linear head trained on fixed features: Adam, ``EPOCHS`` epochs of ``BATCH``-image steps."""
+    threads = torch.get_num_threads()
+    # one thread: steps this small only pay for a thread team's start-up and barriers (measured
+    # 20x slower with two threads on a busy 2-core machine)
+    torch.set_num_threads(1)
+    try:
+        return _fit(feats, labels, classes, seed, weight_decay, label_smoothing)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(feats, labels, classes: int, seed: int, weight_decay: float, label_smoothing: float) -> nn.Linear:
+    # its own random numbers: the run's stream (dropout, flip views) stays as without the probe,
+    # and a resume that re-runs it (restarted from the beginning) continues the same stream
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(seed)
+        head = nn.Linear(feats.shape[1], classes)
+        opt = torch.optim.AdamW(head.parameters(), lr=LR, weight_decay=weight_decay)
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(EPOCHS):
+            for idx in torch.randperm(len(labels), generator=g).split(BATCH):
+                loss = F.cross_entropy(head(feats[idx]), labels[idx], label_smoothing=label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    return head
+
+
+def run(trainer) -> dict | None:
+    """Fit the head, copy it into the model, save ``best/``; the probe's metrics (None if not run)."""
+    if not trainer.speed.get("linear_probe"):
+        return None
+    started = time.time()
+    b = trainer.batches
+    feats = features(trainer, b.train_cache[0])
+    # the run's label smoothing: the probe's validation loss then compares fairly with LoRA's
+    # epochs when best/ is chosen (a sharper head would win every tie in accuracy)
+    t = trainer.cfg.train
+    fitted = fit_head(feats, b.train_labels, len(trainer.classes), t.seed, label_smoothing=t.label_smoothing)
+    head = trainer.model.get_submodule(classifier_names(trainer.model)[0])
+    with torch.no_grad():
+        head.weight.copy_(fitted.weight.to(head.weight))
+        head.bias.copy_(fitted.bias.to(head.bias))
+    metrics = {"epoch": 0, "stage": STAGE, "val_acc": None, "val_loss": None}
+    if len(b.val_labels):
+        with torch.no_grad():
+            logits = fitted(features(trainer, b.val_cache))
+        metrics["val_loss"] = F.cross_entropy(logits, b.val_labels).item()
+        metrics["val_acc"] = (logits.argmax(1) == b.val_labels).float().mean().item()
+    acc = f"{metrics['val_acc']:.1%}" if metrics["val_acc"] is not None else "n/a"
+    trainer.folder.log(f"first model (linear probe on the cached features, {EPOCHS} epochs) in "
+                       f"{time.time() - started:.1f} s: val acc {acc}; saved as best/, LoRA starts from its head")
+    return metrics
+
+
+def first_model(trainer) -> None:
+    """Run the probe (when the run starts with one) and make it the run's best model so far."""
+    metrics = run(trainer)
+    if metrics is None:
+        return
+    trainer.best = {k: metrics[k] for k in ("epoch", "val_acc", "val_loss")}
+    trainer._save_adapter("best", metrics)
+    # kept apart from best_*, which later epochs overwrite: the charts mark the first model
+    trainer.folder.update_status(best_val_acc=metrics["val_acc"], best_epoch=0,
+                                 first_model={"stage": metrics["stage"], "val_acc": metrics["val_acc"]})

@@ -1,0 +1,171 @@
+"""Issue 15's behaviours: the yield gate (predictions first), the first model (linear probe) saved
+before LoRA trains, and a prefix cache too big for memory kept in a file instead."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+import timm
+import torch
+
+from lora_gui import lora
+from lora_gui.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
+from lora_gui.inference.predict import load_adapter, predict
+from lora_gui.store.run_folder import RunFolder
+from lora_gui.training import batches
+from lora_gui.training.loop import Trainer
+from lora_gui.training.reporter import RecordingReporter
+from lora_gui.training.yield_gate import YieldGate
+
+
+def _wait_until(cond, what: str, timeout: float = 30.0) -> None:
+    end = time.time() + timeout
+    while not cond():
+        assert time.time() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _lora_model():
+    torch.manual_seed(0)
+    m = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    lora.inject_lora(m, LoraConfig(targets="late-blocks"))
+    return m
+
+
+# the yield gate ----------------------------------------------------------------
+def test_training_waits_at_its_next_block_while_a_prediction_runs():
+    gate = YieldGate(max_wait_s=60)
+    model = _lora_model()
+    gate.install(model)
+    done = threading.Event()
+
+    def train_step():
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        done.set()
+
+    gate.enter()   # a prediction is running
+    worker = threading.Thread(target=train_step)
+    worker.start()
+    _wait_until(lambda: gate.trainers_waiting == 1, "the training to wait at a yield point")
+    assert not done.is_set()
+    gate.leave()   # the prediction is over: the training goes on
+    worker.join(60)
+    assert done.is_set() and gate.yields >= 1 and not gate.busy
+
+
+def test_without_a_prediction_the_training_never_waits():
+    gate = YieldGate()
+    model = _lora_model()
+    handles = gate.install(model)
+    assert len(handles) > len(list(p for p in model.parameters() if p.requires_grad))  # blocks + tensors
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert gate.yields == 0
+
+
+def test_a_watched_model_holds_the_gate_during_its_forward_even_when_it_fails():
+    gate = YieldGate()
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    seen = []
+    model.fc.register_forward_pre_hook(lambda m, a: seen.append(gate.busy))
+    assert gate.watch(model) is gate.watch(model)   # watched once, however often it is asked
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert seen == [True] and not gate.busy
+    with pytest.raises(RuntimeError):
+        model(torch.randn(1, 5, 32, 32))   # wrong channel count: the forward raises
+    assert not gate.busy
+
+
+# the first model ------------------------------------------------------------------
+class _StopAtFirstStep(RecordingReporter):
+    """Stops the run once training proper starts: what set-up left behind can be inspected."""
+
+    def check_controls(self) -> None:
+        from lora_gui.errors import StopRequested
+        if any(msg.startswith("training on") for _, msg in self.statuses):
+            raise StopRequested
+
+
+def _config(root) -> RunConfig:
+    return RunConfig(model=ModelConfig(name="resnet18", weights="random", image_size=32),
+                     data=DataConfig(source=str(root), val_fraction=0.25),
+                     train=TrainConfig(epochs=2, batch_size=4))
+
+
+def _folder(make_image_folder):
+    return make_image_folder({f"{c}/{i}.png": (32, 32) for c in "abc" for i in range(8)}, "set")
+
+
+def test_a_first_model_is_saved_before_lora_trains_and_lora_starts_from_its_head(tmp_path, make_image_folder):
+    from lora_gui.errors import StopRequested
+    root = _folder(make_image_folder)
+    run = RunFolder(tmp_path / "run").create()
+    trainer = Trainer(_config(root), run, "cpu", _StopAtFirstStep(), interactive=True)
+    with pytest.raises(StopRequested):
+        trainer.run()
+    meta = json.loads((run.path / "best" / "adapter.json").read_text())
+    assert meta["metrics"]["stage"] == "linear probe" and meta["metrics"]["epoch"] == 0
+    assert run.read_status()["best_epoch"] == 0
+    assert json.loads(run.config_file.read_text())["speed"]["linear_probe"] is True
+    # the saved first model is the model LoRA starts from, and scores what the log says
+    loaded = load_adapter(run.path / "best")
+    assert torch.equal(loaded.model.fc.weight, trainer.model.fc.weight.detach())
+    val = trainer.val_samples
+    top = predict(loaded, [s.path for s in val], topk=1)
+    acc = sum(t[0][0] == trainer.classes[s.label] for t, s in zip(top, val)) / len(val)
+    assert acc == pytest.approx(meta["metrics"]["val_acc"])
+    # the Test tab and the Train tab's accuracy chart say that this is the first model, not LoRA's
+    from types import SimpleNamespace
+
+    from lora_gui.ui import charts
+    from lora_gui.ui.tabs import test_tab, train_tab
+    assert "the first model: the linear probe" in test_tab._run_line(run.path)
+    acc = train_tab.first_model_acc(SimpleNamespace(run_dir=str(run.path)))
+    assert acc == meta["metrics"]["val_acc"]
+    names = [t.name for t in charts.accuracy_figure([], acc).data]
+    assert any("first model" in n for n in names)
+    # the app's trainings use every core; the gate stands in for the core once kept free
+    assert torch.get_num_threads() == os.cpu_count() and trainer.gate_hooks
+
+
+def test_no_first_model_when_switched_off(tmp_path, make_image_folder):
+    from lora_gui.errors import StopRequested
+    root = _folder(make_image_folder)
+    cfg = _config(root)
+    cfg.train.linear_probe = "off"
+    run = RunFolder(tmp_path / "run").create()
+    with pytest.raises(StopRequested):
+        Trainer(cfg, run, "cpu", _StopAtFirstStep()).run()
+    assert not (run.path / "best").exists()
+    assert json.loads(run.config_file.read_text())["speed"]["linear_probe_note"] == "off in the config"
+
+
+# a prefix cache too big for memory ----------------------------------------------
+def test_cache_place_memory_disk_or_none(tmp_path):
+    mb = 2**20
+    assert batches.cache_place(10 * mb, 100 * mb, tmp_path, available=1000 * mb) == ("memory", "")
+    where, why = batches.cache_place(200 * mb, 100 * mb, tmp_path, available=1000 * mb)
+    assert where == "disk" and "over cache_mb=100" in why
+    where, why = batches.cache_place(80 * mb, 100 * mb, tmp_path, available=100 * mb)
+    assert where == "disk" and "memory available" in why
+    where, why = batches.cache_place(2**60, 100 * mb, tmp_path, available=1000 * mb)
+    assert where is None and "disk has" in why
+
+
+def test_a_cache_over_its_budget_goes_to_disk_and_trains_the_same(tmp_path, make_image_folder, monkeypatch):
+    root = _folder(make_image_folder)
+    rows = {}
+    for name in ("memory", "disk"):
+        if name == "disk":   # a machine with (almost) no memory left: the cache must not go there
+            monkeypatch.setattr(batches, "available_memory", lambda: 1)
+        reporter = RecordingReporter()
+        run = RunFolder(tmp_path / name).create()
+        Trainer(_config(root), run, "cpu", reporter).run()
+        speed = json.loads(run.config_file.read_text())["speed"]
+        assert speed["cache_frozen_prefix"] is True and speed["prefix_cache_storage"] == name
+        assert not list(run.path.glob(".prefix-cache-*"))   # nothing left behind
+        rows[name] = [(r["kind"], r.get("loss"), r.get("val_acc")) for r in reporter.rows]
+    assert rows["disk"] == rows["memory"]
