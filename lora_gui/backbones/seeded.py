@@ -26,12 +26,16 @@ _LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def seeded_build(seed: int):
-    """Hold the build lock and seed torch's generator; build (and inject LoRA) inside the block."""
+def seeded_build(seed: int, restore: bool = True):
+    """Hold the build lock and seed torch's generator; build (and inject LoRA) inside the block.
+
+    ``restore=False`` is for the training thread itself: its run goes on drawing from the seed's
+    stream after the build, as it always has (a run is reproducible from its seed alone)."""
     with _LOCK:
         state = torch.get_rng_state()
         torch.manual_seed(seed)
         try:
             yield
         finally:
-            torch.set_rng_state(state)
+            if restore:
+                torch.set_rng_state(state)

@@ -17,10 +17,10 @@ from .adapter_file import (
     read_adapter,
     resolve_adapter_file,
 )
-from .export_formats import FORMAT_PACKAGES, FORMATS, missing_packages  # noqa: F401  (re-exported)
-from .export_meta import EXPORT_META_KEY, _export_meta, _safetensors_metadata
 from .coreml_format import _write_coreml
 from .demo_app_format import _write_demo_app
+from .export_formats import FORMAT_PACKAGES, FORMATS, missing_packages  # noqa: F401  (re-exported)
+from .export_meta import EXPORT_META_KEY, _export_meta, _safetensors_metadata
 from .export_readme import _readme
 from .merged_format import MERGED_FILE, _merged_model, _write_merged
 from .onnx_format import _write_onnx, onnx_runner

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .. import lora
 from ..backbones.build import build_model, data_config
+from ..backbones.seeded import seeded_build
 from ..data.scan import Sample
 from ..data.sources import load_dataset
 from ..data.split import split_dataset
@@ -125,12 +126,13 @@ class Trainer(CheckpointMixin):
     def _build_model(self) -> None:
         """The model with its LoRA layers on the device, its speed levers and its batch source."""
         cfg = self.cfg
-        torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg.model, len(self.classes))
-        self.layers = (self._saved.layers if self.resume else
-                       lora.inject_lora(self.model, cfg.lora))
-        if self.resume:
-            lora.inject_lora(self.model, cfg.lora, self.layers)
+        # the seed's weights, whatever another thread of the app rebuilds meanwhile (backbones/seeded.py)
+        with seeded_build(cfg.train.seed, restore=False):
+            self.model = build_model(cfg.model, len(self.classes))
+            self.layers = (self._saved.layers if self.resume else
+                           lora.inject_lora(self.model, cfg.lora))
+            if self.resume:
+                lora.inject_lora(self.model, cfg.lora, self.layers)
         self.data_config = data_config(self.model, cfg.model.image_size)
         self.speed = speed_levers.choose(self)
         self.model.to(self.device)
