@@ -51,5 +51,5 @@ def test_training_time_leaves_out_pauses(tmp_path):
     job.unpause()
     assert job.wait(120) and job.status == "finished", job.message
     wall = time.time() - started
-    assert job.paused_seconds >= 1.5
+    assert job.paused_seconds >= 1.45   # the job's own clock readings: a few ms either side of the sleep
     assert job.run.read_status()["duration_s"] <= wall - job.paused_seconds + 0.2

@@ -81,7 +81,7 @@ def test_folder_upload_leaves_non_images_in_the_browser(app, tmp_path):
         text = page.inner_text("#lg-data-summary")
         assert "12 images used in 3 classes, 0 files skipped" in text, text      # nothing to skip on the server
         assert "3 other files left out in the browser" in text and ".txt 1" in text and ".mp4 1" in text
-        page.wait_for_function("document.getElementById('lg-folder-status').textContent"
+        page.wait_for_function("document.getElementById('lg-folder-status')?.textContent"
                                ".startsWith(\"Folder 'photos' · 12 images\")", timeout=30_000)
         assert page.locator(".toast-body").count() == 0 and page.locator(PILL).count() == 0
         shot(page, "folder-upload")

@@ -37,6 +37,10 @@ def why_not(trainer) -> str:
     """'' when the probe runs, else why it does not."""
     if trainer.cfg.train.linear_probe == "off":
         return "off in the config"
+    if trainer.dist.enabled:
+        # each rank holds only its shard of the cache: heads fitted apart would differ between ranks,
+        # and a run under torchrun must equal one process with the whole batch (tests/test_distributed.py)
+        return "not under torchrun (each process sees only its share of the images)"
     if not getattr(trainer.batches, "cached", False):
         return "needs the frozen-prefix cache (the features are computed from it)"
     names = classifier_names(trainer.model)
