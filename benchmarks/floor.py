@@ -60,12 +60,8 @@ def _batches(samples, dc: dict, batch_size: int):
     """Decoded + transformed batches, through the engine's own decoder (pre-shrunk, nothing kept)."""
     import torch
 
-    from lora_gui.data.images import (
-        DecodedCache,
-        ImageDataset,
-        build_transform,
-        cache_max_side,
-    )
+    from lora_gui.data.decoded_cache import DecodedCache, cache_max_side
+    from lora_gui.data.transforms import ImageDataset, build_transform
     ds = ImageDataset(samples, build_transform(dc, "none", False), DecodedCache(0, cache_max_side(dc)))
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
 

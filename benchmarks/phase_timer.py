@@ -62,7 +62,7 @@ class PhaseTimer:
     def engine(cls) -> PhaseTimer:
         """A timer around every piece of a default run (see floor.py's docstring)."""
         from lora_gui import lora
-        from lora_gui.data import images
+        from lora_gui.data import transforms
         from lora_gui.training import batches, loop, prefix_cache
         t = cls()
         t.wrap(loop.Trainer, "prepare", "prepare")
@@ -71,7 +71,7 @@ class PhaseTimer:
         t.wrap(loop.Trainer, "_calibrate_norms", "BatchNorm calibration")
         t.wrap(prefix_cache, "plan", "prefix plan")
         t.wrap(batches, "_compute", "prefix cache")
-        t.wrap(images.ImageDataset, "__getitem__", "decode + transform")
+        t.wrap(transforms.ImageDataset, "__getitem__", "decode + transform")
         t.wrap(loop.Trainer, "_write_config", "config + split files")
         t.wrap(loop.Trainer, "_train", "train loop")
         t.wrap(loop.Trainer, "evaluate", "validation")

@@ -20,13 +20,9 @@ from conftest import write_colour_folder
 from lora_gui import lora
 from lora_gui.backbones.build import build_model
 from lora_gui.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
-from lora_gui.data.images import (
-    DecodedCache,
-    ImageDataset,
-    build_transform,
-    cache_max_side,
-)
+from lora_gui.data.decoded_cache import DecodedCache, cache_max_side
 from lora_gui.data.scan import Sample
+from lora_gui.data.transforms import ImageDataset, build_transform
 from lora_gui.errors import StopRequested, TrainingFailed
 from lora_gui.jobs.device_queue import DeviceQueue
 from lora_gui.jobs.training_job import TrainingJob

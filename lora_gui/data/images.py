@@ -192,17 +192,3 @@ def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Imag
             raise
         except Exception as exc:
             raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
-
-
-# Moved to their own modules (issue #15.3); training/batches.py and store/parity.py, owned by other
-# work in progress, still import them from here. Resolved on first use, so importing this module
-# stays torch-free.
-_MOVED = {"DecodedCache": "decoded_cache", "cache_max_side": "decoded_cache", "image_nbytes": "decoded_cache",
-          "ImageDataset": "transforms", "build_transform": "transforms"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.images import build_transform, cache_max_side, load_rgb
+from ..data.decoded_cache import cache_max_side
+from ..data.images import load_rgb
+from ..data.transforms import build_transform
 from ..errors import DataError, ExportError
 from .adapter_file import AdapterMeta
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.images import DecodedCache, ImageDataset, build_transform, cache_max_side
+from ..data.decoded_cache import DecodedCache, cache_max_side
+from ..data.transforms import ImageDataset, build_transform
 from . import norm_calibration, prefix_cache
 
 CACHEABLE_AUGMENTATIONS = ("none", "flip")
