@@ -11,17 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from lora_gui.data.bundled import example_dataset_path
 from lora_gui.data.class_builder import ClassBuilder
 from lora_gui.data.decoded_cache import DecodedCache, cache_max_side
 from lora_gui.data.images import MAX_IMAGE_PIXELS, load_rgb
-from lora_gui.data.transforms import ImageDataset, build_transform
-from lora_gui.data.sources import (
-    dataset_from_files,
-    example_dataset_path,
-    gallery_items,
-    load_dataset,
-)
+from lora_gui.data.sources import dataset_from_files, gallery_items, load_dataset
 from lora_gui.data.split import split_counts, split_dataset
+from lora_gui.data.transforms import ImageDataset, build_transform
 from lora_gui.errors import DataError
 from lora_gui.ui.charts import class_distribution_figure
 

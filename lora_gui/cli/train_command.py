@@ -79,7 +79,7 @@ def build_config(args):
     """Preset (if any) first, then each flag given on the command line overrides it."""
     from ..backbones.weights import BUNDLED_MODEL
     from ..config import RunConfig, load_preset
-    from ..data.bundled import EXAMPLE_WORD, builtin_preset, builtin_presets_dir, example_dataset_path
+    from ..data.bundled import builtin_preset, builtin_presets_dir, source_path
     from ..errors import ConfigError
     preset = args.preset
     if preset and not Path(preset).exists():
@@ -94,8 +94,7 @@ def build_config(args):
            else load_preset(preset)[0] if preset else RunConfig())
     d = cfg.to_dict()
     if args.data:
-        example = args.data == EXAMPLE_WORD and not Path(args.data).exists()   # `--data example`
-        d["data"]["source"] = str(example_dataset_path() if example else Path(args.data).expanduser().resolve())
+        d["data"]["source"] = str(source_path(args.data).resolve())   # `--data example`: the built-in one
     if args.model:
         if not args.weights and args.model != d["model"]["name"]:
             # another model than the preset's: its weights come from where that model's are

@@ -10,16 +10,12 @@ class-by-class builder in ``class_builder``. No UI code.
 """
 from ..errors import DataError
 from .archives import ArchiveLimits
+from .bundled import example_dataset_path
 from .class_builder import ClassBuilder
 from .decoded_cache import DecodedCache, cache_max_side
 from .images import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, load_rgb
 from .scan import Dataset, FileReport, Sample, ValidationReport
-from .sources import (
-                     dataset_from_files,
-                     example_dataset_path,
-                     gallery_items,
-                     load_dataset,
-)
+from .sources import dataset_from_files, gallery_items, load_dataset
 from .split import split_counts, split_dataset
 
 __all__ = [

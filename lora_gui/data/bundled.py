@@ -9,6 +9,7 @@ the installed copy when there is one, else the checkout's folder (a source tree,
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -27,6 +28,15 @@ def bundled_path(*parts: str) -> Path:
 def example_dataset_path() -> Path:
     """The built-in Fashion-MNIST sample (4 classes of small PNGs)."""
     return bundled_path("assets", "example")
+
+
+def source_path(source: str | os.PathLike) -> Path:
+    """A data source as a path: the built-in example dataset for the word ``example`` (a file or
+    folder of that name still wins), else ``source`` with ``~`` expanded."""
+    path = Path(source).expanduser()
+    if str(source).strip() == EXAMPLE_WORD and not path.exists():
+        return example_dataset_path()
+    return path
 
 
 def builtin_presets_dir() -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .archives import ArchiveLimits, extract_archive, is_archive_name, place_uploads
-from .bundled import EXAMPLE_WORD, example_dataset_path
+from .bundled import source_path
 from .files import file_type
 from .fixes import apply_fixes
 from .scan import Dataset, FileReport, build_dataset, unwrap
@@ -29,9 +29,7 @@ def load_dataset(source: str | os.PathLike, workspace: str | os.PathLike,
 
 
 def _load(source, workspace, limits: ArchiveLimits | None, scan_seconds: float | None) -> Dataset:
-    path = Path(source).expanduser()
-    if str(source).strip() == EXAMPLE_WORD and not path.exists():   # a folder of that name still wins
-        path = example_dataset_path()
+    path = source_path(source)   # `example` is the built-in example dataset
     if not str(source).strip() or not path.exists():
         raise DataError(f"'{source}' does not exist: give a folder of class folders, a "
                         f".zip/.tar/.tar.gz archive or a .csv file")
