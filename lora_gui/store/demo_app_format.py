@@ -16,10 +16,10 @@ import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
-from ..backbones.build import size_kwargs
 from ..errors import AdapterError
 from .adapter_file import AdapterMeta, read_adapter, resolve_adapter_file
 from .calibration_file import CALIBRATION_FILE, Calibration, read_calibration
+from .export_readme import _size_arg
 from .merged_format import _write_merged
 
 TEMPLATE = Path(__file__).resolve().parent / "demo_app_template"
@@ -48,8 +48,7 @@ def _template_values(meta: AdapterMeta, cal: Calibration) -> dict[str, str]:
             "N_CLASSES": str(len(classes)), "CLASS_LIST": shown, "GRADIO_VERSION": gradio_version,
             "TIMM_VERSION": timm.__version__.split("+")[0], "THRESHOLD": f"{cal.threshold:.0%}",
             # a ViT trained at another resolution than its own is rebuilt at that size
-            "MODEL_KWARGS": "".join(f", {k}={v!r}" for k, v in size_kwargs(meta.model.name,
-                                                                          meta.model.image_size).items())}
+            "MODEL_KWARGS": _size_arg(meta)}
 
 
 def _write_demo_app(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Path:
