@@ -80,17 +80,18 @@ def get_test_model(session) -> LoadedAdapter:
 
 
 def _run_line(run_dir: Path) -> str:
-    s = RunFolder(run_dir).summary()
-    status = RunFolder(run_dir).read_status()
-    acc = status.get("best_val_acc")
-    epoch = status.get("best_epoch")
-    best = (f"best adapter (epoch {epoch}" + (f", validation accuracy {acc:.1%}" if isinstance(acc, (int, float)) else "")
-            + ")") if epoch else "best adapter so far"
+    run = RunFolder(run_dir)
+    s, status = run.summary(), run.read_status()
+    acc, epoch = status.get("best_val_acc"), status.get("best_epoch")
+    acc_text = f"validation accuracy {acc:.1%}" if isinstance(acc, (int, float)) else ""
     if epoch == 0:   # issue 15: the linear probe saved before LoRA trains (training/probe.py)
-        best = ("the first model: the linear probe, head only, before LoRA"
-                + (f" (validation accuracy {acc:.1%})" if isinstance(acc, (int, float)) else "")
+        best = ("the first model: the linear probe, head only, before LoRA" + (f" ({acc_text})" if acc_text else "")
                 + (" — LoRA is still training; testing switches to its adapter when an epoch beats this"
                    if status.get("status") in ("queued", "running", "paused", "stopping") else ""))
+    elif epoch:
+        best = f"best adapter (epoch {epoch}" + (f", {acc_text}" if acc_text else "") + ")"
+    else:
+        best = "best adapter so far"
     on = dataset_name(s.get("source"))
     return (f"Model under test: **{md(run_label(s))}**" + (f" on {md(on)}" if on else "") + f", {best} — "
             f"{s['classes']} classes, LoRA rank {s['rank']}, run status *{s['status']}* (folder `{s['run']}`).")
