@@ -227,6 +227,17 @@ def launch(kind: str, spec: dict, timeout: int = 1800) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def tune_malloc() -> str:
+    """Every worker (the floor and the baseline too) runs with the allocator settings the CLI and the
+    app start with, so the floor stays the fastest pass this machine does (LORA_GUI_MALLOC_TUNING=0:
+    glibc's defaults everywhere). An older tree without them (``--before``) runs with the defaults."""
+    try:
+        from lora_gui import malloc_tuning
+    except ImportError:
+        return "not in this lora_gui"
+    return malloc_tuning.tune()
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -325,7 +336,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.worker:
         kind, spec = a.worker
-        print(json.dumps(WORKERS[kind](json.loads(spec))))
+        malloc = tune_malloc()
+        print(json.dumps(dict(WORKERS[kind](json.loads(spec)), malloc=malloc)))
         return 0
     data, held_out = fmnist_sets(a.train_per_class, a.val_per_class, a.held_out_per_class)
     workspace = HERE / ".data" / "floor-runs"

@@ -78,6 +78,7 @@ class PhaseTimer:
         t.wrap(loop.Trainer, "_save_adapter", "save adapter")
         t.wrap(loop.Trainer, "_flush_and_checkpoint", "checkpoint")
         t.wrap(loop.Trainer, "_optimizer_step", "optimizer step")
+        t.wrap(loop.Trainer, "_micro_batch", "forward + backward")
         if hasattr(loop.Trainer, "_first_model"):  # issue 15's linear probe (newer engines only)
             t.wrap(loop.Trainer, "_first_model", "first model (linear probe)")
         return t

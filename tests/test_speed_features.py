@@ -169,3 +169,112 @@ def test_a_cache_over_its_budget_goes_to_disk_and_trains_the_same(tmp_path, make
         assert not list(run.path.glob(".prefix-cache-*"))   # nothing left behind
         rows[name] = [(r["kind"], r.get("loss"), r.get("val_acc")) for r in reporter.rows]
     assert rows["disk"] == rows["memory"]
+
+
+# the first model before the mirrored views ------------------------------------------
+def test_the_first_model_is_ready_before_the_mirrored_views_and_the_cache_holds_them(tmp_path, make_image_folder):
+    from lora_gui.data.transforms import ImageDataset, build_transform
+    root = _folder(make_image_folder)
+    run = RunFolder(tmp_path / "run").create()
+    cfg = _config(root)
+    cfg.model.name, cfg.model.weights = "tf_efficientnet_lite0", "random"
+    trainer = Trainer(cfg, run, "cpu", RecordingReporter())
+    trainer.run()
+    log = run.log_tail(40)
+    first = next(i for i, line in enumerate(log) if "first model (linear probe" in line)
+    mirrored = next(i for i, line in enumerate(log) if "mirrored views of the 18 training images" in line)
+    assert first < mirrored, log
+    # view 1 of every training image is the frozen front's output for the mirrored image
+    b = trainer.batches
+    assert b.train_cache.shape[0] == 2 and not b.pending_views
+    ds = ImageDataset(trainer.train_samples, build_transform(trainer.data_config, "none", False))
+    x = trainer._to_device(torch.stack([ds[i][0] for i in range(len(ds))]))
+    trainer.model.eval()
+    with torch.no_grad(), trainer.autocast():
+        assert torch.equal(b.plan.capture(trainer.model, x.flip(-1)), b.train_cache[1])
+        assert torch.equal(b.plan.capture(trainer.model, x), b.train_cache[0])
+
+
+# strided depthwise convolutions train in fp32 under CPU bf16 -----------------------
+def test_strided_depthwise_convs_go_through_autograd_in_fp32_and_nothing_else_changes():
+    import copy
+
+    from lora_gui.training import depthwise_fp32
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=3)
+    lora.inject_lora(model, LoraConfig(targets="auto"))
+    keys = list(model.state_dict())
+    names = depthwise_fp32.apply(model)
+    # EfficientNet-Lite0 downsamples in four depthwise convs (blocks 1-3 and 5)
+    assert names == ["blocks.1.0.conv_dw", "blocks.2.0.conv_dw", "blocks.3.0.conv_dw", "blocks.5.0.conv_dw"]
+    assert list(model.state_dict()) == keys   # the saved files are the same
+    dtypes = {}
+    conv = model.get_submodule(names[-1])
+    conv.register_forward_hook(lambda m, a, out: dtypes.update({torch.is_grad_enabled(): out.dtype}) and None)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            model.eval()(x)
+        model.train()(x).float().sum().backward()
+    assert dtypes == {False: torch.bfloat16, True: torch.float32}
+    lora_grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
+    assert lora_grads and all(g is not None and torch.isfinite(g).all() for g in lora_grads)
+    # a copy's convolutions run as the copy's own (not the original's weights)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.get_submodule(names[-1]).weight.zero_()
+        assert not torch.equal(twin.eval()(x), model.eval()(x))
+
+
+def test_a_cpu_bf16_run_records_the_fp32_depthwise_lever(tmp_path, make_image_folder):
+    root = _folder(make_image_folder)
+    cfg = _config(root)
+    cfg.model.name = "tf_efficientnet_lite0"
+    cfg.train.mixed_precision, cfg.train.epochs = "bf16", 1
+    run = RunFolder(tmp_path / "run").create()
+    Trainer(cfg, run, "cpu", RecordingReporter()).run()
+    assert json.loads(run.config_file.read_text())["speed"]["fp32_strided_depthwise"] == 4
+    assert any("4 strided depthwise conv(s) train in fp32" in line for line in run.log_tail(20))
+
+
+# the allocator settings ------------------------------------------------------------
+_FAULTS = """
+import resource
+from lora_gui import malloc_tuning
+print(malloc_tuning.tune())
+import torch
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def batch():   # a forward pass's activations: blocks of 1-48 MB alive together, then all freed
+    kept = [torch.ones(n << 18) for n in (1, 3, 6, 12, 24, 6, 3, 48, 12)]
+    del kept
+for _ in range(3):   # warm up: the heap grows once
+    batch()
+before = faults()
+for _ in range(20):
+    batch()
+print(faults() - before)
+"""
+
+
+def _faults(env_extra: dict) -> tuple[str, int]:
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=env, check=True)
+    lines = out.stdout.strip().splitlines()
+    return lines[0], int(lines[-1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="glibc's malloc (Linux) only")
+def test_tuned_malloc_keeps_freed_activations_instead_of_faulting_them_in_again():
+    said, tuned = _faults({})
+    assert said == "tuned"
+    said_off, default = _faults({"LORA_GUI_MALLOC_TUNING": "0"})
+    assert said_off.startswith("off")
+    # glibc's defaults: freed blocks go back to the OS and fault in again page by page (115 MB a
+    # batch: ~29,000 faults); tuned, the heap keeps them
+    assert default > 20 * 10_000 and tuned < default / 20, (tuned, default)
+    said_user, _ = _faults({"MALLOC_ARENA_MAX": "2"})
+    assert said_user == "left as set in the environment"

@@ -9,6 +9,7 @@ import json
 import sys
 
 from ..config import DataConfig, ModelConfig
+from .. import malloc_tuning
 from ..errors import EXIT_BAD_INPUT, EXIT_OK
 from .train_command import add_config_arguments, cmd_train, field_help
 
@@ -119,6 +120,7 @@ APP_COMMAND = "app"
 
 def main(argv: list[str] | None = None) -> int:
     """``lora-gui`` alone (or ``lora-gui app [flags]``) launches the app; otherwise one command."""
+    malloc_tuning.tune()  # first, before any thread starts (see malloc_tuning)
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] == APP_COMMAND or (argv[0].startswith("--") and argv[0] not in ("--help", "-h")):
         from ..ui.launch import (

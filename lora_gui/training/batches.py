@@ -10,7 +10,6 @@ memory bound. Otherwise it says why, and training decodes images as usual.
 """
 from __future__ import annotations
 
-import ctypes
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from ..data.decoded_cache import DecodedCache, cache_max_side
 from ..data.transforms import ImageDataset, build_transform
+from ..malloc_tuning import release as release_free_memory
 from . import norm_calibration, prefix_cache
 
 CACHEABLE_AUGMENTATIONS = ("none", "flip")
@@ -62,6 +62,9 @@ class ImageBatches:
         self.batch_size, self.seed = cfg.train.batch_size, cfg.train.seed
         self.pin = trainer.device.startswith("cuda")
         self.workers = trainer.speed["dataloader_workers"]
+
+    def complete(self, trainer) -> None:
+        """Nothing is computed ahead (see ``CachedBatches.complete``)."""
         self.to_device = trainer._to_device
 
     def train_epoch(self, epoch: int, skip_samples: int):
@@ -88,6 +91,19 @@ class CachedBatches:
         self.batch_size, self.seed, self.device = trainer.cfg.train.batch_size, trainer.cfg.train.seed, trainer.device
         size = trainer.data_config["input_size"]
         self.dummy_shape = tuple(size)
+        self.pending_views = list(range(1, train_cache.shape[0]))
+
+    def complete(self, trainer) -> None:
+        """The views ``make_batches`` left for later (the mirrored images), before the first step."""
+        if not self.pending_views:
+            return
+        started = time.time()
+        for view in self.pending_views:
+            _compute(trainer, self.plan, trainer.train_samples, self.train_cache, view)
+        self.pending_views = []
+        release_free_memory()
+        trainer.folder.log(f"mirrored views of the {self.train_cache.shape[1]} training images cached in "
+                           f"{time.time() - started:.1f} s")
 
     def train_epoch(self, epoch: int, skip_samples: int):
         n = len(self.train_labels)
@@ -110,19 +126,10 @@ class CachedBatches:
             return model(self.plan.dummy_input(x.shape[0], self.dummy_shape, self.device))
 
 
-def release_free_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc): the set-up's forward passes leave
-    tens of MB of freed activations there, which would count in the process's memory all run."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
-        pass
-
-
 def compute_batch_size(device: str) -> int:
-    # small on CPU, where the batch's activations linger in the heap (see release_free_memory)
+    # small on CPU, where the batch's activations linger in the heap (see malloc_tuning)
     # and throughput is the same; large on a GPU, which small batches leave idle
-    return 8 if device == "cpu" else 64
+    return 32 if device == "cpu" else 64
 
 
 def _plain_dataset(trainer, samples) -> ImageDataset:
@@ -142,22 +149,21 @@ def calibration_batches(trainer):
     return _plain_batches(trainer, trainer.train_samples, norm_calibration.BATCH_SIZE)
 
 
-def _compute(trainer, plan, samples, flip_views: bool, dtype: torch.dtype, spill: Path | None = None) -> torch.Tensor:
-    """(views, N, *sample_shape): filled in place, batch by batch, so the peak is the cache
-    itself plus one batch's activations, not a list of pieces and their concatenation.
-    ``spill``: a file to hold it instead of memory (see ``_on_disk``)."""
-    views = 2 if flip_views else 1
-    shape = (views, len(samples), *plan.sample_shape)
-    out = _on_disk(spill, shape, dtype) if spill else torch.empty(shape, dtype=dtype)
+def _compute(trainer, plan, samples, out: torch.Tensor, view: int) -> None:
+    """``out[view]`` for every sample (view 1: the mirrored image), filled in place batch by batch,
+    so the peak is the cache itself plus one batch's activations."""
     trainer.model.eval()
     start = 0
     for x in _plain_batches(trainer, samples, compute_batch_size(trainer.device)):
-        with trainer.autocast():
-            out[0, start:start + len(x)] = plan.capture(trainer.model, x)
-            if flip_views:
-                out[1, start:start + len(x)] = plan.capture(trainer.model, x.flip(-1))
+        # no_grad: nothing of the frozen front is kept for autograd
+        with torch.no_grad(), trainer.autocast():
+            out[view, start:start + len(x)] = plan.capture(trainer.model, x.flip(-1) if view else x)
         start += len(x)
-    return out
+
+
+def _allocate(shape: tuple, dtype: torch.dtype, spill: Path | None) -> torch.Tensor:
+    """The cache's tensor, in memory or in ``spill`` (a file on disk, see ``_on_disk``)."""
+    return _on_disk(spill, shape, dtype) if spill else torch.empty(shape, dtype=dtype)
 
 
 def make_batches(trainer):
@@ -175,9 +181,9 @@ def make_batches(trainer):
     plan = prefix_cache.plan(trainer.model, example, trainer.autocast)
     if plan.reason:
         return ImageBatches(trainer), plan.reason
-    flip = cfg.data.augmentation == "flip"
+    views = 2 if cfg.data.augmentation == "flip" else 1
     dtype = plan.sample_dtype
-    need = plan.bytes_per_sample(dtype) * (len(trainer.train_samples) * (2 if flip else 1) + len(trainer.val_samples))
+    need = plan.bytes_per_sample(dtype) * (len(trainer.train_samples) * views + len(trainer.val_samples))
     where, why_not = cache_place(need, cfg.data.cache_mb * 2**20, trainer.folder.path)
     if where is None:
         return ImageBatches(trainer), why_not
@@ -185,16 +191,21 @@ def make_batches(trainer):
         trainer.folder.log(why_not)
     started = time.time()
     spill = (lambda part: trainer.folder.path / f".prefix-cache-{part}.bin") if where == "disk" else (lambda part: None)
-    train_cache = _compute(trainer, plan, trainer.train_samples, flip, dtype, spill("train"))
-    val_cache = (_compute(trainer, plan, trainer.val_samples, False, dtype, spill("val"))[0] if trainer.val_samples
-                 else torch.empty(0))
+    train_cache = _allocate((views, len(trainer.train_samples), *plan.sample_shape), dtype, spill("train"))
+    val_cache = (_allocate((1, len(trainer.val_samples), *plan.sample_shape), dtype, spill("val"))
+                 if trainer.val_samples else torch.empty((1, 0, *plan.sample_shape), dtype=dtype))
+    # the plain view first: the first model (training.probe) needs only it, and is ready for the
+    # Test tab before the mirrored views are computed (CachedBatches.complete)
+    _compute(trainer, plan, trainer.train_samples, train_cache, 0)
+    if trainer.val_samples:
+        _compute(trainer, plan, trainer.val_samples, val_cache, 0)
     release_free_memory()
     trainer.speed["prefix_cache_storage"] = where
-    trainer.folder.log(f"frozen prefix cached at {plan.boundary}: {train_cache.shape[1]} train x "
-                       f"{train_cache.shape[0]} view(s) + {len(trainer.val_samples)} val in "
-                       f"{time.time() - started:.1f} s ({(train_cache.nbytes + val_cache.nbytes) / 2**20:.0f} MB"
-                       f"{', in a file on disk' if where == 'disk' else ''})")
-    return CachedBatches(trainer, plan, train_cache, val_cache), ""
+    trainer.folder.log(f"frozen prefix cached at {plan.boundary}: {train_cache.shape[1]} train + "
+                       f"{len(trainer.val_samples)} val in {time.time() - started:.1f} s "
+                       f"({(train_cache.nbytes + val_cache.nbytes) / 2**20:.0f} MB{', in a file on disk' if where == 'disk' else ''}"
+                       f"{'; their mirrored views follow' if views == 2 else ''})")
+    return CachedBatches(trainer, plan, train_cache, val_cache[0]), ""
 
 
 # the prefix cache may take this share of the memory the OS says is available; the rest is left

@@ -101,6 +101,7 @@ class Trainer(CheckpointMixin):
             self._write_config()
         if self.step == 0:   # a new run, or one restarted from its beginning: a first model at once
             self._first_model()
+        self.batches.complete(self)   # the rest of the prefix cache (mirrored views), after the first model
         trainable, total = lora.count_parameters(self.model)
         run.log(f"{len(self.train_samples)} train / {len(self.val_samples)} val images, {len(self.classes)} classes; "
                 f"{len(self.layers)} LoRA layers; {trainable:,} of {total:,} parameters trainable; "
@@ -138,6 +139,7 @@ class Trainer(CheckpointMixin):
         self.model.to(self.device)
         if self.speed["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
+        speed_levers.depthwise_in_fp32(self)
         if self.interactive:  # the app: step aside for its predictions, already while caching
             self.gate_hooks = PREDICTIONS.install(self.model)
         self.calibrated_norms = self._calibrate_norms()

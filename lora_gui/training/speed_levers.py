@@ -12,7 +12,7 @@ import os
 import torch
 
 from ..lora.targets import _inside_class
-from . import compile_lever
+from . import compile_lever, depthwise_fp32
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -31,6 +31,8 @@ def describe(speed: dict) -> str:
     """The speed levers in use, in a few words for the log."""
     used = [speed["mixed_precision"] if speed["mixed_precision"] != "off" else "fp32"]
     used += [name.replace("_", " ") for name in ("channels_last", "compile") if speed.get(name)]
+    if speed.get("fp32_strided_depthwise"):
+        used.append(f"{speed['fp32_strided_depthwise']} strided depthwise conv(s) train in fp32")
     used.append("frozen prefix cached" if speed.get("cache_frozen_prefix")
                 else f"no prefix cache ({speed.get('cache_frozen_prefix_note', 'off')})")
     if speed.get("dataloader_workers"):
@@ -59,6 +61,12 @@ def choose(trainer) -> dict:
             "channels_last": t.channels_last == "on" or (t.channels_last == "auto" and fast_layout and is_cnn),
             "compile": False, "cache_frozen_prefix": False, "decoded_cache": trainer.cfg.data.cache_mb > 0,
             "dataloader_workers": workers, "pin_memory": cuda, "threads": torch.get_num_threads()}
+
+
+def depthwise_in_fp32(trainer) -> None:
+    """bf16 on a CPU: strided depthwise convolutions go back through autograd in fp32 (depthwise_fp32)."""
+    if trainer.speed["mixed_precision"] == "bf16" and trainer.device == "cpu":
+        trainer.speed["fp32_strided_depthwise"] = len(depthwise_fp32.apply(trainer.model))
 
 
 def compile_if_asked(trainer) -> None:

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .. import malloc_tuning
 from ..errors import EXIT_BAD_INPUT
 from ..store.cleanup import clean, clear_gradio_cache, gradio_cache_dir
 from .access import AccessPolicy, is_loopback
@@ -142,6 +143,7 @@ def policy_for(args, auth) -> AccessPolicy:
 
 
 def main(argv=None, prog: str | None = None) -> int:
+    malloc_tuning.tune()  # first, before gradio starts its threads (see malloc_tuning)
     args = parse_args(argv, prog)
     workspace = check_workspace(args.workspace)
     auth = resolve_auth(args)
