@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from floor import fmnist_sets, load_average
+from floor import fmnist_sets, load_average, tune_malloc
 
 PREDICTIONS_N, PREDICT_EVERY_S = 20, 0.2
 
@@ -182,7 +182,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.worker:
         kind = a.worker[0]
-        print(json.dumps(gate_overhead() if kind == "overhead" else worker(kind, json.loads(a.worker[1]))))
+        malloc = tune_malloc()   # as the CLI and the app start
+        result = gate_overhead() if kind == "overhead" else worker(kind, json.loads(a.worker[1]))
+        print(json.dumps(dict(result, malloc=malloc)))
         return 0
     if a.overhead_only:   # only the gate's cost, added to an existing results file
         target = Path(a.out or HERE / "results" / f"app-vs-cli-{time.strftime('%Y-%m-%d')}.json")
