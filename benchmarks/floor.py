@@ -206,7 +206,7 @@ def engine_worker(spec: dict) -> dict:
             "held_out_acc": _held_out_acc(run.path / "best", spec), "first_model_s": first_model.get("s"),
             "first_model_val_acc": first_model.get("val_acc"),
             "final_val_acc": epochs[-1]["val_acc"] if epochs else None, "epochs": len(epochs),
-            "steps": len(steps), "set": spec.get("set", []), "log": run.log_tail(40),
+            "steps": len(steps), "set": spec.get("set", []), "log": run.log_tail(40), "phases_missing": timer.missing,
             "threads": torch.get_num_threads(), "rss_added_mb": peak_memory_mb("cpu")["peak_rss_mb"] - baseline_rss,
             **peak_memory_mb("cpu")}
 

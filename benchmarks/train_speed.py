@@ -261,6 +261,10 @@ def _ratio(x, y) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
+        # both loops with the allocator settings the CLI and the app start with (floor.tune_malloc):
+        # the reference is not handicapped by glibc's defaults that lora_gui itself avoids
+        from floor import tune_malloc
+        tune_malloc()
         return run_worker(args.worker)
     if args.show:
         saved = json.loads(Path(args.show).read_text())

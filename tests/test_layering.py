@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lora_gui"
 # bottom to top; a module may import its own package and the rows below, never a row above or beside
-LAYERS = [{"errors", "malloc_tuning"}, {"config"}, {"lora", "data"}, {"backbones"}, {"store"}, {"training", "inference", "health"},
+LAYERS = [{"errors", "malloc_tuning", "openmp_teams"}, {"config"}, {"lora", "data"}, {"backbones"}, {"store"}, {"training", "inference", "health"},
           {"jobs"}, {"ui"}, {"cli"}]  # cli on top: `lora-gui` with no command launches the app
 MAX_LINES = 400
 

@@ -278,3 +278,60 @@ def test_tuned_malloc_keeps_freed_activations_instead_of_faulting_them_in_again(
     assert default > 20 * 10_000 and tuned < default / 20, (tuned, default)
     said_user, _ = _faults({"MALLOC_ARENA_MAX": "2"})
     assert said_user == "left as set in the environment"
+
+
+# OpenMP thread teams ---------------------------------------------------------------
+_TEAMS = """
+import json, os, threading, time
+import torch
+from lora_gui import openmp_teams
+from lora_gui.training.yield_gate import YieldGate
+
+torch.set_num_threads(2)
+tasks = lambda: len(os.listdir("/proc/self/task"))   # the process's OS threads
+class Busy(torch.nn.Module):   # one parallel loop (an element-wise op far above torch's grain size)
+    def forward(self, x):
+        return x.exp()
+x = torch.randn(2_000_000)
+seen = {"base": tasks()}
+
+def in_thread(name, fn):
+    t = threading.Thread(target=lambda: seen.__setitem__(name, fn()))
+    t.start()
+    t.join()
+
+gate = YieldGate(max_wait_s=0.3)
+in_thread("plain", lambda: (Busy()(x), tasks())[1])                # a team stays with its thread
+in_thread("predicted", lambda: (gate.watch(Busy())(x), tasks())[1])  # a watched model's leaves
+def trainer():
+    Busy()(x)
+    gate.enter()   # a prediction is running: the training gives way, without its team
+    try:
+        gate.give_way()
+    finally:
+        gate.leave()
+    return tasks()
+in_thread("gave_way", trainer)
+Busy()(x)
+seen["main_with_team"] = tasks()
+seen["released"] = openmp_teams.release()
+seen["main_after"] = tasks()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_idle_threads_hand_back_their_openmp_team():
+    """An idle thread's team slows every other (libgomp stops spinning once its threads outnumber
+    the CPUs): a prediction as it leaves the gate, a training as it waits, and any thread through
+    openmp_teams.release() end theirs. Counted as OS threads in a fresh process."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _TEAMS], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))})
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    base = seen["base"]
+    assert seen["plain"] == base + 2, seen       # the thread and its team's helper
+    assert seen["predicted"] == base + 1, seen   # the helper is gone as the prediction leaves
+    assert seen["gave_way"] == base + 1, seen
+    assert seen["main_with_team"] == base + 1 and seen["released"] is True and seen["main_after"] == base, seen

@@ -9,7 +9,10 @@ arrives in the backward pass) it waits while a prediction is running. A predicti
 the gate around its forward (``watch``), so a prediction waits at most one block, not a step.
 
 With nobody predicting a yield point is one integer read: the CLI and an idle app train at
-full speed.
+full speed. Whoever is about to idle hands back its OpenMP thread team (``openmp_teams``): the
+training before it waits, the prediction as it leaves. Two teams alive at once on a small machine
+slow both (libgomp stops letting their threads spin), so each side gets the machine as it would
+alone, and an idle prediction thread leaves nothing behind that slows the training afterwards.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import time
 
 from torch import nn
 
+from .. import openmp_teams
 from ..lora.targets import _block_prefixes
 
 # a safety net, not a schedule: a prediction takes tens of milliseconds; were a prediction's
@@ -44,6 +48,7 @@ class YieldGate:
             self._active = max(0, self._active - 1)
             if not self._active:
                 self._cond.notify_all()
+        openmp_teams.release()   # this (prediction) thread's team, before the training resumes
 
     @property
     def busy(self) -> bool:
@@ -64,6 +69,7 @@ class YieldGate:
         if not self._active:
             return
         t0 = time.perf_counter()
+        openmp_teams.release()   # the prediction gets the machine's cores, not a sleeping team beside it
         with self._cond:
             self.trainers_waiting += 1
             try:

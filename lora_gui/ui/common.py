@@ -28,6 +28,7 @@ import re
 import gradio as gr
 from gradio.context import Context, LocalContext
 
+from .. import openmp_teams
 from ..errors import BAD_INPUT, ExportError
 from ..store.run_folder import RunBusy
 from .image_input import UnusableUpload
@@ -108,6 +109,10 @@ def friendly(fn, what: str = ""):
             return fn(*args, **kwargs)
         except Exception as exc:
             return handle(exc)
+        finally:
+            # the web server's thread idles now: its torch thread team (a prediction's, an
+            # export's) would otherwise slow a training for as long as the thread lives
+            openmp_teams.release()
     guarded._lg_guarded = True
     return guarded
 
