@@ -237,6 +237,40 @@ def test_a_cpu_bf16_run_records_the_fp32_depthwise_lever(tmp_path, make_image_fo
     assert any("4 strided depthwise conv(s) train in fp32" in line for line in run.log_tail(20))
 
 
+# attention takes its explicit path under CPU bf16 ----------------------------------
+def test_explicit_attention_path_computes_the_same_and_saves_the_same():
+    from lora_gui.training import attention_path
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=64).eval()
+    lora.inject_lora(model, LoraConfig(targets="auto"))
+    keys = list(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fused = model(x)
+    names = attention_path.apply(model)
+    assert names == [f"blocks.{i}.attn" for i in range(12)]
+    assert all(model.get_submodule(n).fused_attn is False for n in names)
+    assert list(model.state_dict()) == keys
+    with torch.no_grad():
+        explicit = model(x)
+    assert torch.allclose(fused, explicit, atol=1e-5), (fused - explicit).abs().max()
+    assert attention_path.apply(model) == []   # once per model
+    # a freshly built model (a prediction's, an export's) keeps the fused path
+    assert timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=64).blocks[0].attn.fused_attn
+
+
+def test_a_cpu_bf16_vit_run_records_the_explicit_attention_lever(tmp_path, make_image_folder):
+    root = _folder(make_image_folder)
+    cfg = _config(root)
+    cfg.model.name, cfg.model.weights, cfg.model.image_size = "vit_tiny_patch16_224", "random", 64
+    cfg.train.mixed_precision, cfg.train.epochs = "bf16", 1
+    run = RunFolder(tmp_path / "run").create()
+    Trainer(cfg, run, "cpu", RecordingReporter()).run()
+    speed = json.loads(run.config_file.read_text())["speed"]
+    assert speed["explicit_attention"] == 12 and speed["fp32_strided_depthwise"] == 0
+    assert any("12 attention layer(s) on the explicit path" in line for line in run.log_tail(20))
+
+
 # the allocator settings ------------------------------------------------------------
 _FAULTS = """
 import resource

@@ -139,7 +139,7 @@ class Trainer(CheckpointMixin):
         self.model.to(self.device)
         if self.speed["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
-        speed_levers.depthwise_in_fp32(self)
+        speed_levers.cpu_bf16_fixes(self)
         if self.interactive:  # the app: step aside for its predictions, already while caching
             self.gate_hooks = PREDICTIONS.install(self.model)
         self.calibrated_norms = self._calibrate_norms()

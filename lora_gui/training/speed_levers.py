@@ -12,7 +12,7 @@ import os
 import torch
 
 from ..lora.targets import _inside_class
-from . import compile_lever, depthwise_fp32
+from . import attention_path, compile_lever, depthwise_fp32
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -33,6 +33,8 @@ def describe(speed: dict) -> str:
     used += [name.replace("_", " ") for name in ("channels_last", "compile") if speed.get(name)]
     if speed.get("fp32_strided_depthwise"):
         used.append(f"{speed['fp32_strided_depthwise']} strided depthwise conv(s) train in fp32")
+    if speed.get("explicit_attention"):
+        used.append(f"{speed['explicit_attention']} attention layer(s) on the explicit path")
     used.append("frozen prefix cached" if speed.get("cache_frozen_prefix")
                 else f"no prefix cache ({speed.get('cache_frozen_prefix_note', 'off')})")
     if speed.get("dataloader_workers"):
@@ -63,10 +65,13 @@ def choose(trainer) -> dict:
             "dataloader_workers": workers, "pin_memory": cuda, "threads": torch.get_num_threads()}
 
 
-def depthwise_in_fp32(trainer) -> None:
-    """bf16 on a CPU: strided depthwise convolutions go back through autograd in fp32 (depthwise_fp32)."""
+def cpu_bf16_fixes(trainer) -> None:
+    """bf16 on a CPU: the two operations whose bf16 backward is slow there take another way:
+    strided depthwise convolutions go back in fp32 (depthwise_fp32), attention takes its explicit
+    path (attention_path)."""
     if trainer.speed["mixed_precision"] == "bf16" and trainer.device == "cpu":
         trainer.speed["fp32_strided_depthwise"] = len(depthwise_fp32.apply(trainer.model))
+        trainer.speed["explicit_attention"] = len(attention_path.apply(trainer.model))
 
 
 def compile_if_asked(trainer) -> None:
