@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover
 METRIC_FIELDS = ["kind", "epoch", "step", "loss", "lr", "images_per_s", "train_loss", "train_acc",
                  "val_loss", "val_acc", "time"]
 FINAL_STATUSES = ("finished", "stopped", "failed")
-_STATUS_LOCK = threading.Lock()  # status.json is updated from the job thread and from controls
+_STATUS_LOCK = threading.RLock()  # status.json is updated from the job thread and from controls
 
 
 def new_run_id(prefix: str = "run") -> str:
@@ -124,6 +124,12 @@ class RunFolder:
         # every status update rewrites it whole
         status = self.read_json(self.status_file, {})
         return status if isinstance(status, dict) else {}
+
+    def final_status(self, **fields) -> dict:
+        """The last status this process writes: the lock is kept (a process that calls this exits
+        right after), so no other thread's later update can undo it."""
+        _STATUS_LOCK.acquire()
+        return self.update_status(**fields)
 
     def update_status(self, **fields) -> dict:
         with _STATUS_LOCK:

@@ -300,7 +300,9 @@ def on_torchrun_teardown(job) -> None:
             if _CTX.is_main and job.status not in FINAL_STATUSES:
                 message = TORN_DOWN.format(run=job.run.path)
                 job.run.log(f"[failed] torchrun ended this worker (signal {signum}): {message}")
-                job.run.update_status(status="failed", message=message)
+                # final: the training thread goes on until os._exit, and its next progress update
+                # would otherwise put 'running' back (seen once in a full test run)
+                job.run.final_status(status="failed", message=message)
             print(f"error (rank {_CTX.rank}): stopped by torchrun (signal {signum}); another process of the "
                   "run failed or the job was cancelled", file=sys.stderr, flush=True)
         finally:
