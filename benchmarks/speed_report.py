@@ -1,7 +1,8 @@
 """Issue 15's one results file: the floor run, app vs CLI, scale and the ViT step rates, with the machine.
 
-``python benchmarks/speed_report.py --floor F --app A --scale S --vit V`` reads the JSON files the
-scripts wrote (``floor.py``, ``app_vs_cli.py``, ``scale.py``, ``train_speed.py``) and writes
+``python benchmarks/speed_report.py --floor F --app A --scale S --vit V [--floor-untuned U --startup T]``
+reads the JSON files the scripts wrote (``floor.py``, the same with ``LORA_GUI_MALLOC_TUNING=0``,
+``app_vs_cli.py``, ``scale.py``, ``train_speed.py``, ``startup.py``) and writes
 ``results/speed-<date>.json`` with the headline ratios on top.
 """
 from __future__ import annotations
@@ -58,15 +59,26 @@ def headline(floor: dict | None, app: dict | None, scale: dict | None, vit: dict
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name in ("floor", "app", "scale", "vit"):
-        p.add_argument(f"--{name}")
+    names = ("floor", "floor_untuned", "app", "scale", "vit", "startup")
+    for name in names:
+        p.add_argument(f"--{name.replace('_', '-')}")
+    p.add_argument("--note", default="", help="how quiet the machine was, in words")
     p.add_argument("--out")
     a = p.parse_args(argv)
     from train_speed import machine_info
-    parts = {k: _read(getattr(a, k)) for k in ("floor", "app", "scale", "vit")}
-    out = {"issue": 15, "caveat": "shared 2-core VM, load average 3-9 from other engineers' jobs during every "
-           "measurement: wall times of the same code swung up to 10x; accuracies are deterministic", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info("cpu"),
-           "gpu": "none: no device machine was lent to this task", "headline": headline(**parts), **parts}
+    parts = {k: _read(getattr(a, k)) for k in names}
+    loads = {k: [v.get("load_before") or v.get("machine", {}).get("load_avg"), v.get("load_after") or v.get("load_avg_end")]
+             for k, v in parts.items() if v}
+    out = {"issue": 15, "note": a.note, "load_averages": loads,
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info("cpu"),
+           "gpu": "none: no device machine was lent to this task",
+           "headline": headline(parts["floor"], parts["app"], parts["scale"], parts["vit"]), **parts}
+    if parts["floor_untuned"]:   # the same runs with glibc's allocator defaults (LORA_GUI_MALLOC_TUNING=0)
+        u = parts["floor_untuned"]
+        out["headline"]["glibc_defaults"] = {"floor_s": round(u["floor"]["pass_s"], 2),
+                                             **{k: round(r["total_s"], 2) for k, r in u["runs"].items() if "total_s" in r}}
+    if parts["startup"]:
+        out["headline"]["startup_median_s"] = parts["startup"]["median"]
     target = Path(a.out or HERE / "results" / f"speed-{time.strftime('%Y-%m-%d')}.json")
     target.write_text(json.dumps(out, indent=1, default=str))
     print(json.dumps(out["headline"], indent=1))
