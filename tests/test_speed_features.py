@@ -131,6 +131,14 @@ def test_a_first_model_is_saved_before_lora_trains_and_lora_starts_from_its_head
     assert torch.get_num_threads() == os.cpu_count() and trainer.gate_hooks
 
 
+def test_the_probe_takes_fewer_epochs_only_for_big_sets():
+    from lora_gui.training import probe
+    assert [probe.epochs_for(n) for n in (1, 18, 200, 320)] == [50] * 4   # small sets: as before
+    assert probe.epochs_for(1_000) == 16 and probe.epochs_for(5_000) == 5 and probe.epochs_for(50_000) == 5
+    assert all(probe.epochs_for(n) * -(-n // probe.BATCH) >= min(probe.STEP_BUDGET, 50 * -(-n // probe.BATCH))
+               for n in (321, 999, 4_321))   # about the step budget, never less
+
+
 def test_no_first_model_when_switched_off(tmp_path, make_image_folder):
     from lora_gui.errors import StopRequested
     root = _folder(make_image_folder)

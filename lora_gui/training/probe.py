@@ -2,7 +2,7 @@
 
 With the frozen prefix cached (``batches.CachedBatches``), running the rest of the model once
 over each image's cached input gives its pooled features (LoRA's B is zero at the start, so this
-is the base model). A linear head trained on them for 50 cheap epochs (the linear probe,
+is the base model). A linear head trained on them for 50 cheap epochs, fewer for big sets (the linear probe,
 Teachable Machine's way) is saved as the run's first ``best/`` adapter, so the Test tab can use
 it while LoRA trains, and LoRA then starts from this head instead of a random one (linear probe
 then fine-tune: a random head's large early gradients would first push the adapted layers the
@@ -22,6 +22,11 @@ from torch import nn
 from ..lora.targets import classifier_names, head_modules
 
 EPOCHS, LR, BATCH = 50, 1e-3, 16
+# a bigger set needs fewer passes: about this many Adam steps, but never fewer than MIN_EPOCHS epochs.
+# Up to 320 images that is the full 50 epochs; on Fashion-MNIST (Lite0 features, 1,000 held-out
+# images) 5,000 images fitted in 5 epochs took 0.8 s instead of 8.2 s and scored 88.5 % against
+# 87.6 % with 50 (1,000 images: 10-20 epochs 86.2-86.7 % against 86.0 %)
+STEP_BUDGET, MIN_EPOCHS = 1_000, 5
 STAGE = "linear probe"   # the adapter's metrics say which model it is (the Test tab shows it)
 
 
@@ -70,7 +75,7 @@ def features(trainer, cached: torch.Tensor, batch_size: int = 64) -> torch.Tenso
 
 def fit_head(feats: torch.Tensor, labels: torch.Tensor, classes: int, seed: int,
              weight_decay: float = 0.0, label_smoothing: float = 0.0) -> nn.Linear:
-    """A linear head trained on fixed features: Adam, ``EPOCHS`` epochs of ``BATCH``-image steps."""
+    """A linear head trained on fixed features: Adam, ``epochs_for(n)`` epochs of ``BATCH``-image steps."""
     threads = torch.get_num_threads()
     # one thread: steps this small only pay for a thread team's start-up and barriers (measured
     # 20x slower with two threads on a busy 2-core machine)
@@ -89,13 +94,19 @@ def _fit(feats, labels, classes: int, seed: int, weight_decay: float, label_smoo
         head = nn.Linear(feats.shape[1], classes)
         opt = torch.optim.AdamW(head.parameters(), lr=LR, weight_decay=weight_decay)
         g = torch.Generator().manual_seed(seed)
-        for _ in range(EPOCHS):
+        for _ in range(epochs_for(len(labels))):
             for idx in torch.randperm(len(labels), generator=g).split(BATCH):
                 loss = F.cross_entropy(head(feats[idx]), labels[idx], label_smoothing=label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
     return head
+
+
+def epochs_for(n: int) -> int:
+    """The probe's epochs for ``n`` training images (see STEP_BUDGET)."""
+    steps_per_epoch = max(1, -(-n // BATCH))
+    return max(MIN_EPOCHS, min(EPOCHS, -(-STEP_BUDGET // steps_per_epoch)))
 
 
 def run(trainer) -> dict | None:
@@ -120,7 +131,7 @@ def run(trainer) -> dict | None:
         metrics["val_loss"] = F.cross_entropy(logits, b.val_labels).item()
         metrics["val_acc"] = (logits.argmax(1) == b.val_labels).float().mean().item()
     acc = f"{metrics['val_acc']:.1%}" if metrics["val_acc"] is not None else "n/a"
-    trainer.folder.log(f"first model (linear probe on the cached features, {EPOCHS} epochs) in "
+    trainer.folder.log(f"first model (linear probe on the cached features, {epochs_for(len(b.train_labels))} epochs) in "
                        f"{time.time() - started:.1f} s: val acc {acc}; saved as best/, LoRA starts from its head")
     return metrics
 
