@@ -203,6 +203,37 @@ def test_the_first_model_is_ready_before_the_mirrored_views_and_the_cache_holds_
         assert torch.equal(b.plan.capture(trainer.model, x), b.train_cache[0])
 
 
+def test_the_mirrored_views_reuse_the_plain_pass_decoding(tmp_path, make_image_folder, monkeypatch):
+    """The mirrored views' pass reads the pixels the plain view's pass decoded (no second decode of
+    any training image), and lets them go once it is done."""
+    from lora_gui.data import decoded_cache
+    seen = {"inside": False, "decoded_inside": 0}
+    real_load = decoded_cache.load_rgb
+
+    def counting_load(*args, **kwargs):
+        seen["decoded_inside"] += seen["inside"]
+        return real_load(*args, **kwargs)
+    monkeypatch.setattr(decoded_cache, "load_rgb", counting_load)
+    real_complete = batches.CachedBatches.complete
+
+    def complete(self, trainer):
+        seen["held"] = self.decoded
+        seen["inside"] = True
+        try:
+            real_complete(self, trainer)
+        finally:
+            seen["inside"] = False
+    monkeypatch.setattr(batches.CachedBatches, "complete", complete)
+    cfg = _config(_folder(make_image_folder))
+    cfg.train.epochs = 1
+    trainer = Trainer(cfg, RunFolder(tmp_path / "run").create(), "cpu", RecordingReporter())
+    trainer.run()
+    assert trainer.batches.cached and trainer.batches.train_cache.shape[0] == 2
+    assert seen["held"] is not None and len(seen["held"]._items) == len(trainer.train_samples) == 18
+    assert seen["decoded_inside"] == 0
+    assert trainer.batches.decoded is None   # freed after the mirrored views
+
+
 # strided depthwise convolutions train in fp32 under CPU bf16 -----------------------
 def test_strided_depthwise_convs_go_through_autograd_in_fp32_and_nothing_else_changes():
     import copy

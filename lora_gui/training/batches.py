@@ -84,8 +84,10 @@ class CachedBatches:
 
     cached = True
 
-    def __init__(self, trainer, plan: prefix_cache.PrefixPlan, train_cache: torch.Tensor, val_cache: torch.Tensor):
+    def __init__(self, trainer, plan: prefix_cache.PrefixPlan, train_cache: torch.Tensor, val_cache: torch.Tensor,
+                 decoded: DecodedCache | None = None):
         self.plan, self.train_cache, self.val_cache = plan, train_cache, val_cache   # train: (views, N, ...)
+        self.decoded = decoded   # the training images as the plain view's pass decoded them, until complete()
         self.train_labels = torch.tensor([s.label for s in trainer.train_samples])
         self.val_labels = torch.tensor([s.label for s in trainer.val_samples])
         self.batch_size, self.seed, self.device = trainer.cfg.train.batch_size, trainer.cfg.train.seed, trainer.device
@@ -99,8 +101,8 @@ class CachedBatches:
             return
         started = time.time()
         for view in self.pending_views:
-            _compute(trainer, self.plan, trainer.train_samples, self.train_cache, view)
-        self.pending_views = []
+            _compute(trainer, self.plan, trainer.train_samples, self.train_cache, view, self.decoded)
+        self.pending_views, self.decoded = [], None
         release_free_memory()
         trainer.folder.log(f"mirrored views of the {self.train_cache.shape[1]} training images cached in "
                            f"{time.time() - started:.1f} s")
@@ -132,14 +134,17 @@ def compute_batch_size(device: str) -> int:
     return 32 if device == "cpu" else 64
 
 
-def _plain_dataset(trainer, samples) -> ImageDataset:
-    """Images as validation sees them (no augmentation), shrunk as training's are, nothing kept."""
-    return ImageDataset(samples, build_transform(trainer.data_config, "none", False), decoded_cache(trainer, 0))
+def _plain_dataset(trainer, samples, decoded: DecodedCache | None = None) -> ImageDataset:
+    """Images as validation sees them (no augmentation), shrunk as training's are; kept in ``decoded``
+    when given (for a later pass over the same images), else nothing is kept."""
+    return ImageDataset(samples, build_transform(trainer.data_config, "none", False),
+                        decoded if decoded is not None else decoded_cache(trainer, 0))
 
 
-def _plain_batches(trainer, samples, batch_size: int):
+def _plain_batches(trainer, samples, batch_size: int, decoded: DecodedCache | None = None):
     """The set-up passes' batches, on the device; stop and pause act between them."""
-    for x, _ in _loader(_plain_dataset(trainer, samples), batch_size, False, trainer.speed["dataloader_workers"]):
+    for x, _ in _loader(_plain_dataset(trainer, samples, decoded), batch_size, False,
+                        trainer.speed["dataloader_workers"]):
         trainer.reporter.check_controls()
         yield trainer._to_device(x)
 
@@ -149,12 +154,12 @@ def calibration_batches(trainer):
     return _plain_batches(trainer, trainer.train_samples, norm_calibration.BATCH_SIZE)
 
 
-def _compute(trainer, plan, samples, out: torch.Tensor, view: int) -> None:
+def _compute(trainer, plan, samples, out: torch.Tensor, view: int, decoded: DecodedCache | None = None) -> None:
     """``out[view]`` for every sample (view 1: the mirrored image), filled in place batch by batch,
     so the peak is the cache itself plus one batch's activations."""
     trainer.model.eval()
     start = 0
-    for x in _plain_batches(trainer, samples, compute_batch_size(trainer.device)):
+    for x in _plain_batches(trainer, samples, compute_batch_size(trainer.device), decoded):
         # no_grad: nothing of the frozen front is kept for autograd
         with torch.no_grad(), trainer.autocast():
             out[view, start:start + len(x)] = plan.capture(trainer.model, x.flip(-1) if view else x)
@@ -196,7 +201,10 @@ def make_batches(trainer):
                  if trainer.val_samples else torch.empty((1, 0, *plan.sample_shape), dtype=dtype))
     # the plain view first: the first model (training.probe) needs only it, and is ready for the
     # Test tab before the mirrored views are computed (CachedBatches.complete)
-    _compute(trainer, plan, trainer.train_samples, train_cache, 0)
+    # the mirrored views' pass reads the same files again: keep their decoded pixels until then
+    # (bounded by cache_mb like the decoded-image cache of uncached training; freed by complete())
+    decoded = decoded_cache(trainer) if views == 2 else None
+    _compute(trainer, plan, trainer.train_samples, train_cache, 0, decoded)
     if trainer.val_samples:
         _compute(trainer, plan, trainer.val_samples, val_cache, 0)
     release_free_memory()
@@ -205,7 +213,7 @@ def make_batches(trainer):
                        f"{len(trainer.val_samples)} val in {time.time() - started:.1f} s "
                        f"({(train_cache.nbytes + val_cache.nbytes) / 2**20:.0f} MB{', in a file on disk' if where == 'disk' else ''}"
                        f"{'; their mirrored views follow' if views == 2 else ''})")
-    return CachedBatches(trainer, plan, train_cache, val_cache[0]), ""
+    return CachedBatches(trainer, plan, train_cache, val_cache[0], decoded), ""
 
 
 # the prefix cache may take this share of the memory the OS says is available; the rest is left
