@@ -63,8 +63,10 @@ def test_two_tabs_own_jobs_and_reload_reattaches(server, browser):
         ready(one, url)
         use_example(one)
         open_tab(one, "3 · Train")
-        one.get_by_label("strong").check()   # a slow epoch: still running when tab 2 and the reload come
-        set_epochs(one, 7)
+        # slow epochs, and many: still running when tab 2 and the reload come (7 epochs finished in
+        # 35 s once training got faster, before tab 2 had polled; the test stops the run itself)
+        one.get_by_label("strong").check()
+        set_epochs(one, 50)   # the most the field takes
         one.click("#lg-start")
         wait_status(one, "running")
 
@@ -92,7 +94,7 @@ def test_two_tabs_own_jobs_and_reload_reattaches(server, browser):
                               ".find(e => e.innerText.includes('3 · Train'));"
                               " return t && t.getAttribute('aria-selected') === 'true'; }", timeout=60_000)
         wait_status(one, "running", timeout=60_000)
-        assert one.locator("#lg-epochs input[type=number]").input_value() == "7"
+        assert one.locator("#lg-epochs input[type=number]").input_value() == "50"
         assert one.get_by_label("strong").is_checked()
         assert "Dataset of run" in one.inner_text("#lg-data-summary")
         assert not one.locator("#lg-other-tab").is_visible()

@@ -401,10 +401,17 @@ def test_idle_threads_hand_back_their_openmp_team():
     import subprocess
     import sys
     out = subprocess.run([sys.executable, "-c", _TEAMS], capture_output=True, text=True, check=True,
-                         env={k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))})
+                         env={**{k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))},
+                              "LORA_GUI_OPENMP_RELEASE": "1"})
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     base = seen["base"]
     assert seen["plain"] == base + 2, seen       # the thread and its team's helper
     assert seen["predicted"] == base + 1, seen   # the helper is gone as the prediction leaves
     assert seen["gave_way"] == base + 1, seen
     assert seen["main_with_team"] == base + 1 and seen["released"] is True and seen["main_after"] == base, seen
+
+
+def test_openmp_teams_are_left_alone_unless_switched_on(monkeypatch):
+    from lora_gui import openmp_teams
+    monkeypatch.delenv(openmp_teams.SWITCH, raising=False)
+    assert openmp_teams.release() is False
