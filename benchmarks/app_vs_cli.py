@@ -7,6 +7,8 @@ Three scenarios, each in its own process, on the same images (Fashion-MNIST, the
   prediction model registered as the app registers it (``PREDICTIONS.watch``). Prediction latency
   idle first, then while the job trains (one prediction every 0.2 s, a webcam's pace), and the
   job's images/s meanwhile and without predictions.
+- ``app-release``: the same with ``LORA_GUI_OPENMP_RELEASE=1`` (idle threads hand back their OpenMP
+  team, ``lora_gui/openmp_teams.py``; off by default, as it starved the page on 2 cores).
 - ``app-old``: the app before issue 15, reproduced: training on ``cpu_count - 1`` threads
   (``num_threads``) and predictions not registered with the gate.
 
@@ -71,6 +73,9 @@ def worker(kind: str, spec: dict) -> dict:
         snap = job.snapshot(last_steps=10**6)
         return {"status": snap.status, "images_per_s": _rate(snap.step_rows), "run": str(job.run.path)}
     old = kind == "app-old"
+    if kind == "app-release":
+        from lora_gui import openmp_teams
+        os.environ[openmp_teams.SWITCH] = "1"
     loaded = load_adapter(Path(spec["adapter_run"]) / "best")
     if not old:
         PREDICTIONS.watch(loaded.model)
@@ -163,7 +168,9 @@ def table(r: dict) -> str:
     lines = ["| scenario | train images/s alone | while predicting | vs CLI | predict ms idle | while training "
              "| ratio |", "|---|---:|---:|---:|---:|---:|---:|",
              f"| CLI | {cli:.1f} | – | 1.00x | – | – | – |"]
-    for kind in ("app", "app-old"):
+    for kind in ("app", "app-release", "app-old"):
+        if kind not in r:
+            continue
         a = r[kind]
         ratio = a["while_training"]["median_ms"] / a["idle"]["median_ms"]
         lines.append(f"| {kind} | {a['images_per_s_alone']:.1f} | {a['images_per_s_while_predicting']:.1f} | "
@@ -203,7 +210,7 @@ def main(argv=None) -> int:
         cli = launch("cli", spec)
         spec.setdefault("adapter_run", cli["run"])
         _keep(r, "cli", cli, lambda x: -x["images_per_s"])
-        for kind in ("app", "app-old"):
+        for kind in ("app", "app-release", "app-old"):
             _keep(r, kind, launch(kind, spec), lambda x: x["while_training"]["median_ms"] + x["idle"]["median_ms"])
     r["gate_overhead"] = launch("overhead", {})
     r["load_after"] = load_average()

@@ -33,7 +33,9 @@ def headline(floor: dict | None, app: dict | None, scale: dict | None, vit: dict
                                     if r.get("first_model_s")}
     if app:
         cli = app["cli"]["images_per_s"]
-        for kind in ("app", "app-old"):
+        for kind in ("app", "app-release", "app-old"):
+            if kind not in app:
+                continue
             a = app[kind]
             h[f"{kind}_images_per_s_vs_cli"] = round(a["images_per_s_alone"] / cli, 3)
             h[f"{kind}_predict_while_training_vs_idle"] = round(
