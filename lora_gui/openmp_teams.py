@@ -12,9 +12,9 @@ thread never had company). ``release()`` ends the calling thread's team (OpenMP 
 ``omp_pause_resource_all``, which in libgomp pauses only the caller's own team); its next parallel
 loop starts a new one in a fraction of a millisecond.
 
-Called (when switched on, see SWITCH) by the threads that are about to idle: a training thread that waits for a prediction
-(``training.yield_gate``), a prediction as it leaves the gate, and the app's event handlers when
-they return (``ui.common.friendly``). Elsewhere (macOS, Windows, an OpenMP other than libgomp,
+Called by the threads that are about to idle (it acts only when switched on, see SWITCH): a
+training thread that waits for a prediction (``training.yield_gate``), a prediction as it leaves
+the gate, and the app's event handlers when they return (``ui.common.friendly``). Elsewhere (macOS, Windows, an OpenMP other than libgomp,
 torch not imported yet) it does nothing.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import sys
 # room, the app keeps the old, throttled behaviour (slower training, responsive page) by default.
 SWITCH = "LORA_GUI_OPENMP_RELEASE"
 _OMP_PAUSE_SOFT = 1   # omp_pause_resource_t: free the threads, keep nothing that a resume needs
-_state: dict = {"pause": None}
+_state: dict = {"pause": None}   # the function once found; False once looked for in vain
 
 
 def _pause_function():
@@ -39,9 +39,9 @@ def _pause_function():
     Only the copy already loaded (torch's own, in torch/lib): opening the system's libgomp by
     name would start a second OpenMP runtime that manages none of torch's threads."""
     if _state["pause"] is not None:
-        return _state["pause"]
+        return _state["pause"] or None
     if not sys.platform.startswith("linux") or "torch" not in sys.modules:
-        return None
+        return None   # asked again later: torch (and its libgomp) may not be loaded yet
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             paths = {line.split()[-1] for line in maps if "/libgomp" in line}
@@ -55,6 +55,7 @@ def _pause_function():
         pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
         _state["pause"] = pause
         return pause
+    _state["pause"] = False   # torch is loaded without libgomp: no need to read the maps on every call
     return None
 
 
