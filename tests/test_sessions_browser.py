@@ -77,7 +77,7 @@ def test_two_tabs_own_jobs_and_reload_reattaches(server, browser):
         two.wait_for_function("() => { const o = document.querySelector('#lg-other-tab');"
                               " return (o && o.offsetParent !== null) ||"
                               " !!document.querySelector('#lg-progress').dataset.status; }",
-                              timeout=90_000)   # over 30 s in full CI runs while tab 1 trains on both cores
+                              timeout=60_000)
         assert status(two) == "", two.inner_text("#lg-progress")
         assert two.locator("#lg-other-tab").is_visible()
         assert "another tab of this browser" in two.inner_text("#lg-other-tab")

@@ -245,3 +245,59 @@ def test_details_never_show_a_traceback():
            '  File "/x/loop.py", line 279, in _check_loss', "lora_gui.errors.TrainingFailed: diverged"]
     text = details_text(_snap("failed", "diverged", log=log))
     assert "Traceback" not in text and "File " not in text and "3 technical lines" in text
+
+
+def test_live_charts_are_redrawn_for_a_new_epoch_but_not_for_every_step(tmp_path, monkeypatch):
+    """A running job's charts: drawn at once, then not again for each new step row within
+    CHART_EVERY_S (each redraw costs the server and the browser), but at once for an epoch."""
+    from lora_gui.config import DataConfig, ModelConfig, RunConfig
+    from lora_gui.jobs.training_job import TrainingJob
+    from lora_gui.ui.session import Session
+    from lora_gui.ui.tabs import train_tab
+
+    cfg = RunConfig(model=ModelConfig(name="resnet18", weights="random"), data=DataConfig(source=str(tmp_path)))
+    job = TrainingJob(cfg, workspace=str(tmp_path / "ws"))   # not started: its reporter is driven as the loop does
+    session = Session()
+    session.attach(job)
+    clock = [1000.0]
+    monkeypatch.setattr(train_tab, "_clock", lambda: clock[0])
+
+    def step(n):
+        job.report_metrics({"kind": "step", "epoch": 1, "step": n, "loss": 1.0 / n, "lr": 1e-3,
+                            "images_per_s": 10.0, "time": float(n)})
+
+
+    def charts_changed():
+        out = train_tab.poll_job(session)
+        return all(isinstance(p, gr.Plot) for p in (out[2], out[3], out[5]))
+
+    job.report_status("running", "training")
+    step(1)
+    assert charts_changed()                      # the first rows: drawn at once
+    step(2)
+    clock[0] += 1.0
+    assert not charts_changed()                  # one more step a second later: wait
+    job.report_metrics({"kind": "epoch", "epoch": 1, "step": 2, "train_acc": 0.5, "val_acc": 0.6, "val_loss": 1.0})
+    assert charts_changed()                      # a new epoch: at once
+    step(3)
+    clock[0] += train_tab.CHART_EVERY_S
+    assert charts_changed()                      # steps only, but CHART_EVERY_S later
+    assert not charts_changed()                  # nothing new: nothing redrawn
+
+
+def test_each_page_gets_its_own_session_and_no_load_event_replaces_it(demo):
+    """The session State's default is a Session, not a function: Gradio runs a callable default in
+    a page-load event of its own, which overwrote the session the page had just identified when the
+    two overlapped (a loaded machine): that tab's training then belonged to nobody, and another tab
+    of the same browser was not offered it. Each page still gets a new session with its own id."""
+    import copy
+
+    from lora_gui.ui.session import Session
+    state = demo.lora_ctx.session
+    assert isinstance(state.value, Session) and not callable(state.value)
+    assert getattr(state, "load_event_to_attach", None) is None
+    used = copy.deepcopy(state.value)
+    used.owner_id, used.job_id = "browser:someone", "run-1"
+    pages = [copy.deepcopy(state.value), copy.deepcopy(used)]
+    assert len({p.id for p in pages} | {state.value.id, used.id}) == 4
+    assert all(p.owner_id == "" and p.job_id is None for p in pages)

@@ -22,6 +22,7 @@ from ..training import distributed
 from ..training.loop import Trainer
 from ..training.runtime import device_for
 from ..training.yield_gate import PREDICTIONS
+from . import background_priority
 from .device_queue import DEVICE_QUEUE, DeviceQueue
 from .job_state import JobSnapshot, JobState, _one_line
 from .registry import _JOBS, _JOBS_LOCK
@@ -41,7 +42,8 @@ class TrainingJob(JobState):
     ``dataset`` may be a ``data.Dataset`` already loaded (the UI has one); the
     CLI passes none and the job loads ``config.data.source`` itself.
     ``interactive`` (the app) makes the training step aside while a prediction in the same
-    process runs (``training.yield_gate``), so predictions stay quick on every core.
+    process runs (``training.yield_gate``), so predictions stay quick on every core, and runs
+    it at a lower CPU priority than the page (``background_priority``).
     """
 
     trainer_factory = Trainer   # a subclass may train another way (jobs.retrain_job: from an adapter)
@@ -222,7 +224,11 @@ class TrainingJob(JobState):
     def _main(self) -> None:
         started = time.time()
         acquired = False
+        # first, before torch starts this thread's helper threads (they inherit the priority)
+        nice = background_priority.lower_this_thread() if self.interactive else None
         try:
+            if nice is not None:
+                self.run.log(f"background priority: nice {nice} (the page and predictions go first)")
             try:
                 self.device = distributed.local_device(device_for(self.config.train.device))
             except TrainingFailed as exc:

@@ -125,7 +125,8 @@ def build_app(workspace: str | os.PathLike = "runs", data_path: str | None = Non
     # what they keep into the workspace at once, and a download link older than a day has been used or lost
     with gr.Blocks(title="lora_gui — LoRA for vision models", delete_cache=(3600, 24 * 3600)) as demo:
         gr.HTML(header_html())
-        session = gr.State(lambda: Session(), time_to_live=SESSION_TTL_S, delete_callback=lambda s: s.close())
+        # a Session, not a function making one: each page gets a fresh copy (Session.__deepcopy__ says why)
+        session = gr.State(Session(), time_to_live=SESSION_TTL_S, delete_callback=lambda s: s.close())
         browser = gr.BrowserState({"owner": ""}, storage_key="lora_gui_owner", secret=browser_secret(workspace))
         tab_id = gr.Textbox(visible="hidden", elem_id="lg-tab-id")
         with gr.Tabs() as tabs:

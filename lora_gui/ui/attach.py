@@ -55,8 +55,9 @@ def _job_dataset(job, workspace):
         return None
 
 
-def wire_reattach(ctx, identified) -> None:
-    """After the page has said who it is: follow this tab's own job, showing its settings and data."""
+def wire_reattach(ctx, identified):
+    """After the page has said who it is: follow this tab's own job, showing its settings and data.
+    Returns the event, for steps that must come after it."""
     fields = [ctx.fields[n] for n in FIELD_NAMES]
     show, data_outputs = ctx.shared["show_dataset"]
 
@@ -81,4 +82,4 @@ def wire_reattach(ctx, identified) -> None:
             shown = [gr.skip()] * len(data_outputs)
         return session, gr.Tabs(selected="train") if live else gr.skip(), *field_values, *shown
 
-    identified.then(reattach, [ctx.session], [ctx.session, ctx.tabs, *fields, *data_outputs], **PRIVATE)
+    return identified.then(reattach, [ctx.session], [ctx.session, ctx.tabs, *fields, *data_outputs], **PRIVATE)

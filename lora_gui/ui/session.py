@@ -33,6 +33,8 @@ class Session:
     watching: bool = False           # the job is another tab's (same person), attached by a click
     base_config: object | None = None    # RunConfig of the last applied preset; form fields override it
     event_index: int = 0             # how many job events the charts have drawn
+    epochs_drawn: int = 0            # how many epoch rows they showed
+    charts_at: float = 0.0           # when they were last drawn (time.monotonic)
     # the model under test (Test and Export tabs)
     model_source: str | None = None  # run folder or adapter path
     model_note: str = ""             # where it came from, for people ("uploaded adapter x.safetensors")
@@ -42,6 +44,15 @@ class Session:
     uploads: list = field(default_factory=list)  # folders this session uploaded into (removed on close)
     weights_upload: str | None = None  # the weights file this session uploaded (the only file path it may name)
     newest_run_listed: str | None = None  # the Runs tab selects a run newer than this one when it appears
+
+    def __deepcopy__(self, memo) -> "Session":
+        """A copy of a session is a new page's session: Gradio gives each page load a deep copy of
+        the gr.State default (see ui/app.py), and each page must get its own id and nothing else's.
+
+        The default is a Session, not a function that makes one: a callable default is also run by
+        a page-load event of Gradio's own, which stored its fresh session over the one the page had
+        just identified (``app.identify``) when the two events overlapped, and the tab became nobody."""
+        return Session()
 
     def class_builder(self, workspace: Path) -> ClassBuilder:
         if self.builder is None:
@@ -82,7 +93,8 @@ class Session:
         """Follow ``job`` from now on (charts redraw from its first event)."""
         self.job_id = job.id if job is not None else None
         self.watching = watching and job is not None
-        self.event_index = 0
+        self.event_index = self.epochs_drawn = 0
+        self.charts_at = 0.0
 
     def started(self, job) -> None:
         """A job this session started: follow it; test it once it has an adapter (until then the old model stays)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 
 import gradio as gr
 
@@ -153,8 +154,15 @@ def stop_job(session):
     return _control(session, "stop")
 
 
+# The charts are redrawn at most this often while a job runs (and at once for a new epoch or the
+# end): every redraw costs the server Python time beside the training and the browser a plotly
+# re-render of three charts, which on a 2-core laptop running both slowed every other page.
+CHART_EVERY_S = 3.0
+_clock = time.monotonic
+
+
 def poll_job(session):
-    """The timer's tick: progress, charts (only when new rows came), log, buttons, the other-tab offer."""
+    """The timer's tick: progress, charts (when new rows came, see CHART_EVERY_S), log, buttons, the other-tab offer."""
     job = session.job()
     following = job is not None and job.status not in FINAL_STATUSES
     offer = gr.Row(visible=not following and attach.other_tab_job(session) is not None)
@@ -164,9 +172,13 @@ def poll_job(session):
     snap = job.snapshot()
     if count == session.event_index and snap.done:
         return session, *[gr.skip()] * 10, offer
-    changed = count != session.event_index
-    session.event_index = count
-    return (session, progress_html(snap), *(figures(snap) if changed else (gr.skip(),) * 4), details_text(snap),
+    now = _clock()
+    redraw = count != session.event_index and (
+        session.event_index == 0 or snap.done or len(snap.epoch_rows) != session.epochs_drawn
+        or now - session.charts_at >= CHART_EVERY_S)
+    if redraw:
+        session.event_index, session.epochs_drawn, session.charts_at = count, len(snap.epoch_rows), now
+    return (session, progress_html(snap), *(figures(snap) if redraw else (gr.skip(),) * 4), details_text(snap),
             *buttons(snap.status, torchrun_choice.can_pause(job)), offer)
 
 
@@ -265,12 +277,13 @@ def build_train_tab(ctx: AppContext) -> None:
         start.click(act.start_job, [ctx.session, *inputs, use_all_gpus],
                     [ctx.session, start, pause, resume, stop, other_tab], api_name="start_training")
         demo.load(torchrun_choice.offer, None, use_all_gpus, **PRIVATE)   # counts the GPUs (torch) after the page is up
+    polled = [ctx.session, progress, loss_plot, acc_plot, acc_note, lr_plot, log, start, pause, resume, stop, other_tab]
     ctx.shared.setdefault("on_load", []).append(wire)
-    ctx.shared.setdefault("after_identify", []).append(lambda identified: attach.wire_reattach(ctx, identified))
+    # once the page has said who it is (and re-attached its own job): its state at once, not a tick later
+    ctx.shared.setdefault("after_identify", []).append(
+        lambda identified: attach.wire_reattach(ctx, identified).then(poll_job, ctx.session, polled,
+                                                                       show_progress="hidden", **PRIVATE))
     watch_btn.click(watch_other_tab, ctx.session, [ctx.session, other_tab], **PRIVATE)
     for btn, handler, name in ((pause, pause_job, "pause"), (resume, unpause_job, "unpause"), (stop, stop_job, "stop")):
         btn.click(handler, ctx.session, [start, pause, resume, stop], api_name=f"{name}_training")
-    timer.tick(poll_job, [ctx.session],
-               [ctx.session, progress, loss_plot, acc_plot, acc_note, lr_plot, log, start, pause, resume, stop,
-                other_tab],
-               show_progress="hidden", api_name="training_status")
+    timer.tick(poll_job, [ctx.session], polled, show_progress="hidden", api_name="training_status")
