@@ -3,14 +3,15 @@
 Three scenarios, each in its own process, on the same images (Fashion-MNIST, the default model):
 
 - ``cli``: a ``TrainingJob`` as the CLI starts it (``interactive=False``): images/s per step.
-- ``app``: as the app starts it (``interactive=True``: every core, the yield gate), with the
-  prediction model registered as the app registers it (``PREDICTIONS.watch``). Prediction latency
-  idle first, then while the job trains (one prediction every 0.2 s, a webcam's pace), and the
-  job's images/s meanwhile and without predictions.
-- ``app-release``: the same with ``LORA_GUI_OPENMP_RELEASE=1`` (idle threads hand back their OpenMP
-  team, ``lora_gui/openmp_teams.py``; off by default, as it starved the page on 2 cores).
+- ``app``: as the app starts it (``interactive=True``: every core, the yield gate, idle threads
+  hand back their OpenMP team, the training thread at a lower priority), with the prediction model
+  registered as the app registers it (``PREDICTIONS.watch``). Prediction latency idle first, then
+  while the job trains (one prediction every 0.2 s, a webcam's pace), and the job's images/s
+  meanwhile and without predictions.
+- ``app-no-release``: the same with ``LORA_GUI_OPENMP_RELEASE=0`` (idle OpenMP teams are kept,
+  ``lora_gui/openmp_teams.py``), as the app was shipped for a while.
 - ``app-old``: the app before issue 15, reproduced: training on ``cpu_count - 1`` threads
-  (``num_threads``) and predictions not registered with the gate.
+  (``num_threads``), predictions not registered with the gate, no team release, normal priority.
 
 Predictions use the adapter the ``cli`` run saved (``load_adapter`` + ``predict``, one image).
 ``python benchmarks/app_vs_cli.py`` prints the table and writes ``results/app-vs-cli-<date>.json``.
@@ -73,9 +74,12 @@ def worker(kind: str, spec: dict) -> dict:
         snap = job.snapshot(last_steps=10**6)
         return {"status": snap.status, "images_per_s": _rate(snap.step_rows), "run": str(job.run.path)}
     old = kind == "app-old"
-    if kind == "app-release":
-        from lora_gui import openmp_teams
-        os.environ[openmp_teams.SWITCH] = "1"
+    from lora_gui import openmp_teams
+    from lora_gui.jobs import background_priority
+    if kind in ("app-no-release", "app-old"):
+        os.environ[openmp_teams.SWITCH] = "0"
+    if old:
+        os.environ[background_priority.SWITCH] = "0"
     loaded = load_adapter(Path(spec["adapter_run"]) / "best")
     if not old:
         PREDICTIONS.watch(loaded.model)
@@ -168,7 +172,7 @@ def table(r: dict) -> str:
     lines = ["| scenario | train images/s alone | while predicting | vs CLI | predict ms idle | while training "
              "| ratio |", "|---|---:|---:|---:|---:|---:|---:|",
              f"| CLI | {cli:.1f} | – | 1.00x | – | – | – |"]
-    for kind in ("app", "app-release", "app-old"):
+    for kind in ("app", "app-no-release", "app-old"):
         if kind not in r:
             continue
         a = r[kind]
@@ -210,7 +214,7 @@ def main(argv=None) -> int:
         cli = launch("cli", spec)
         spec.setdefault("adapter_run", cli["run"])
         _keep(r, "cli", cli, lambda x: -x["images_per_s"])
-        for kind in ("app", "app-release", "app-old"):
+        for kind in ("app", "app-no-release", "app-old"):
             _keep(r, kind, launch(kind, spec), lambda x: x["while_training"]["median_ms"] + x["idle"]["median_ms"])
     r["gate_overhead"] = launch("overhead", {})
     r["load_after"] = load_average()

@@ -33,7 +33,7 @@ def headline(floor: dict | None, app: dict | None, scale: dict | None, vit: dict
                                     if r.get("first_model_s")}
     if app:
         cli = app["cli"]["images_per_s"]
-        for kind in ("app", "app-release", "app-old"):
+        for kind in ("app", "app-no-release", "app-old"):
             if kind not in app:
                 continue
             a = app[kind]

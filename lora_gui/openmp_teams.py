@@ -12,10 +12,10 @@ thread never had company). ``release()`` ends the calling thread's team (OpenMP 
 ``omp_pause_resource_all``, which in libgomp pauses only the caller's own team); its next parallel
 loop starts a new one in a fraction of a millisecond.
 
-Called by the threads that are about to idle (it acts only when switched on, see SWITCH): a
-training thread that waits for a prediction (``training.yield_gate``), a prediction as it leaves
-the gate, and the app's event handlers when they return (``ui.common.friendly``). Elsewhere (macOS, Windows, an OpenMP other than libgomp,
-torch not imported yet) it does nothing.
+Called by the threads that are about to idle: a training thread that waits for a prediction
+(``training.yield_gate``), a prediction as it leaves the gate, and the app's event handlers when
+they return (``ui.common.friendly``). Elsewhere (macOS, Windows, an OpenMP other than libgomp,
+torch not imported yet) it does nothing; ``LORA_GUI_OPENMP_RELEASE=0`` switches it off.
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ import ctypes
 import os
 import sys
 
-# Off unless LORA_GUI_OPENMP_RELEASE=1. With every idle team gone, the training's helpers spin at full
-# speed between parallel loops, and on a 2-core machine the web server and the browser then got too
-# little CPU: a second tab's first status poll took over 30 s while a training ran (tests/
-# test_sessions_browser.py, 3 of 3 with it on, passing with it off). Until the training can leave them
-# room, the app keeps the old, throttled behaviour (slower training, responsive page) by default.
+# On unless LORA_GUI_OPENMP_RELEASE=0. With every idle team gone the training's helpers spin at full
+# speed between parallel loops; the app's training runs at a lower priority (jobs/background_priority)
+# so the web server and a browser on the same machine still go first. (It was off for a while: a
+# second tab's status never came with it on, 3 of 3 times; the cause was not the CPU but a race that
+# replaced the tab's session at page load, fixed in ui/session.py, and it passes 8 of 8 with it on.)
 SWITCH = "LORA_GUI_OPENMP_RELEASE"
 _OMP_PAUSE_SOFT = 1   # omp_pause_resource_t: free the threads, keep nothing that a resume needs
 _state: dict = {"pause": None}   # the function once found; False once looked for in vain
@@ -63,7 +63,7 @@ def release() -> bool:
     """End the calling thread's OpenMP team, if it has one; True when libgomp did it.
 
     Inside a parallel region libgomp refuses (and nothing happens), so it is safe from any hook."""
-    if os.environ.get(SWITCH, "").strip() != "1":
+    if os.environ.get(SWITCH, "").strip() == "0":
         return False
     pause = _pause_function()
     return bool(pause) and pause(_OMP_PAUSE_SOFT) == 0

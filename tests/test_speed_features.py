@@ -401,8 +401,8 @@ def test_idle_threads_hand_back_their_openmp_team():
     import subprocess
     import sys
     out = subprocess.run([sys.executable, "-c", _TEAMS], capture_output=True, text=True, check=True,
-                         env={**{k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))},
-                              "LORA_GUI_OPENMP_RELEASE": "1"})
+                         env={k: v for k, v in os.environ.items()
+                              if not k.startswith(("OMP_", "GOMP_")) and k != "LORA_GUI_OPENMP_RELEASE"})
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     base = seen["base"]
     assert seen["plain"] == base + 2, seen       # the thread and its team's helper
@@ -411,7 +411,7 @@ def test_idle_threads_hand_back_their_openmp_team():
     assert seen["main_with_team"] == base + 1 and seen["released"] is True and seen["main_after"] == base, seen
 
 
-def test_openmp_teams_are_left_alone_unless_switched_on(monkeypatch):
+def test_openmp_teams_are_left_alone_when_switched_off(monkeypatch):
     from lora_gui import openmp_teams
-    monkeypatch.delenv(openmp_teams.SWITCH, raising=False)
+    monkeypatch.setenv(openmp_teams.SWITCH, "0")
     assert openmp_teams.release() is False

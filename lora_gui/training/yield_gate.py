@@ -9,10 +9,10 @@ arrives in the backward pass) it waits while a prediction is running. A predicti
 the gate around its forward (``watch``), so a prediction waits at most one block, not a step.
 
 With nobody predicting a yield point is one integer read: the CLI and an idle app train at
-full speed. With ``LORA_GUI_OPENMP_RELEASE=1`` whoever is about to idle also hands back its OpenMP
-thread team (``openmp_teams``, off by default): the training before it waits, the prediction as it
-leaves. Two teams alive at once on a small machine slow both (libgomp stops letting their threads
-spin), so each side then gets the machine as it would alone.
+full speed. Whoever is about to idle also hands back its OpenMP thread team (``openmp_teams``):
+the training before it waits, the prediction as it leaves. Two teams alive at once on a small
+machine slow both (libgomp stops letting their threads spin), so each side then gets the machine
+as it would alone.
 """
 from __future__ import annotations
 

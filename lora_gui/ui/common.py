@@ -112,7 +112,6 @@ def friendly(fn, what: str = ""):
         finally:
             # the web server's thread idles now: its torch thread team (a prediction's, an
             # export's) would otherwise slow a training for as long as the thread lives
-            # (only with LORA_GUI_OPENMP_RELEASE=1, see openmp_teams)
             openmp_teams.release()
     guarded._lg_guarded = True
     return guarded
