@@ -13,7 +13,10 @@ from lora_gui.ui.session import Session
 
 
 def _session_on(run_dir):
-    session = Session()
+    class _OnRun(Session):   # Gradio deep-copies the default per page; Session's copy is blank
+        def __deepcopy__(self, memo):
+            return _session_on(run_dir)
+    session = _OnRun()
     session.set_model(run_dir)
     return session
 from lora_gui.ui.tabs.demo_tab import build_demo_tab
