@@ -266,7 +266,6 @@ def test_live_charts_are_redrawn_for_a_new_epoch_but_not_for_every_step(tmp_path
         job.report_metrics({"kind": "step", "epoch": 1, "step": n, "loss": 1.0 / n, "lr": 1e-3,
                             "images_per_s": 10.0, "time": float(n)})
 
-
     def charts_changed():
         out = train_tab.poll_job(session)
         return all(isinstance(p, gr.Plot) for p in (out[2], out[3], out[5]))

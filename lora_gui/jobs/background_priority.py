@@ -3,7 +3,7 @@
 In the app a training is background work: the page, its status polls and a prediction
 must answer while it runs. On a 2-core laptop the training's thread team fills both
 cores, and at equal priority the server (and a browser on the same machine) only gets
-its fair share between them: a new tab then waited tens of seconds for its first status.
+its fair share between them.
 Raising the training thread's nice value lets every other thread go first when it has
 work; on an idle machine the training still gets all of the CPU (a nice value only
 weighs runnable threads against each other), so it trains as fast as before.
