@@ -185,14 +185,23 @@ def engine_worker(spec: dict) -> dict:
     baseline_rss = rss_mb()
     first_model = {}
     if hasattr(loop.Trainer, "_first_model"):   # the seconds until Test has a model (issue 15 goal 2)
-        original = loop.Trainer._first_model
+        original, save = loop.Trainer._first_model, loop.Trainer._save_adapter
 
         def first(trainer):
+            first_model["inside"] = True
             original(trainer)
+            first_model["inside"] = False
             if trainer.best is not None:
-                first_model["s"] = time.perf_counter() - t0
                 first_model["val_acc"] = trainer.best["val_acc"]
-        loop.Trainer._first_model = first
+                first_model["scored_s"] = time.perf_counter() - t0
+
+        def saved(trainer, which, metrics):
+            save(trainer, which, metrics)
+            # ready for Test: its first save as best/ (since 2026-12-03 before it is scored on the
+            # validation images; an older tree saves it once, scored)
+            if which == "best" and first_model.get("inside") and "s" not in first_model:
+                first_model["s"] = time.perf_counter() - t0
+        loop.Trainer._first_model, loop.Trainer._save_adapter = first, saved
     t0, c0 = time.perf_counter(), time.process_time()
     with timer.phase("data scan"):
         dataset = load_dataset(config.data.source, spec["workspace"])
@@ -205,6 +214,7 @@ def engine_worker(spec: dict) -> dict:
     return {"total_s": total, "cpu_s": cpu, "phases": timer.report(total), "best_val_acc": best.get("val_acc"),
             "held_out_acc": _held_out_acc(run.path / "best", spec), "first_model_s": first_model.get("s"),
             "first_model_val_acc": first_model.get("val_acc"),
+            "first_model_scored_s": first_model.get("scored_s"),
             "final_val_acc": epochs[-1]["val_acc"] if epochs else None, "epochs": len(epochs),
             "steps": len(steps), "set": spec.get("set", []), "log": run.log_tail(40), "phases_missing": timer.missing,
             "threads": torch.get_num_threads(), "rss_added_mb": peak_memory_mb("cpu")["peak_rss_mb"] - baseline_rss,

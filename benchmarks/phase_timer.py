@@ -72,6 +72,10 @@ class PhaseTimer:
             transforms = importlib.import_module("lora_gui.data.transforms")
         except ImportError:   # before the start-up split of data/images.py
             transforms = importlib.import_module("lora_gui.data.images")
+        try:
+            probe = importlib.import_module("lora_gui.training.probe")
+        except ImportError:   # before issue 15's first model
+            probe = None
         t = cls()
         t.missing = []
         trainer = loop.Trainer
@@ -84,7 +88,8 @@ class PhaseTimer:
                 (trainer, "evaluate", "validation"), (trainer, "_save_adapter", "save adapter"),
                 (trainer, "_flush_and_checkpoint", "checkpoint"), (trainer, "_optimizer_step", "optimizer step"),
                 (trainer, "_micro_batch", "forward + backward"),
-                (trainer, "_first_model", "first model (linear probe)")]:   # issue 15's probe: newer engines
+                (trainer, "_first_model", "first model (linear probe)"),   # issue 15's probe: newer engines
+                (probe, "features", "pooled features"), (probe, "fit_head", "head fit")]:
             if hasattr(owner, name):
                 t.wrap(owner, name, label)
             else:

@@ -48,6 +48,23 @@ def test_cached_path_equals_full_model(name, kwargs):
     assert torch.equal(m(x), full)
 
 
+@pytest.mark.parametrize("name,kwargs", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_one_pass_gives_the_cache_and_the_pooled_features(name, kwargs):
+    """The pass that fills a new run's cache also returns the classifier's input (the linear
+    probe's features): the same cached tensor as ``capture``, the same features as timm's head."""
+    from lora_gui.lora.targets import classifier_names
+    m = _model(name, kwargs)
+    size = kwargs.get("img_size", 64)
+    x = torch.randn(3, 3, size, size)
+    plan = prefix_cache.plan(m, x)
+    cached, pooled = plan.capture_with_features(m, x, classifier_names(m)[0])
+    assert torch.equal(cached, plan.capture(m, x))
+    with torch.no_grad():
+        expected = m.forward_head(m.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(pooled, expected)
+    assert not any(mod._forward_pre_hooks for mod in m.modules())   # nothing left hooked
+
+
 def test_no_prefix_when_the_first_layer_trains():
     torch.manual_seed(0)
     m = timm.create_model("resnet18", pretrained=False, num_classes=3)

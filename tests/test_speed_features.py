@@ -139,6 +139,34 @@ def test_the_probe_takes_fewer_epochs_only_for_big_sets():
                for n in (321, 999, 4_321))   # about the step budget, never less
 
 
+def test_the_probe_fit_takes_the_same_steps_as_autograd_and_adamw():
+    """The head fit writes softmax cross-entropy's gradient out by hand (for speed): it must be the
+    gradient autograd computes, label smoothing and weight decay included."""
+    import torch.nn.functional as F
+
+    from lora_gui.training import probe
+    gen = torch.Generator().manual_seed(3)
+    feats = torch.randn(70, 48, generator=gen).relu()
+    labels = torch.randint(0, 5, (70,), generator=gen)
+    threads = torch.get_num_threads()
+    got = probe.fit_head(feats, labels, 5, seed=11, weight_decay=0.05, label_smoothing=0.1)
+    with torch.random.fork_rng(devices=[]):   # the reference: the plain autograd loop
+        torch.manual_seed(11)
+        ref = torch.nn.Linear(48, 5)
+        opt = torch.optim.AdamW(ref.parameters(), lr=probe.LR, weight_decay=0.05)
+        g = torch.Generator().manual_seed(11)
+        for _ in range(probe.epochs_for(70)):
+            for idx in torch.randperm(70, generator=g).split(probe.BATCH):
+                loss = F.cross_entropy(ref(feats[idx]), labels[idx], label_smoothing=0.1)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    assert not torch.equal(ref.weight, torch.nn.Linear(48, 5).weight)   # it did train
+    torch.testing.assert_close(got.weight, ref.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.bias, ref.bias, rtol=1e-4, atol=1e-5)
+    assert got.weight.grad is None and torch.get_num_threads() == threads
+
+
 def test_no_first_model_when_switched_off(tmp_path, make_image_folder):
     from lora_gui.errors import StopRequested
     root = _folder(make_image_folder)
@@ -180,14 +208,28 @@ def test_a_cache_over_its_budget_goes_to_disk_and_trains_the_same(tmp_path, make
 
 
 # the first model before the mirrored views ------------------------------------------
-def test_the_first_model_is_ready_before_the_mirrored_views_and_the_cache_holds_them(tmp_path, make_image_folder):
+def test_the_first_model_is_ready_before_the_mirrored_views_and_the_cache_holds_them(tmp_path, make_image_folder,
+                                                                                   monkeypatch):
     from lora_gui.data.transforms import ImageDataset, build_transform
     root = _folder(make_image_folder)
     run = RunFolder(tmp_path / "run").create()
     cfg = _config(root)
     cfg.model.name, cfg.model.weights = "tf_efficientnet_lite0", "random"
+    # the first model is saved before the validation images go through the frozen front (it only
+    # needs the training images); its score follows
+    seen = {}
+    real_complete_val = batches.CachedBatches.complete_val
+
+    def complete_val(self, trainer):
+        if "best" not in seen:
+            meta = run.path / "best" / "adapter.json"
+            seen["best"] = json.loads(meta.read_text())["metrics"] if meta.exists() else None
+        real_complete_val(self, trainer)
+    monkeypatch.setattr(batches.CachedBatches, "complete_val", complete_val)
     trainer = Trainer(cfg, run, "cpu", RecordingReporter())
     trainer.run()
+    assert seen["best"] and seen["best"]["stage"] == "linear probe" and seen["best"]["val_acc"] is None
+    assert run.read_status()["first_model"]["val_acc"] is not None
     log = run.log_tail(40)
     first = next(i for i, line in enumerate(log) if "first model (linear probe" in line)
     mirrored = next(i for i, line in enumerate(log) if "mirrored views of the 18 training images" in line)

@@ -19,7 +19,7 @@ import torch
 from ..data.decoded_cache import DecodedCache, cache_max_side
 from ..data.transforms import ImageDataset, build_transform
 from ..malloc_tuning import release as release_free_memory
-from . import norm_calibration, prefix_cache
+from . import norm_calibration, prefix_cache, probe
 
 CACHEABLE_AUGMENTATIONS = ("none", "flip")
 
@@ -94,9 +94,22 @@ class CachedBatches:
         size = trainer.data_config["input_size"]
         self.dummy_shape = tuple(size)
         self.pending_views = list(range(1, train_cache.shape[0]))
+        self.pending_val = bool(trainer.val_samples)
+        self.train_features: torch.Tensor | None = None   # the plain view's pooled features, if computed
+
+    def complete_val(self, trainer) -> None:
+        """The validation images' cached inputs, which ``make_batches`` left for after the first model."""
+        if not self.pending_val:
+            return
+        started = time.time()
+        _compute(trainer, self.plan, trainer.val_samples, self.val_cache.unsqueeze(0), 0)
+        self.pending_val = False
+        trainer.folder.log(f"frozen prefix of the {len(self.val_labels)} validation images cached in "
+                           f"{time.time() - started:.1f} s")
 
     def complete(self, trainer) -> None:
-        """The views ``make_batches`` left for later (the mirrored images), before the first step."""
+        """What ``make_batches`` left for later (the validation images, the mirrored views), before the first step."""
+        self.complete_val(trainer)
         if not self.pending_views:
             return
         started = time.time()
@@ -154,16 +167,24 @@ def calibration_batches(trainer):
     return _plain_batches(trainer, trainer.train_samples, norm_calibration.BATCH_SIZE)
 
 
-def _compute(trainer, plan, samples, out: torch.Tensor, view: int, decoded: DecodedCache | None = None) -> None:
+def _compute(trainer, plan, samples, out: torch.Tensor, view: int, decoded: DecodedCache | None = None,
+             head: str | None = None) -> torch.Tensor | None:
     """``out[view]`` for every sample (view 1: the mirrored image), filled in place batch by batch,
-    so the peak is the cache itself plus one batch's activations."""
+    so the peak is the cache itself plus one batch's activations. With ``head`` (the classifier's
+    name) the pass goes on to it, and the pooled features of every sample are returned too."""
     trainer.model.eval()
-    start = 0
+    start, features = 0, []
     for x in _plain_batches(trainer, samples, compute_batch_size(trainer.device), decoded):
+        x = x.flip(-1) if view else x
         # no_grad: nothing of the frozen front is kept for autograd
         with torch.no_grad(), trainer.autocast():
-            out[view, start:start + len(x)] = plan.capture(trainer.model, x.flip(-1) if view else x)
+            if head is None:
+                out[view, start:start + len(x)] = plan.capture(trainer.model, x)
+            else:
+                out[view, start:start + len(x)], pooled = plan.capture_with_features(trainer.model, x, head)
+                features.append(pooled.cpu())
         start += len(x)
+    return torch.cat(features) if head is not None and features else None
 
 
 def _allocate(shape: tuple, dtype: torch.dtype, spill: Path | None) -> torch.Tensor:
@@ -181,8 +202,8 @@ def make_batches(trainer):
         return ImageBatches(trainer), "not used under torchrun (each rank decodes its own images)"
     if cfg.data.augmentation not in CACHEABLE_AUGMENTATIONS:
         return ImageBatches(trainer), f"augmentation '{cfg.data.augmentation}' changes images every epoch"
-    probe = _plain_dataset(trainer, (trainer.train_samples + trainer.val_samples)[:4])
-    example = trainer._to_device(torch.stack([probe[i][0] for i in range(len(probe))]))
+    few = _plain_dataset(trainer, (trainer.train_samples + trainer.val_samples)[:4])
+    example = trainer._to_device(torch.stack([few[i][0] for i in range(len(few))]))
     plan = prefix_cache.plan(trainer.model, example, trainer.autocast)
     if plan.reason:
         return ImageBatches(trainer), plan.reason
@@ -199,21 +220,27 @@ def make_batches(trainer):
     train_cache = _allocate((views, len(trainer.train_samples), *plan.sample_shape), dtype, spill("train"))
     val_cache = (_allocate((1, len(trainer.val_samples), *plan.sample_shape), dtype, spill("val"))
                  if trainer.val_samples else torch.empty((1, 0, *plan.sample_shape), dtype=dtype))
-    # the plain view first: the first model (training.probe) needs only it, and is ready for the
-    # Test tab before the mirrored views are computed (CachedBatches.complete)
+    # the training images' plain view first: the first model (training.probe) needs only it, and is
+    # ready for the Test tab before the validation images and the mirrored views are computed
+    # (CachedBatches.complete_val, .complete)
     # the mirrored views' pass reads the same files again: keep their decoded pixels until then
     # (bounded by cache_mb like the decoded-image cache of uncached training; freed by complete())
     decoded = decoded_cache(trainer) if views == 2 else None
-    _compute(trainer, plan, trainer.train_samples, train_cache, 0, decoded)
-    if trainer.val_samples:
-        _compute(trainer, plan, trainer.val_samples, val_cache, 0)
+    # a new run's first model (training.probe) needs the training images' pooled features: this
+    # pass runs on to the classifier for them (a second pass over the cache cost ~0.1 s more)
+    head = probe.classifier_to_probe(trainer) if not trainer.resume else None
+    train_features = _compute(trainer, plan, trainer.train_samples, train_cache, 0, decoded, head)
     release_free_memory()
     trainer.speed["prefix_cache_storage"] = where
-    trainer.folder.log(f"frozen prefix cached at {plan.boundary}: {train_cache.shape[1]} train + "
-                       f"{len(trainer.val_samples)} val in {time.time() - started:.1f} s "
-                       f"({(train_cache.nbytes + val_cache.nbytes) / 2**20:.0f} MB{', in a file on disk' if where == 'disk' else ''}"
-                       f"{'; their mirrored views follow' if views == 2 else ''})")
-    return CachedBatches(trainer, plan, train_cache, val_cache[0], decoded), ""
+    later = [what for what, due in (("the validation images", bool(trainer.val_samples)),
+                                    ("the mirrored views", views == 2)) if due]
+    trainer.folder.log(f"frozen prefix cached at {plan.boundary}: {train_cache.shape[1]} train images in "
+                       f"{time.time() - started:.1f} s ({(train_cache.nbytes + val_cache.nbytes) / 2**20:.0f} MB "
+                       f"with the rest{', in a file on disk' if where == 'disk' else ''}"
+                       f"{'; ' + ' and '.join(later) + ' follow' if later else ''})")
+    cached = CachedBatches(trainer, plan, train_cache, val_cache[0], decoded)
+    cached.train_features = train_features
+    return cached, ""
 
 
 # the prefix cache may take this share of the memory the OS says is available; the rest is left

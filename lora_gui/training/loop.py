@@ -101,7 +101,7 @@ class Trainer(CheckpointMixin):
             self._write_config()
         if self.step == 0:   # a new run, or one restarted from its beginning: a first model at once
             self._first_model()
-        self.batches.complete(self)   # the rest of the prefix cache (mirrored views), after the first model
+        self.batches.complete(self)   # the rest of the prefix cache (validation images, mirrored views), after the first model
         trainable, total = lora.count_parameters(self.model)
         run.log(f"{len(self.train_samples)} train / {len(self.val_samples)} val images, {len(self.classes)} classes; "
                 f"{len(self.layers)} LoRA layers; {trainable:,} of {total:,} parameters trainable; "

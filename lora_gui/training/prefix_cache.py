@@ -81,6 +81,30 @@ class PrefixPlan:
             handle.remove()
         raise RuntimeError(f"boundary {self.boundary} was never called")
 
+    def capture_with_features(self, model: nn.Module, x: torch.Tensor, head: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The boundary block's input and the input of the classifier ``head`` (the pooled
+        features, fp32): the model runs on past the boundary up to the classifier, so a linear
+        probe's features cost no second pass over the cached inputs (``training.probe``)."""
+        seen = {}
+
+        def at_boundary(_, args):
+            seen.setdefault("x", args[0].detach().clone())
+
+        def at_head(_, args):
+            raise _Captured(args[0])
+        handles = [model.get_submodule(self.boundary).register_forward_pre_hook(at_boundary),
+                   model.get_submodule(head).register_forward_pre_hook(at_head)]
+        try:
+            model(x)
+        except _Captured as got:
+            if "x" not in seen:
+                raise RuntimeError(f"boundary {self.boundary} was never called") from None
+            return seen["x"], got.value.detach().float()
+        finally:
+            for handle in handles:
+                handle.remove()
+        raise RuntimeError(f"the classifier {head} was never called")
+
     @contextmanager
     def feeding(self, model: nn.Module):
         """Inside: ``feed(cached)`` sets the next boundary input; frozen modules are stubs."""
@@ -102,7 +126,8 @@ class PrefixPlan:
 
 
 def _first_trainable(model: nn.Module, x: torch.Tensor) -> tuple[str | None, list[str], dict]:
-    """Trace one forward: (first module with trainable params, call order, outputs of each module)."""
+    """Trace one forward: (first module with trainable params, call order, outputs of each module);
+    the model's own output is ``outputs[""]``."""
     names = {id(m): n for n, m in model.named_modules()}
     order, outputs, handles = [], {}, []
     first = []
@@ -169,22 +194,32 @@ def _plan(model, example, autocast) -> PrefixPlan:
             stubs[n] = (tuple(out.shape[1:]), out.dtype)
         elif any(True for _ in model.get_submodule(n).parameters(recurse=False)):
             return PrefixPlan(boundary, reason=f"{n} returns {type(out).__name__}, not a tensor")
+    # the traced pass's logits stand in for a full pass (a plan is made at the start of every run:
+    # each forward saved is time to the first model); the boundary's input is captured afresh, as
+    # the cache will capture it: the traced one may have been changed in place after it was seen
+    full = outputs.get("")
+    if not isinstance(full, torch.Tensor):
+        return PrefixPlan(boundary, reason=f"the model returns {type(full).__name__}, not a tensor")
+    try:
+        with ctx():
+            cached = PrefixPlan(boundary).capture(model, example)
+    except Exception as exc:
+        return PrefixPlan(boundary, reason=f"cached path failed ({type(exc).__name__}: {exc})")
     failure = ""
     for dense in (False, True):  # broadcast zeros first; real zeros if the model writes into them
         p = PrefixPlan(boundary, stubs, dense=dense)
-        failure = _check(p, model, example, ctx)
+        failure = _check(p, model, example, ctx, cached, full.float())
         if not failure:
             return p
     return PrefixPlan(boundary, reason=failure)
 
 
-def _check(p: PrefixPlan, model, example, ctx) -> str:
-    """'' if the cached path reproduces the full model's logits (and sets the cached shape)."""
+def _check(p: PrefixPlan, model, example, ctx, cached: torch.Tensor, full: torch.Tensor) -> str:
+    """'' if the cached path (fed ``cached``) reproduces the full model's logits ``full`` (and sets
+    the cached shape)."""
     try:
         with ctx():
-            cached = p.capture(model, example)
             with torch.no_grad():
-                full = model(example).float()
                 with p.feeding(model) as feed:
                     feed(cached)
                     short = model(p.dummy_input(len(example), tuple(example.shape[1:]), example.device)).float()
