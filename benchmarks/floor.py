@@ -265,6 +265,9 @@ def measure(spec: dict, engine_sets: list[list[str]], repeat: int = 1) -> dict:
             _keep(out["runs"], name, launch("engine", dict(spec, set=sets)), "total_s")
         if spec.get("before"):   # the same default run with an older engine (--before)
             _keep(out["runs"], "engine before", launch("engine", dict(spec, code=spec["before"])), "total_s")
+        # the floor again after the engines: this VM's speed drifts by up to ~30 % between minutes, and
+        # the floor is the least disturbed pass of all (as each run's figure is its least disturbed)
+        _keep(out["runs"], "floor-bf16", launch("floor", dict(spec, dtype="bf16")), "pass_s")
     out["load_after"] = load_average()
     floors = [v for k, v in out["runs"].items() if k.startswith("floor-")]
     out["floor"] = min(floors, key=lambda r: r["pass_s"])

@@ -224,11 +224,15 @@ def test_the_first_model_is_ready_before_the_mirrored_views_and_the_cache_holds_
         if "best" not in seen:
             meta = run.path / "best" / "adapter.json"
             seen["best"] = json.loads(meta.read_text())["metrics"] if meta.exists() else None
+            from lora_gui.ui.tabs import test_tab
+            seen["line"] = test_tab._run_line(run.path)
         real_complete_val(self, trainer)
     monkeypatch.setattr(batches.CachedBatches, "complete_val", complete_val)
+    run.update_status(status="running")   # as the job that runs a Trainer says
     trainer = Trainer(cfg, run, "cpu", RecordingReporter())
     trainer.run()
     assert seen["best"] and seen["best"]["stage"] == "linear probe" and seen["best"]["val_acc"] is None
+    assert "the first model: the linear probe" in seen["line"] and "its validation score follows" in seen["line"]
     assert run.read_status()["first_model"]["val_acc"] is not None
     log = run.log_tail(40)
     first = next(i for i, line in enumerate(log) if "first model (linear probe" in line)

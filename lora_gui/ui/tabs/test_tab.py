@@ -17,6 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from ...data.images import load_rgb
+from ...errors import DamagedRun
 from ...store.run_folder import RunFolder
 from ..charts import confusion_figure
 from ..common import ENGINE_ERRORS, failure, md, this_tab
@@ -85,9 +86,12 @@ def _run_line(run_dir: Path) -> str:
     acc, epoch = status.get("best_val_acc"), status.get("best_epoch")
     acc_text = f"validation accuracy {acc:.1%}" if isinstance(acc, (int, float)) else ""
     if epoch == 0:   # issue 15: the linear probe saved before LoRA trains (training/probe.py)
-        best = ("the first model: the linear probe, head only, before LoRA" + (f" ({acc_text})" if acc_text else "")
+        active = status.get("status") in ("queued", "running", "paused", "stopping")
+        # saved before its validation score, which follows within seconds
+        score = f" ({acc_text})" if acc_text else " (its validation score follows)" if active and _has_val(run) else ""
+        best = ("the first model: the linear probe, head only, before LoRA" + score
                 + (" — LoRA is still training; testing switches to its adapter when an epoch beats this"
-                   if status.get("status") in ("queued", "running", "paused", "stopping") else ""))
+                   if active else ""))
     elif epoch:
         best = f"best adapter (epoch {epoch}" + (f", {acc_text}" if acc_text else "") + ")"
     else:
@@ -95,6 +99,13 @@ def _run_line(run_dir: Path) -> str:
     on = dataset_name(s.get("source"))
     return (f"Model under test: **{md(run_label(s))}**" + (f" on {md(on)}" if on else "") + f", {best} — "
             f"{s['classes']} classes, LoRA rank {s['rank']}, run status *{s['status']}* (folder `{s['run']}`).")
+
+
+def _has_val(run: RunFolder) -> bool:
+    try:
+        return bool(run.split().val)
+    except DamagedRun:   # its line says so already
+        return False
 
 
 def describe_source(session) -> str:
