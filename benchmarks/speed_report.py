@@ -31,6 +31,8 @@ def headline(floor: dict | None, app: dict | None, scale: dict | None, vit: dict
         h["held_out_acc"] = {k: r.get("held_out_acc") for k, r in runs.items() if "held_out_acc" in r}
         h["first_model_x_floor"] = {k: round(r["first_model_s"] / f, 2) for k, r in runs.items()
                                     if r.get("first_model_s")}
+        if floor.get("median_ratios_to_floor"):   # every repeat's median, beside the least disturbed
+            h["x_floor_medians"] = floor["median_ratios_to_floor"]
     if app:
         cli = app["cli"]["images_per_s"]
         for kind in ("app", "app-no-release", "app-old"):
