@@ -226,11 +226,27 @@ def test_the_first_model_is_ready_before_the_mirrored_views_and_the_cache_holds_
             seen["best"] = json.loads(meta.read_text())["metrics"] if meta.exists() else None
             from lora_gui.ui.tabs import test_tab
             seen["line"] = test_tab._run_line(run.path)
+            # a page that started this run and opened the Test tab: its follower switches to the
+            # first model and stops
+            line, *_, timer = test_tab.follow_pending(page)
+            seen["page"] = (line, timer.active, page.current_model())
         real_complete_val(self, trainer)
     monkeypatch.setattr(batches.CachedBatches, "complete_val", complete_val)
     run.update_status(status="running")   # as the job that runs a Trainer says
+    from lora_gui.ui.session import Session
+    from lora_gui.ui.tabs import test_tab
+    page = Session()
+    page.pending_run = str(run.path)   # as Start leaves it (Session.started)
+    line, *_, timer = test_tab.follow_pending(page)   # the Test tab opened during set-up
+    assert "is setting up" in line and "switches to it" in line and timer.active, line
     trainer = Trainer(cfg, run, "cpu", RecordingReporter())
     trainer.run()
+    line, active, model = seen["page"]
+    assert "the first model: the linear probe" in line and "its validation score follows" in line, line
+    assert active is True and model == str(run.path)   # it goes on ticking for the score
+    run.update_status(status="finished")
+    line, *_, timer = test_tab.follow_pending(page)
+    assert "validation accuracy" in line and "follows" not in line and timer.active is False, line
     assert seen["best"] and seen["best"]["stage"] == "linear probe" and seen["best"]["val_acc"] is None
     assert "the first model: the linear probe" in seen["line"] and "its validation score follows" in seen["line"]
     assert run.read_status()["first_model"]["val_acc"] is not None

@@ -31,6 +31,7 @@ NO_MODEL = "Train a model first (Train tab) or load an adapter in the Export tab
 GALLERY_MAX = 48
 HEATMAP_MAX = 24   # a heatmap costs a forward and a backward pass: the most confident mistakes get one
 THUMB = 192
+ACTIVE = ("queued", "running", "paused", "stopping")   # a run in these may still save a model
 
 
 def cache_model(session, source: str, loaded: LoadedAdapter) -> None:
@@ -43,7 +44,7 @@ def _no_adapter_yet(source: str) -> str | None:
     run = RunFolder(source)
     if run.exists() and not (run.path / "best").is_dir():
         status = run.read_status().get("status", "")
-        if status in ("queued", "running", "paused", "stopping"):
+        if status in ACTIVE:
             return (f"Run {run.path.name} has no trained adapter yet: the first one is saved when set-up ends "
                     "(a linear probe, where the run can make one) or at the end of the first epoch. Wait for it, "
                     "or pick a finished run in the Runs tab.")
@@ -56,7 +57,15 @@ def _own_run_note(session) -> str | None:
     """Why this session's own run is not tested (no trained adapter yet), if that is the reason."""
     job = session.job()
     run = session.pending_run or (str(job.run.path) if job is not None else None)
-    return _no_adapter_yet(run) if run else None
+    if not run:
+        return None
+    folder = RunFolder(run)
+    # its config.json is written once the model is built and its images cached: until then the run
+    # folder holds only the job's status
+    if not folder.exists() and folder.read_status().get("status") in ("queued", "running"):
+        return (f"Run {folder.path.name} is setting up: its first model (a linear probe, where the run can "
+                "make one) is saved within seconds, and this tab switches to it.")
+    return _no_adapter_yet(run)
 
 
 def get_test_model(session) -> LoadedAdapter:
@@ -86,9 +95,8 @@ def _run_line(run_dir: Path) -> str:
     acc, epoch = status.get("best_val_acc"), status.get("best_epoch")
     acc_text = f"validation accuracy {acc:.1%}" if isinstance(acc, (int, float)) else ""
     if epoch == 0:   # issue 15: the linear probe saved before LoRA trains (training/probe.py)
-        active = status.get("status") in ("queued", "running", "paused", "stopping")
-        # saved before its validation score, which follows within seconds
-        score = f" ({acc_text})" if acc_text else " (its validation score follows)" if active and _has_val(run) else ""
+        active = status.get("status") in ACTIVE
+        score = f" ({acc_text})" if acc_text else " (its validation score follows)" if _score_follows(run) else ""
         best = ("the first model: the linear probe, head only, before LoRA" + score
                 + (" — LoRA is still training; testing switches to its adapter when an epoch beats this"
                    if active else ""))
@@ -101,7 +109,11 @@ def _run_line(run_dir: Path) -> str:
             f"{s['classes']} classes, LoRA rank {s['rank']}, run status *{s['status']}* (folder `{s['run']}`).")
 
 
-def _has_val(run: RunFolder) -> bool:
+def _score_follows(run: RunFolder) -> bool:
+    """Is ``run``'s model its first one, saved before its validation score (which follows within seconds)?"""
+    status = run.read_status()
+    if status.get("best_epoch") != 0 or status.get("best_val_acc") is not None or status.get("status") not in ACTIVE:
+        return False
     try:
         return bool(run.split().val)
     except DamagedRun:   # its line says so already
@@ -125,6 +137,15 @@ def describe_source(session) -> str:
     if run_dir is not None:
         return _run_line(run_dir) + note
     return f"Model under test: adapter **{Path(source).name}**.{note}"
+
+
+def follow_pending(session):
+    """``sync_outputs``, and the tab's follower timer on while a run started here has no adapter yet
+    or its first model's validation score is still to come (it ticks until the line is complete)."""
+    outputs = sync_outputs(session)
+    source = session.current_model()
+    waiting = session.pending_run is not None or bool(source and _score_follows(RunFolder(source)))
+    return (*outputs, gr.Timer(active=waiting))
 
 
 def sync_outputs(session):
@@ -265,8 +286,13 @@ def build_test_tab(ctx) -> None:
 
     refresh = dict(fn=sync_outputs, inputs=[session], outputs=[source_md, label, eval_md, table, plot, gallery, session],
                    **hidden)
+    # a run started here is tested as soon as it saves its first model (seconds after Start): a tab
+    # opened before that follows it on its own, then its timer stops
+    follower = gr.Timer(1.0, active=False)
+    follow = dict(refresh, fn=follow_pending, outputs=[*refresh["outputs"], follower])
+    follower.tick(**follow)
     if tab is not None:
-        tab.select(**refresh)
+        tab.select(**follow)
     ctx.shared["test_source_md"] = source_md
     ctx.shared["test_source_line"] = describe_source
     ctx.shared["test_sync"] = refresh
