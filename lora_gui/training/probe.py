@@ -1,8 +1,9 @@
 """A first model in seconds: the head trained alone on the cached features, before LoRA starts.
 
-With the frozen prefix cached (``batches.CachedBatches``), running the rest of the model once
-over each image's cached input gives its pooled features (LoRA's B is zero at the start, so this
-is the base model). A linear head trained on them for 50 cheap epochs, fewer for big sets (the linear probe,
+The pass that caches the frozen prefix of the training images (``batches.make_batches``) runs on
+to the classifier and keeps its input, the pooled features (LoRA's B is zero at the start, so this
+is the base model); a run resumed before its first step runs the rest of the model over the cache
+for them instead. A linear head trained on them for 50 cheap epochs, fewer for big sets (the linear probe,
 Teachable Machine's way) is saved as the run's first ``best/`` adapter, so the Test tab can use
 it while LoRA trains, and LoRA then starts from this head instead of a random one (linear probe
 then fine-tune: a random head's large early gradients would first push the adapted layers the
@@ -103,7 +104,7 @@ def _fit(feats, labels, classes: int, seed: int, weight_decay: float, label_smoo
         # the gradient written out rather than taken by autograd: for softmax cross-entropy it is
         # (softmax - target) / n, and these steps are so small that autograd's bookkeeping was most
         # of their time (0.34 -> 0.12 s for 200 images; same numbers, tests/test_speed_features.py)
-        opt = torch.optim.AdamW(head.parameters(), lr=LR, weight_decay=weight_decay, fused=True)
+        opt = _adamw(head, weight_decay)
         target = F.one_hot(labels, classes).float() * (1 - label_smoothing) + label_smoothing / classes
         g = torch.Generator().manual_seed(seed)
         for _ in range(epochs_for(len(labels))):
@@ -114,6 +115,14 @@ def _fit(feats, labels, classes: int, seed: int, weight_decay: float, label_smoo
                 opt.step()
     head.zero_grad(set_to_none=True)
     return head
+
+
+def _adamw(head: nn.Linear, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW in one fused kernel where torch has it for the CPU (2.4 and later), else the usual one."""
+    try:
+        return torch.optim.AdamW(head.parameters(), lr=LR, weight_decay=weight_decay, fused=True)
+    except RuntimeError:
+        return torch.optim.AdamW(head.parameters(), lr=LR, weight_decay=weight_decay)
 
 
 def epochs_for(n: int) -> int:
