@@ -4,7 +4,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import plotly.io as pio
 
-LAYOUT = dict(height=300, margin=dict(l=50, r=20, t=40, b=80), legend=dict(orientation="h", y=-0.32))
+# the legend hangs below the x-axis title (anchored at its top: a legend that wraps grows downwards,
+# not up into the title, which plotly's "auto" anchor does for y below 1/3)
+LAYOUT = dict(height=300, margin=dict(l=50, r=20, t=40, b=80), legend=dict(orientation="h", yanchor="top", y=-0.36))
 _TEMPLATE: dict = {}
 
 
@@ -53,7 +55,7 @@ def accuracy_figure(epoch_rows: list[dict], first_model_acc: float | None = None
     """Accuracy per epoch; ``first_model_acc``: the linear probe's, at epoch 0 (before LoRA)."""
     traces = []
     if first_model_acc is not None:
-        traces.append(dict(x=[0], y=[first_model_acc], mode="markers", name="first model (linear probe, before LoRA)",
+        traces.append(dict(x=[0], y=[first_model_acc], mode="markers", name="first model (linear probe)",
                            marker=dict(symbol="star", size=13, color="#a855f7")))
     epochs = [r["epoch"] for r in epoch_rows]
     traces.append(dict(x=epochs, y=[r.get("train_acc") for r in epoch_rows], mode="lines+markers",
