@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
                    "ImageNet weights work offline)")
     t.add_argument("--weights", help="bundled | hub | random | path to a .safetensors/.pth file")
     add_config_arguments(t)  # --rank, --epochs, ...: one per config field with a flag, help from its metadata
-    t.add_argument("--preset", help="presets/NAME.json to start from")
+    t.add_argument("--preset", help="a built-in preset's name (e.g. quick-cpu-demo) or a preset .json file to start from")
     t.add_argument("--config-json", metavar="JSON_OR_FILE", help="a full run configuration (as in a run's "
                    "config.json 'config', or RunConfig JSON) to start from instead of a preset; flags override it")
     t.add_argument("--dist-timeout", type=float, metavar="SECONDS", help="under torchrun: how long a collective "

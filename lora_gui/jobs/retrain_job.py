@@ -41,7 +41,8 @@ def retrain_with_fixes(run_dir: str | os.PathLike, workspace: str | os.PathLike,
     run = RunFolder(run_dir)
     adapter = run.best_dir / ADAPTER_FILE
     if not adapter.is_file():
-        raise DataError(f"{run.path.name} has no saved adapter yet; wait for its first epoch to end")
+        raise DataError(f"{run.path.name} has no saved adapter yet; wait for its first model (seconds after "
+                        "set-up, or the end of its first epoch)")
     config, classes, train, val = _run_parts(run)
     fixes = fixed_samples(workspace, run.path.name, classes)
     if not fixes:
