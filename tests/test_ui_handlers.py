@@ -187,6 +187,23 @@ def test_progress_says_what_happened_and_what_next_in_plain_words(status, messag
     assert "last/" not in text and "— paused" not in text and "Paused — " not in text
 
 
+def test_progress_points_to_the_first_model_once_it_is_saved(tmp_path):
+    """Issue 15: seconds after Start the run has a model to try; the progress line says where."""
+    from lora_gui.jobs.job_state import JobSnapshot
+    from lora_gui.store.run_folder import RunFolder
+    from lora_gui.ui.tabs.train_tab import progress_html
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.update_status(status="running")
+
+    def text(step):
+        return progress_html(JobSnapshot("j", str(run.path), "running", "training on cpu", 1, 3, step, 30, None, None))
+    assert "4 · Test" not in text(0) and "4 · Test" not in text(5)
+    run.update_status(first_model={"stage": "linear probe", "val_acc": None})
+    assert "Getting ready" in text(0) and "A first model is ready: try it in 4 · Test" in text(0)
+    assert "A first model is ready" in text(5) and "Pause or Stop" in text(5)
+
+
 def test_details_keep_the_engine_words_newest_line_first():
     """#12.8 of the log: the newest line is at the top, where the box opens."""
     from lora_gui.ui.tabs.train_tab import details_text

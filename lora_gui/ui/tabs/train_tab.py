@@ -55,10 +55,13 @@ def headline(snap) -> tuple[str, str]:
     if snap.status == "queued":
         ahead = f": {snap.queue_position} training(s) ahead of this one" if snap.queue_position else ""
         return f"Waiting for the computer to be free{ahead}.", "It starts by itself; you can leave this page open."
+    # the run's first model (a linear probe, seconds after Start) can be tried while LoRA trains
+    first = ("A first model is ready: try it in 4 · Test while LoRA trains." if snap.status in ("running", "paused")
+             and first_model_saved(snap) else "")
     if snap.status == "running" and not snap.step:
-        return "Getting ready: reading the images and preparing the model…", ""
+        return "Getting ready: reading the images and preparing the model…", first
     if snap.status == "running":
-        return "Training.", "Pause or Stop keep what it has learned so far."
+        return "Training.", " ".join(filter(None, [first, "Pause or Stop keep what it has learned so far."]))
     if snap.status == "paused":
         return "Paused.", "Press Resume to continue, or Stop to keep what it has learned so far."
     if snap.status == "stopping":
@@ -110,6 +113,11 @@ def buttons(status: str | None, can_pause: bool = True):
     active = status in ("queued", "running", "paused", "stopping")
     return (gr.Button(interactive=not active), gr.Button(interactive=status == "running" and can_pause),
             gr.Button(interactive=status == "paused"), gr.Button(interactive=status in ("queued", "running", "paused")))
+
+
+def first_model_saved(snap) -> bool:
+    """Has the run saved its first model (the linear probe) yet?"""
+    return bool(snap.run_dir) and isinstance(RunFolder(snap.run_dir).read_status().get("first_model"), dict)
 
 
 def first_model_acc(snap) -> float | None:
