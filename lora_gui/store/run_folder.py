@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover
 METRIC_FIELDS = ["kind", "epoch", "step", "loss", "lr", "images_per_s", "train_loss", "train_acc",
                  "val_loss", "val_acc", "time"]
 FINAL_STATUSES = ("finished", "stopped", "failed")
+LIVE_STATUSES = ("queued", "running", "paused", "stopping")   # a run in these may still save a model
 _STATUS_LOCK = threading.RLock()  # status.json is updated from the job thread and from controls
 
 

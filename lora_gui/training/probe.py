@@ -154,7 +154,7 @@ def run(trainer) -> nn.Linear | None:
 def score(trainer, fitted: nn.Linear) -> dict:
     """The probe's metrics on the validation images (their prefix is cached by now)."""
     b = trainer.batches
-    metrics = {"epoch": 0, "stage": STAGE, "val_acc": None, "val_loss": None}
+    metrics = _unscored()
     if len(b.val_labels):
         with torch.no_grad():
             logits = fitted(features(trainer, b.val_cache))
@@ -173,7 +173,7 @@ def first_model(trainer) -> None:
     fitted = run(trainer)
     if fitted is None:
         return
-    _keep(trainer, {"epoch": 0, "stage": STAGE, "val_acc": None, "val_loss": None})
+    _keep(trainer, _unscored())
     ready = time.time() - started
     trainer.batches.complete_val(trainer)
     metrics = score(trainer, fitted)
@@ -182,6 +182,11 @@ def first_model(trainer) -> None:
     trainer.folder.log(f"first model (linear probe on the cached features, {epochs_for(len(trainer.batches.train_labels))} "
                        f"epochs) ready in {ready:.1f} s, scored in {time.time() - started - ready:.1f} s more: "
                        f"val acc {acc}; saved as best/, LoRA starts from its head")
+
+
+def _unscored() -> dict:
+    """The first model's metrics before its validation images are through."""
+    return {"epoch": 0, "stage": STAGE, "val_acc": None, "val_loss": None}
 
 
 def _keep(trainer, metrics: dict) -> None:

@@ -10,13 +10,12 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ...jobs.registry import active_jobs, set_owner
-from ...store.run_folder import RunFolder, list_runs
+from ...store.run_folder import LIVE_STATUSES, RunFolder, list_runs
 from ..access import owner_id
 from ..common import ENGINE_ERRORS, failure, md, this_tab
 from ..run_names import dataset_name, run_label, run_title
 
 COLUMNS = ["run", "dataset", "model", "rank", "targets", "best val acc", "training time", "status", "folder"]
-LIVE = ("queued", "running", "paused", "stopping")
 RESUMABLE = ("stopped", "failed", "interrupted")
 MAX_CURVE_POINTS = 4000
 
@@ -41,7 +40,7 @@ def runs_with_status(workspace) -> list[dict]:
     live = _live_paths()
     rows = list_runs(workspace)
     for r in rows:
-        if r["status"] in LIVE and str(Path(r["path"]).resolve()) not in live:
+        if r["status"] in LIVE_STATUSES and str(Path(r["path"]).resolve()) not in live:
             # a CLI (or another app) may be training it; if nobody holds it, it was killed
             r["status"] = "running elsewhere" if RunFolder(r["path"]).in_use() else "interrupted"
     return rows
@@ -161,7 +160,7 @@ class RunsActions:
             raise gr.Error(f"{run.path.name} has no checkpoint to resume from (it stopped before saving one); "
                            "start a new training in the Train tab")
         previous = session.job()
-        if previous is not None and previous.status in LIVE:
+        if previous is not None and previous.status in LIVE_STATUSES:
             gr.Info("Your other training keeps running in the background; the resumed run waits for the device.",
                     title="Queued")
         from ...jobs.training_job import (

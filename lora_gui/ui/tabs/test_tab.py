@@ -18,7 +18,7 @@ import pandas as pd
 
 from ...data.images import load_rgb
 from ...errors import DamagedRun
-from ...store.run_folder import RunFolder
+from ...store.run_folder import LIVE_STATUSES, RunFolder
 from ..charts import confusion_figure
 from ..common import ENGINE_ERRORS, failure, md, this_tab
 from ..image_input import ImageInput
@@ -31,7 +31,6 @@ NO_MODEL = "Train a model first (Train tab) or load an adapter in the Export tab
 GALLERY_MAX = 48
 HEATMAP_MAX = 24   # a heatmap costs a forward and a backward pass: the most confident mistakes get one
 THUMB = 192
-ACTIVE = ("queued", "running", "paused", "stopping")   # a run in these may still save a model
 
 
 def cache_model(session, source: str, loaded: LoadedAdapter) -> None:
@@ -44,7 +43,7 @@ def _no_adapter_yet(source: str) -> str | None:
     run = RunFolder(source)
     if run.exists() and not (run.path / "best").is_dir():
         status = run.read_status().get("status", "")
-        if status in ACTIVE:
+        if status in LIVE_STATUSES:
             return (f"Run {run.path.name} has no trained adapter yet: the first one is saved when set-up ends "
                     "(a linear probe, where the run can make one) or at the end of the first epoch. Wait for it, "
                     "or pick a finished run in the Runs tab.")
@@ -95,7 +94,7 @@ def _run_line(run_dir: Path) -> str:
     acc, epoch = status.get("best_val_acc"), status.get("best_epoch")
     acc_text = f"validation accuracy {acc:.1%}" if isinstance(acc, (int, float)) else ""
     if epoch == 0:   # issue 15: the linear probe saved before LoRA trains (training/probe.py)
-        active = status.get("status") in ACTIVE
+        active = status.get("status") in LIVE_STATUSES
         score = f" ({acc_text})" if acc_text else " (its validation score follows)" if _score_follows(run) else ""
         best = ("the first model: the linear probe, head only, before LoRA" + score
                 + (" — LoRA is still training; testing switches to its adapter when an epoch beats this"
@@ -112,7 +111,7 @@ def _run_line(run_dir: Path) -> str:
 def _score_follows(run: RunFolder) -> bool:
     """Is ``run``'s model its first one, saved before its validation score (which follows within seconds)?"""
     status = run.read_status()
-    if status.get("best_epoch") != 0 or status.get("best_val_acc") is not None or status.get("status") not in ACTIVE:
+    if status.get("best_epoch") != 0 or status.get("best_val_acc") is not None or status.get("status") not in LIVE_STATUSES:
         return False
     try:
         return bool(run.split().val)

@@ -18,7 +18,7 @@ import gradio as gr
 
 from ...errors import ConfigError, ModelError
 from ...jobs.registry import set_owner
-from ...store.run_folder import FINAL_STATUSES, RunFolder
+from ...store.run_folder import FINAL_STATUSES, LIVE_STATUSES, RunFolder
 from .. import attach, charts, torchrun_choice
 from ..access import owner_id
 from ..common import PRIVATE, caller_host
@@ -56,8 +56,8 @@ def headline(snap) -> tuple[str, str]:
         ahead = f": {snap.queue_position} training(s) ahead of this one" if snap.queue_position else ""
         return f"Waiting for the computer to be free{ahead}.", "It starts by itself; you can leave this page open."
     # the run's first model (a linear probe, seconds after Start) can be tried while LoRA trains
-    first = ("A first model is ready: try it in 4 · Test while LoRA trains." if snap.status in ("running", "paused")
-             and first_model_saved(snap) else "")
+    first = ("A first model is ready: try it in 4 · Test while LoRA trains."
+             if snap.status == "running" and _first_model(snap) is not None else "")
     if snap.status == "running" and not snap.step:
         return "Getting ready: reading the images and preparing the model…", first
     if snap.status == "running":
@@ -110,20 +110,21 @@ ACC_NOTE = ("**Accuracy** appears here after epoch 1: it is measured at the end 
 
 
 def buttons(status: str | None, can_pause: bool = True):
-    active = status in ("queued", "running", "paused", "stopping")
+    active = status in LIVE_STATUSES
     return (gr.Button(interactive=not active), gr.Button(interactive=status == "running" and can_pause),
             gr.Button(interactive=status == "paused"), gr.Button(interactive=status in ("queued", "running", "paused")))
 
 
-def first_model_saved(snap) -> bool:
-    """Has the run saved its first model (the linear probe) yet?"""
-    return bool(snap.run_dir) and isinstance(RunFolder(snap.run_dir).read_status().get("first_model"), dict)
+def _first_model(snap) -> dict | None:
+    """The run's first model (the linear probe) as its status records it, once saved."""
+    first = RunFolder(snap.run_dir).read_status().get("first_model") if snap.run_dir else None
+    return first if isinstance(first, dict) else None
 
 
 def first_model_acc(snap) -> float | None:
     """The validation accuracy of the run's first model (the linear probe), if it has one."""
-    first = RunFolder(snap.run_dir).read_status().get("first_model") if snap.run_dir else None
-    return first.get("val_acc") if isinstance(first, dict) else None
+    first = _first_model(snap)
+    return first.get("val_acc") if first else None
 
 
 def figures(snap) -> tuple:
