@@ -385,10 +385,14 @@ def batch():   # a forward pass's activations: blocks of 1-48 MB alive together,
     del kept
 for _ in range(3):   # warm up: the heap grows once
     batch()
-before = faults()
+per_batch = []
 for _ in range(20):
+    before = faults()
     batch()
-print(faults() - before)
+    per_batch.append(faults() - before)
+# the median batch: a page-out by the kernel now and then (a reclaimer such as DAMON on a VM up for
+# a day) refaults once, in one batch, and is not what the tuning is about
+print(sorted(per_batch)[len(per_batch) // 2])
 """
 
 
@@ -408,9 +412,10 @@ def test_tuned_malloc_keeps_freed_activations_instead_of_faulting_them_in_again(
     assert said == "tuned"
     said_off, default = _faults({"LORA_GUI_MALLOC_TUNING": "0"})
     assert said_off.startswith("off")
-    # glibc's defaults: freed blocks go back to the OS and fault in again page by page (115 MB a
-    # batch: ~29,000 faults); tuned, the heap keeps them
-    assert default > 20 * 10_000 and tuned < default / 20, (tuned, default)
+    # glibc's defaults: a block above its mmap threshold (which grows to 32 MB at most) is unmapped
+    # when freed and faults in again page by page in the next batch (the 48 MB one: ~12,300 faults
+    # in the median batch); tuned, the heap keeps it (0 here)
+    assert default > 10_000 and tuned < default / 20, (tuned, default)
     said_user, _ = _faults({"MALLOC_ARENA_MAX": "2"})
     assert said_user == "left as set in the environment"
 

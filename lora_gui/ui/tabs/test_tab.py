@@ -95,7 +95,7 @@ def _run_line(run_dir: Path) -> str:
     acc_text = f"validation accuracy {acc:.1%}" if isinstance(acc, (int, float)) else ""
     if epoch == 0:   # issue 15: the linear probe saved before LoRA trains (training/probe.py)
         active = status.get("status") in LIVE_STATUSES
-        score = f" ({acc_text})" if acc_text else " (its validation score follows)" if _score_follows(run) else ""
+        score = f" ({acc_text})" if acc_text else " (its validation score follows)" if _score_follows(run, status) else ""
         best = ("the first model: the linear probe, head only, before LoRA" + score
                 + (" — LoRA is still training; testing switches to its adapter when an epoch beats this"
                    if active else ""))
@@ -108,9 +108,10 @@ def _run_line(run_dir: Path) -> str:
             f"{s['classes']} classes, LoRA rank {s['rank']}, run status *{s['status']}* (folder `{s['run']}`).")
 
 
-def _score_follows(run: RunFolder) -> bool:
-    """Is ``run``'s model its first one, saved before its validation score (which follows within seconds)?"""
-    status = run.read_status()
+def _score_follows(run: RunFolder, status: dict | None = None) -> bool:
+    """Is ``run``'s model its first one, saved before its validation score (which follows within seconds)?
+    ``status``: its status.json when the caller has read it already."""
+    status = run.read_status() if status is None else status
     if status.get("best_epoch") != 0 or status.get("best_val_acc") is not None or status.get("status") not in LIVE_STATUSES:
         return False
     try:
