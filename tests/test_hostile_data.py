@@ -137,3 +137,33 @@ def _big(tmp_path) -> bool:
     with zipfile.ZipFile(tmp_path / "big.zip", "w") as zf:
         zf.writestr("cat/0.png", b"x" * 100)
     return True
+
+
+def test_a_csv_label_that_is_a_path_is_skipped_and_never_becomes_a_folder(make_image_folder, tmp_path):
+    """A class name is a folder name later (the Demo tab's corrections, the class builder): a CSV
+    label like "../../x" or "/etc/x" is left out with the reason, the other rows are used."""
+    root = make_image_folder([f"{i}.png" for i in range(8)], "flat")
+    labels = ["cat", "cat", "dog", "dog", "../../../escaped", "/tmp/abs", ".hidden", "a\\b"]
+    rows = ["filename,label"] + [f"{i}.png,{label}" for i, label in enumerate(labels)]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    ds = _load_within(60, root, tmp_path / "ws")
+    files = _files(ds)
+    assert ds.class_counts() == {"cat": 2, "dog": 2}
+    assert files["4.png"].status == "skipped"
+    assert files["4.png"].reason == "label '../../../escaped' in CSV starts with a dot: rename that class in the CSV"
+    assert "holds / or \\" in files["5.png"].reason and "holds / or \\" in files["7.png"].reason
+    assert files["6.png"].reason.startswith("label '.hidden' in CSV starts with a dot")
+
+
+def test_a_correction_is_never_written_outside_the_runs_corrections_folder(tmp_path):
+    from PIL import Image
+
+    from lora_gui.data.corrections import add_fix, fixes_dir
+    picture = Image.new("RGB", (20, 20), "red")
+    ws = tmp_path / "ws"
+    for bad in ("../../../outside", "/tmp/abs-class", "..", ""):
+        with pytest.raises(DataError, match="cannot be used as a folder name"):
+            add_fix(ws, "run-1", ["cat", bad], bad, picture)
+    assert not (tmp_path / "outside").exists() and not Path("/tmp/abs-class").exists()
+    path, new = add_fix(ws, "run-1", ["cat", "dog"], "dog", picture)
+    assert new and path.parent == fixes_dir(ws, "run-1") / "dog"

@@ -20,14 +20,13 @@ from .images import (
     probe_image,
     to_rgb,
 )
-from .scan import Dataset, is_ignored
+from .scan import Dataset, class_name_problem, is_ignored
 from .sources import load_dataset
 
 
 def _check_class_name(name: str) -> str:
     name = (name or "").strip()
-    # a leading dot would make the folder hidden, and hidden files are ignored
-    if not name or name.startswith(".") or re.search(r"[/\\\x00-\x1f]", name) or len(name) > 100:
+    if not name or class_name_problem(name):
         raise DataError(f"class name {name!r} is not allowed: use up to 100 letters, digits, "
                         f"spaces, - or _, without / or \\, not starting with a dot")
     return name

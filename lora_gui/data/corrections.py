@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..errors import DataError
 from .images import to_rgb
-from .scan import Sample
+from .scan import Sample, class_name_problem
 
 FIXES_DIR = "fixes"
 MAX_FIX_SIDE = 1024   # a webcam frame or a phone photo is shrunk to this: training never needs more
@@ -49,8 +49,15 @@ def add_fix(workspace: str | os.PathLike, run_name: str, classes: list[str], tru
     if true_class not in classes:
         raise DataError(f"pick the right class from the list ({', '.join(classes[:10])}); "
                         f"{true_class!r} is not one of the model's classes")
+    root = fixes_dir(workspace, run_name)
+    folder = root / true_class
+    # a class name is a folder name here: a model trained before CSV labels were checked (or a
+    # hand-edited classes file) could carry "../x"; nothing is written outside the run's fixes
+    if class_name_problem(true_class) or folder.resolve().parent != root.resolve():
+        raise DataError(f"the class name {true_class!r} cannot be used as a folder name "
+                        f"({class_name_problem(true_class) or 'it leads out of the corrections folder'}); "
+                        "retrain with that class renamed")
     data = _png_bytes(image)
-    folder = fixes_dir(workspace, run_name) / true_class
     path = folder / f"{hashlib.sha256(data).hexdigest()[:20]}.png"
     if path.is_file():
         return path, False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +29,19 @@ _VAL_DIRS = ("val", "valid", "validation", "test")  # the first one present is u
 _CSV_FILE_COLUMNS = ("filename", "file", "path", "image", "filepath", "image_path")
 _CSV_LABEL_COLUMNS = ("label", "class", "category")
 MAX_CSV_BYTES = 64 * 1024**2
+MAX_CLASS_NAME = 100
+
+
+def class_name_problem(name: str) -> str:
+    """Why ``name`` cannot be a class name, or "". A class name becomes a folder name (the
+    class builder's folders, the Demo tab's corrections, exports), so it may not hold a path."""
+    if name.startswith("."):   # a hidden folder, and ".." climbs out of the folder it is made in
+        return "starts with a dot"
+    if re.search(r"[/\\\x00-\x1f]", name):
+        return "holds / or \\ or a control character"
+    if len(name) > MAX_CLASS_NAME:
+        return f"is longer than {MAX_CLASS_NAME} characters"
+    return ""
 
 
 @dataclass
@@ -167,6 +181,9 @@ def _plan_csv(scan: Scan, csv_file: Path, walk_rest: bool):
             skipped.append((name, "unsafe path in CSV"))
         elif not label:
             skipped.append((path, "no label in CSV"))
+        elif class_name_problem(label):
+            skipped.append((path, f"label {label!r} in CSV {class_name_problem(label)}: "
+                                  "rename that class in the CSV"))
         elif path in labels:  # listed again: one line for the file, whatever the count
             labels[path].append(label)
         else:

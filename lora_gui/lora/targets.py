@@ -218,11 +218,7 @@ def resolve_targets(model: nn.Module, targets: str) -> tuple[list[str], list[tup
     layers = list_layers(model)
     spec = targets.strip()
     if spec.startswith("re:"):
-        try:
-            rx = re.compile(spec[3:])
-        except re.error as exc:
-            raise LoraError(f"target regex {spec[3:]!r} is invalid: {exc}") from None
-        picked = [l for l in layers if rx.fullmatch(l.name)]
+        picked = _regex_picks(spec[3:], layers)
     elif "," in spec or not _is_preset(spec):
         suffixes = [s.strip() for s in spec.split(",") if s.strip()]
         picked = [l for l in layers if any(l.name == s or l.name.endswith("." + s) for s in suffixes)]
@@ -235,6 +231,34 @@ def resolve_targets(model: nn.Module, targets: str) -> tuple[list[str], list[tup
         raise LoraError(f"targets {targets!r} match no layer that LoRA can wrap in this model; "
                         "pick a preset or check the layer list")
     return wrap, skipped
+
+
+# A pattern typed in a web page runs in the server: a catastrophic one ("(.*.*)*X") would hold a
+# core for hours. The `regex` package (the same syntax as `re`) releases the GIL while matching and
+# stops a match after a timeout, so a bad pattern costs the person who typed it a second, nobody else.
+MAX_TARGET_REGEX = 500
+TARGET_REGEX_SECONDS = 1.0
+
+
+def _regex_picks(pattern: str, layers: list) -> list:
+    import time
+
+    import regex
+    if len(pattern) > MAX_TARGET_REGEX:
+        raise LoraError(f"target regex is {len(pattern)} characters long; keep it under {MAX_TARGET_REGEX} "
+                        "or list the layer-name endings instead")
+    try:
+        rx = regex.compile(pattern)
+    except regex.error as exc:
+        raise LoraError(f"target regex {pattern!r} is invalid: {exc}") from None
+    deadline = time.monotonic() + TARGET_REGEX_SECONDS
+    try:
+        return [l for l in layers
+                if rx.fullmatch(l.name, timeout=max(0.01, deadline - time.monotonic()))]
+    except TimeoutError:
+        raise LoraError(f"target regex {pattern!r} took over {TARGET_REGEX_SECONDS:.0f} s to match the layer "
+                        "names (nested repeats such as (a*)* backtrack without end); write it without "
+                        "nested repeats, or list the layer-name endings instead") from None
 
 
 def _is_preset(spec: str) -> bool:
