@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,8 @@ class DataConfig(_Serialisable):
     augmentation: str = option("flip", "training augmentation (flip: fastest, lets the frozen part of the "
                                "model be computed once)", "--augmentation", AUGMENTATIONS)
     cache_mb: int = option(1024, "memory for decoded images, in MB")
+    # the app sets it per person when it serves several (data/fixes.py); not a CLI flag
+    fixes_by: str = option("", "whose health-check fixes apply: '' = the workspace's own record")
 
     def __post_init__(self):
         _check(isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0,
@@ -165,6 +168,8 @@ class DataConfig(_Serialisable):
         _check(isinstance(self.source, str), f"data source must be a path, got {self.source!r}")
         _check(_whole(self.cache_mb) and self.cache_mb >= 0,
                f"cache_mb must be a whole number >= 0, got {self.cache_mb!r}")
+        _check(isinstance(self.fixes_by, str) and (self.fixes_by == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.fixes_by)),
+               f"fixes_by must be empty or up to 64 letters, digits, - or _, got {self.fixes_by!r}")
 
 
 SWITCH = ("auto", "on", "off")

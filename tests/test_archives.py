@@ -228,3 +228,22 @@ def test_place_uploads_refuses_unsafe_paths(tmp_path, make_image_folder):
     assert not_placed == [("set/../../../evil.png", "unsafe path")]
     assert (dest / "set" / "cat" / "ok.png").is_file()
     assert sorted(p.name for p in tmp_path.rglob("evil.png")) == ["evil.png"]  # only the source
+
+
+def test_one_uploaded_file_named_by_many_paths_is_held_to_the_archive_limits(tmp_path, workspace):
+    """The relative paths come from the client: one stored file with 50,001 paths (or paths
+    that would copy more bytes than an archive may unpack) is refused before anything is written."""
+    from lora_gui.data.sources import dataset_from_files
+    src = tmp_path / "gradio" / "x.png"
+    src.parent.mkdir()
+    src.write_bytes(b"\0" * 200_000)
+    rels = [f"set/c{i % 2}/{i}/x.png" for i in range(50_001)]
+    with pytest.raises(DataError, match="lists 50,001 files, more than the 50,000 .* drop a smaller folder"):
+        dataset_from_files([str(src)], rels, workspace)
+    assert not any((workspace / "uploads").iterdir()), "the half-made upload folder is removed"
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match=r"holds 19 MB, more than the 10 MB this app takes in one go"):
+        place_uploads([str(src)], rels[:100], dest, ArchiveLimits(max_total_bytes=10_000_000))
+    assert not dest.exists() or not any(dest.rglob("*.png"))
+    assert place_uploads([str(src)], rels[:40], dest, ArchiveLimits(max_total_bytes=10_000_000)) == []
+    assert len(list(dest.rglob("x.png"))) == 40

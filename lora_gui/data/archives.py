@@ -264,14 +264,19 @@ def extract_archive(path: str | os.PathLike, workspace: str | os.PathLike,
         raise
 
 
-def place_uploads(files: list[str], relative_paths: list[str], dest: Path) -> list[tuple[str, str]]:
+def place_uploads(files: list[str], relative_paths: list[str], dest: Path,
+                  limits: ArchiveLimits | None = None) -> list[tuple[str, str]]:
     """Copy browser-dropped ``files`` to ``dest/<relative path>``; returns (path, reason) not placed.
 
     Gradio keeps only base names, and stores byte-identical files once, so
     when the lists don't pair up one to one, each relative path takes a file
     with the same base name (several paths may share one stored file: they
     had identical bytes, and the duplicate check reports them as such).
+    The relative paths come from the client, so what they would copy is held to an archive's
+    limits before anything is written: one stored file named by 100,000 paths would otherwise
+    be copied 100,000 times.
     """
+    limits = limits or ArchiveLimits()
     files = [str(f) for f in files]
     rels = [str(r) for r in (relative_paths or [])]
     base = lambda p: p.replace("\\", "/").rsplit("/", 1)[-1]  # noqa: E731
@@ -289,6 +294,14 @@ def place_uploads(files: list[str], relative_paths: list[str], dest: Path) -> li
         used = {f for _, f in pairs}
         not_placed += [(base(f), "could not be placed: its folder is unknown")
                        for f in files if f not in used]
+    if len(pairs) > limits.max_members:
+        raise DataError(f"the dropped folder lists {len(pairs):,} files, more than the {limits.max_members:,} "
+                        "this app takes in one go; drop a smaller folder, or split it")
+    total = sum(_size(src) for _, src in pairs)
+    if total > limits.max_total_bytes:
+        raise DataError(f"the dropped folder holds {_amount(total)}, more than the "
+                        f"{_amount(limits.max_total_bytes)} this app takes in one go; drop a smaller "
+                        "folder, or split it")
     taken = set()
     for rel, src in pairs:
         parts = safe_parts(rel)
@@ -306,3 +319,14 @@ def place_uploads(files: list[str], relative_paths: list[str], dest: Path) -> li
         except OSError as exc:
             not_placed.append((rel, f"unreadable ({exc.strerror or exc})"))
     return not_placed
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:   # reported as unreadable when it is copied
+        return 0
+
+
+def _amount(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"

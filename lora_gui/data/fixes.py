@@ -3,7 +3,9 @@
 A person reviews the health check's findings and decides per file: ``relabel`` (train it under
 another class), ``exclude`` (leave it out of training and validation) or ``keep`` (the finding was
 wrong; remember that). The decisions live in ``<workspace>/data_fixes/<dataset-key>.json`` as
-``{relative path: {"action": ..., "label": ...}}``; the user's files are never touched.
+``{relative path: {"action": ..., "label": ...}}``; the user's files are never touched. When the
+app serves several people, each has a record of their own (``data_fixes/<by>/``, ``Dataset.fixes_by``,
+``DataConfig.fixes_by``): one person's decisions never change what another trains on.
 ``load_dataset`` applies the record, so a run started from the CLI or the app trains on the
 fixed dataset and its validation report says what the fixes did.
 """
@@ -14,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from .scan import Dataset, FileReport, Sample, _check_counts
 
 ACTIONS = ("relabel", "exclude", "keep")
 EXCLUDED_REASON = "excluded by health check"
+_WRITING = threading.Lock()
+FIXES_BY = r"[A-Za-z0-9_-]{1,64}"
 
 
 def dataset_key(ds: Dataset) -> str:
@@ -33,7 +38,12 @@ def dataset_key(ds: Dataset) -> str:
 
 
 def fixes_file(workspace: str | os.PathLike, ds: Dataset) -> Path:
-    return Path(workspace) / "data_fixes" / f"{dataset_key(ds)}.json"
+    folder = Path(workspace) / "data_fixes"
+    if ds.fixes_by:
+        if not re.fullmatch(FIXES_BY, ds.fixes_by):
+            raise DataError(f"bad fixes record name {ds.fixes_by!r}")
+        folder = folder / ds.fixes_by
+    return folder / f"{dataset_key(ds)}.json"
 
 
 def relative_path(ds: Dataset, path: str) -> str:
@@ -67,13 +77,18 @@ def write_fix(workspace: str | os.PathLike, ds: Dataset, path: str, action: str,
         if label not in base.classes:
             raise DataError(f"relabel needs one of the classes ({', '.join(base.classes)}), got {label!r}")
         entry["label"] = label
-    record = read_fixes(workspace, base)
-    record[rel] = entry
     target = fixes_file(workspace, base)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    os.replace(tmp, target)  # atomic: a training run reading it never sees half a file
+    # read, change, write: two decisions at once (two clicks, two pages) must not lose one
+    with _WRITING:
+        record = read_fixes(workspace, base)
+        record[rel] = entry
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+            os.replace(tmp, target)  # atomic: a training run reading it never sees half a file
+        finally:
+            tmp.unlink(missing_ok=True)
     return record
 
 
@@ -122,7 +137,8 @@ def apply_fixes(ds: Dataset, workspace: str | os.PathLike) -> Dataset:
     report.warnings = [w for w in report.warnings if not _is_count_message(w)]
     train_counts = None if given is None else Counter(base.classes[s.label] for s in given["train"])
     _check_counts(report.counts(), train_counts, report)
-    return Dataset(base.classes, fixed(base.samples), report, base.root, given, unfixed=base)
+    return Dataset(base.classes, fixed(base.samples), report, base.root, given, unfixed=base,
+                   fixes_by=base.fixes_by)
 
 
 def _is_count_message(text: str) -> bool:

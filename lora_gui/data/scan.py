@@ -98,6 +98,7 @@ class Dataset:
     root: str
     given_split: dict[str, list[Sample]] | None = None
     unfixed: Dataset | None = None  # before the health check's fixes (data.fixes), when any applied
+    fixes_by: str = ""   # whose health-check record applies: "" the workspace's own (data.fixes)
 
     def class_counts(self) -> dict[str, int]:
         c = Counter(s.label for s in self.samples)

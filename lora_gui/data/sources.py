@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -15,7 +16,8 @@ from .scan import Dataset, FileReport, build_dataset, unwrap
 
 
 def load_dataset(source: str | os.PathLike, workspace: str | os.PathLike,
-                 limits: ArchiveLimits | None = None, scan_seconds: float | None = None) -> Dataset:
+                 limits: ArchiveLimits | None = None, scan_seconds: float | None = None,
+                 fixes_by: str = "") -> Dataset:
     """A folder, an archive (.zip/.tar/.tar.gz/.tgz), a CSV file, or the word ``example`` (the
     built-in example dataset, when there is no file of that name) -> Dataset.
 
@@ -23,9 +25,12 @@ def load_dataset(source: str | os.PathLike, workspace: str | os.PathLike,
     the reason. DataError only when the source itself is unusable (missing,
     unsupported, a hostile or damaged archive, or a scan longer than
     ``scan_seconds``, default ``scan.SCAN_SECONDS``). Archives are unpacked under
-    ``<workspace>/datasets/``; nothing is written anywhere else.
+    ``<workspace>/datasets/``; nothing is written anywhere else. ``fixes_by``: whose health-check
+    record applies ("" the workspace's own; the app names one per person when it serves several).
     """
-    return apply_fixes(_load(source, workspace, limits, scan_seconds), workspace)  # the health check's record
+    ds = _load(source, workspace, limits, scan_seconds)
+    ds.fixes_by = fixes_by
+    return apply_fixes(ds, workspace)  # the health check's record
 
 
 def _load(source, workspace, limits: ArchiveLimits | None, scan_seconds: float | None) -> Dataset:
@@ -47,7 +52,7 @@ def _load(source, workspace, limits: ArchiveLimits | None, scan_seconds: float |
                     f".zip/.tar/.tar.gz/.tgz archive or a .csv file")
 
 
-def dataset_from_files(files: list[str], relative_paths: list[str], workspace) -> Dataset:
+def dataset_from_files(files: list[str], relative_paths: list[str], workspace, fixes_by: str = "") -> Dataset:
     """Rebuild a folder dropped in the browser under <workspace>/uploads/ and load it.
 
     ``files`` are the server's temp copies (Gradio keeps base names only);
@@ -56,8 +61,12 @@ def dataset_from_files(files: list[str], relative_paths: list[str], workspace) -
     base = Path(workspace) / "uploads"
     base.mkdir(parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(dir=base))
-    not_placed = place_uploads(files, relative_paths, dest)
-    ds = load_dataset(dest, workspace)
+    try:
+        not_placed = place_uploads(files, relative_paths, dest)
+    except DataError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    ds = load_dataset(dest, workspace, fixes_by=fixes_by)
     ds.report.files += [FileReport(rel, "skipped", why) for rel, why in not_placed]
     if not_placed:
         ds.report.warnings.append(f"{len(not_placed)} uploaded file(s) could not be put back in their "

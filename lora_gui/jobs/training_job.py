@@ -317,7 +317,7 @@ def preflight(config: RunConfig, workspace: str):
     """Check data and model before a job is queued, so bad input fails fast with
     its own message instead of as a failed run. Returns the loaded dataset."""
     check_model_available(config.model)
-    dataset = load_dataset(config.data.source, workspace)
+    dataset = load_dataset(config.data.source, workspace, fixes_by=config.data.fixes_by)
     dataset.report.raise_if_blocking()
     return dataset
 

@@ -116,7 +116,7 @@ class Trainer(CheckpointMixin):
             self.train_samples = [Sample(p, l) for p, l in split.train]
             self.val_samples = [Sample(p, l) for p, l in split.val]
         else:
-            ds = self.dataset or load_dataset(cfg.data.source, self.workspace)
+            ds = self.dataset or load_dataset(cfg.data.source, self.workspace, fixes_by=cfg.data.fixes_by)
             ds.report.raise_if_blocking()
             self.classes = list(ds.classes)
             self.train_samples, self.val_samples = split_dataset(ds, cfg.data.val_fraction, cfg.data.split_seed)

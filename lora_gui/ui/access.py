@@ -9,6 +9,7 @@ app that is not shared, and for anyone under a folder the operator named with
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -75,6 +76,16 @@ def owner_id(session, request) -> str:
         return f"user:{user}"
     session_hash = getattr(request, "session_hash", None) if request is not None else None
     return f"session:{session_hash or 'anonymous'}"
+
+
+def fixes_key(policy: AccessPolicy, session) -> str:
+    """Whose health-check record (data/fixes.py) a page's datasets use: the workspace's own for one
+    user; in multi-user mode one per person (a hash: the owner id itself stays out of file names),
+    so one person's "remove from training" never changes what another trains on."""
+    if not policy.multi_user:
+        return ""
+    who = (session.owner_id if session is not None else "") or f"page:{getattr(session, 'id', '')}"
+    return "p-" + hashlib.sha256(who.encode()).hexdigest()[:20]
 
 
 def client_host(request) -> str | None:

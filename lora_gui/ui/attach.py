@@ -50,7 +50,7 @@ def _job_dataset(job, workspace):
     if ds is not None:
         return ds
     try:
-        return data.load_dataset(job.config.data.source, workspace)
+        return data.load_dataset(job.config.data.source, workspace, fixes_by=job.config.data.fixes_by)
     except Exception:
         return None
 

@@ -48,7 +48,8 @@ def _clean(name: str, value):
     return value
 
 
-def config_from_values(values: dict, source: str = "", base: RunConfig | None = None) -> RunConfig:
+def config_from_values(values: dict, source: str = "", base: RunConfig | None = None,
+                       fixes_by: str = "") -> RunConfig:
     """Field values over ``base`` (the last applied preset, else defaults) -> a validated RunConfig.
 
     Settings that no field shows (warmup, early stopping, ...) keep the base's value.
@@ -59,6 +60,7 @@ def config_from_values(values: dict, source: str = "", base: RunConfig | None = 
         section, key = FIELDS[name]
         d[section][key] = _clean(name, value)
     d["data"]["source"] = source
+    d["data"]["fixes_by"] = fixes_by   # the page's, never a preset's (data/fixes.py)
     return RunConfig.from_dict(d)
 
 

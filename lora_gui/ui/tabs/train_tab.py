@@ -219,7 +219,7 @@ class TrainActions:
             raise gr.Error("A training is already running in this page: stop it first, or wait for it to end.")
         try:
             cfg = config_from_values(dict(zip(FIELD_NAMES, values)), source=session.dataset.root,
-                                     base=session.base_config)
+                                     base=session.base_config, fixes_by=session.dataset.fixes_by)
             attach.check_weights_path(cfg, session, self.policy, caller_host(request))
             check_model_available(cfg.model)
         except (ConfigError, ModelError) as exc:
