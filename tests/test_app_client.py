@@ -94,6 +94,13 @@ def test_unusable_uploads_are_refused_with_a_sentence(client, tmp_path):
         client.predict(handle_file(str(big)), api_name="/predict")
     with pytest.raises(AppError, match="could not be read as a picture"):
         client.predict(handle_file(str(text)), api_name="/predict")
+    # a real picture in a format only Pillow's wider set of decoders opens (EPS would start Ghostscript):
+    # refused from its header by name, never handed to that decoder
+    for ext in ("eps", "ppm"):
+        other = tmp_path / f"scan.{ext}"
+        Image.new("RGB", (32, 32), (0, 128, 255)).save(other)
+        with pytest.raises(AppError, match=rf"scan\.{ext} is a \.{ext} picture, a format this app does not read"):
+            client.predict(handle_file(str(other)), api_name="/predict")
 
 
 def test_class_builder_says_which_files_it_left_out(client, tmp_path):

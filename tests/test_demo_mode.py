@@ -189,6 +189,30 @@ def test_thats_wrong_writes_one_file_in_the_class_folder_and_retrain_uses_it(squ
     assert (job.run.best_dir / "adapter.safetensors").is_file()
 
 
+def test_share_builds_the_demo_app_per_session_and_hands_out_a_copy(squares, monkeypatch, tmp_path):
+    """The Demo tab's "Share" button: each page builds into a folder of its own under the workspace's
+    exports, and the download is a copy in Gradio's cache (the workspace is not served: a workspace
+    outside the working folder and the temp folder made Gradio refuse the path, a raw error)."""
+    import zipfile
+
+    from lora_gui.store.demo_app_format import DEMO_FILES
+    from lora_gui.ui.session import Session
+    from lora_gui.ui.tabs.demo_tab import on_share
+    workspace, _, run = squares
+    cache = tmp_path / "gradio-cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    one, two = Session(), Session()
+    for s in (one, two):
+        s.set_model(str(run))
+    got_one, text = on_share(one, workspace, progress=lambda *a, **k: None)
+    got_two, _ = on_share(two, workspace, progress=lambda *a, **k: None)
+    assert Path(got_one).is_relative_to(cache) and not Path(got_one).is_relative_to(workspace)
+    assert set(zipfile.ZipFile(got_one).namelist()) == set(DEMO_FILES)
+    built = {p.relative_to(workspace / "exports").parts[0] for p in (workspace / "exports").rglob("*.zip")}
+    assert {one.id, two.id} <= built, built
+    assert not list((workspace / "exports").rglob("*.partial")) and "pip install -r requirements.txt" in text
+
+
 # ---------------------------------------------------------------- a served demo
 
 @pytest.fixture(scope="module")

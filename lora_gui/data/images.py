@@ -59,8 +59,8 @@ PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 EXTENSION_FOR_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp",
                         "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif"}
 # Real images in formats we don't decode deserve a better reason than "not an image".
-_KNOWN_UNSUPPORTED = {".heic", ".heif", ".avif", ".jxl", ".jp2", ".psd", ".svg", ".ico",
-                      ".ppm", ".pgm", ".pbm", ".dng", ".cr2", ".nef", ".arw", ".raw"}
+KNOWN_UNSUPPORTED = {".heic", ".heif", ".avif", ".jxl", ".jp2", ".psd", ".svg", ".ico",
+                      ".ppm", ".pgm", ".pbm", ".eps", ".dng", ".cr2", ".nef", ".arw", ".raw"}
 
 
 @dataclass
@@ -108,7 +108,7 @@ def probe_image(path: str | os.PathLike) -> ProbeResult:
         im = _open(io.BytesIO(data))
     except UnidentifiedImageError:
         ext = Path(path).suffix.lower()
-        if ext in _KNOWN_UNSUPPORTED:
+        if ext in KNOWN_UNSUPPORTED:
             return ProbeResult(reason=f"unsupported image format ({ext}); convert it to jpg or png", sha1=digest)
         return ProbeResult(reason="not an image", sha1=digest)
     except Image.DecompressionBombError as exc:  # Pillow's own, far above our limit

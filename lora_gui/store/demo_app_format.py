@@ -89,9 +89,15 @@ def write_demo_app(run_or_adapter: str | os.PathLike, out_dir: str | os.PathLike
     if zip_path is not None:
         zip_path = Path(zip_path)
         zip_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = zip_path.with_name(zip_path.name + ".partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name in DEMO_FILES:
-                zf.write(out / name, arcname=name)
-        os.replace(partial, zip_path)
+        # a temporary name of its own: two builds into one folder never write one file together
+        fd, partial = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".partial", dir=zip_path.parent)
+        try:
+            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
+                for name in DEMO_FILES:
+                    zf.write(out / name, arcname=name)
+            os.chmod(partial, 0o644)   # mkstemp makes it private to this user; a download is not
+            os.replace(partial, zip_path)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
     return out

@@ -113,7 +113,9 @@ def export_zip(source: str | os.PathLike, fmt: str, zip_path: str | os.PathLike)
     """export_adapter into a .zip (for a download button); written atomically."""
     zip_path = Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="lora_gui_export_") as tmp:
+    # built inside the workspace, beside the zip: an ONNX or OpenVINO build can be hundreds of MB,
+    # and nothing is written outside the workspace (a small /tmp would also fail it)
+    with tempfile.TemporaryDirectory(prefix=".export_", dir=zip_path.parent) as tmp:
         export_adapter(source, fmt, Path(tmp) / "export")
         # a temporary name of its own beside the target (same file system, so os.replace is atomic):
         # several exports of one run into one folder each write their own, and the last one wins whole

@@ -10,10 +10,12 @@ handler's guard, so the person gets the usual toast and the outputs keep their v
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from ..data.images import MAX_IMAGE_PIXELS
+from ..data.images import KNOWN_UNSUPPORTED, MAX_IMAGE_PIXELS, PIL_FORMATS
 from ..errors import DataError
 from .component_variant import component_variant
 
@@ -25,12 +27,17 @@ class UnusableUpload(DataError):
 def check_upload(path: str, name: str = "the picture") -> UnusableUpload | None:
     """Why the image file at ``path`` cannot be used, or None. Reads only its header."""
     try:
-        with Image.open(path) as im:
+        # only the decoders the data layer uses: an .eps upload would otherwise reach Ghostscript
+        with Image.open(path, formats=PIL_FORMATS) as im:
             w, h = im.size
     except Image.DecompressionBombError:
         return UnusableUpload(f"{name} has too many pixels for this app (over {2 * MAX_IMAGE_PIXELS // 10**6} MP); "
                               f"scale it down to at most {MAX_IMAGE_PIXELS // 10**6} MP and try again")
     except (UnidentifiedImageError, OSError, ValueError):
+        ext = Path(name if name != "the picture" else path).suffix.lower()
+        if ext in KNOWN_UNSUPPORTED:
+            return UnusableUpload(f"{name} is a {ext} picture, a format this app does not read; "
+                                  "save it as JPEG or PNG and try again")
         return UnusableUpload(f"{name} could not be read as a picture (damaged, or not an image at all); "
                               "use a JPEG, PNG, WebP, BMP, GIF or TIFF")
     if w * h > MAX_IMAGE_PIXELS:

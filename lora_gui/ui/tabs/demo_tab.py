@@ -20,7 +20,7 @@ from ...data.corrections import add_fix, count_fixes
 from ...jobs.registry import get_job
 from ...jobs.retrain_job import RETRAIN_EPOCHS, retrain_with_fixes
 from .. import common
-from ..common import PRIVATE, failure, this_tab
+from ..common import PRIVATE, failure, hand_out, this_tab
 from ..image_input import ImageInput
 from ..run_names import run_title
 from .test_tab import describe_source, get_test_model
@@ -179,12 +179,13 @@ def on_share(session, workspace: Path, progress=gr.Progress()):
     run = _run_dir(session)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", run.name)
     progress(0.2, desc="building the demo app")
-    out = workspace / "exports" / f"{name}-demo-app"
+    out = workspace / "exports" / session.id / f"{name}-demo-app"   # sessions never share one
     try:
         write_demo_app(run, out, zip_path=out.with_suffix(".zip"))
     except Exception as exc:
         raise failure(exc, "the demo app export") from None
-    return str(out.with_suffix(".zip")), (
+    # a copy in Gradio's cache, as every download: the workspace itself is not served
+    return hand_out(out.with_suffix(".zip")), (
         f"Built **{out.name}.zip**: unzip it and run `pip install -r requirements.txt && python app.py`, or "
         "upload its files to a new Hugging Face Space (Gradio SDK).")
 
