@@ -188,6 +188,27 @@ def test_thats_wrong_writes_one_file_in_the_class_folder_and_retrain_uses_it(squ
     assert "continuing from" in job.run.log_file.read_text()
     assert (job.run.best_dir / "adapter.safetensors").is_file()
 
+    # the Retrain button: the new run is its starter's (their Runs tab lists it, nobody else's does),
+    # and a second press while it runs is refused instead of queueing another
+    import gradio as gr
+
+    from lora_gui.jobs.registry import get_job, owner_of
+    from lora_gui.ui.access import AccessPolicy
+    from lora_gui.ui.tabs.demo_tab import on_retrain
+    session.owner_id, session.tab_id = "browser:retrainer-0123456789", "tab-1"
+    job_id, text, _ = on_retrain(None, session, workspace)
+    button_job = get_job(job_id)
+    try:
+        assert owner_of(button_job) == ("browser:retrainer-0123456789", "tab-1") and "Retraining from" in text
+        multi = AccessPolicy(multi_user=True)
+        assert multi.sees_run(button_job.run.path, "browser:retrainer-0123456789")
+        assert not multi.sees_run(button_job.run.path, "browser:someone-else-0123")
+        with pytest.raises(gr.Error, match="still running: wait for it to finish"):
+            on_retrain(job_id, session, workspace)
+    finally:
+        button_job.stop()
+        button_job.wait(120)
+
 
 def test_share_builds_the_demo_app_per_session_and_hands_out_a_copy(squares, monkeypatch, tmp_path):
     """The Demo tab's "Share" button: each page builds into a folder of its own under the workspace's

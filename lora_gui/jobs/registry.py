@@ -18,10 +18,40 @@ _OWNERS: dict[str, tuple[str, str]] = {}   # job id -> (owner id, tab id)
 OWNER_KEY = "owner"                         # the field of a run's status.json that names its owner
 
 
+# Jobs wait for the one device in turn: more than a few waiting is a client gone astray (a script in
+# a loop, a page clicked again and again), and each keeps a thread and its step rows in memory.
+MAX_LIVE_JOBS = 8            # queued or running, everyone together
+MAX_LIVE_PER_OWNER = 3       # queued or running, one person
+KEEP_FINISHED = 50           # finished jobs kept findable (a reloaded tab shows its last one)
+
+
 def register_job(job) -> None:
-    """Make a job that is not a TrainingJob (``torchrun_job.TorchrunJob``) findable by ``get_job``."""
+    """Make a job findable by ``get_job`` (a TrainingJob does this itself; ``torchrun_job.TorchrunJob``)."""
     with _JOBS_LOCK:
         _JOBS[job.id] = job
+        _forget_old_finished()
+
+
+def _forget_old_finished() -> None:
+    """Keep the newest ``KEEP_FINISHED`` finished jobs; older ones leave memory (their runs stay on disk,
+    in the Runs tab). Called with the lock held."""
+    done = [jid for jid, j in _JOBS.items() if j.status in FINAL_STATUSES]   # oldest first (dict order)
+    for jid in done[:max(0, len(done) - KEEP_FINISHED)]:
+        _JOBS.pop(jid, None)
+        _OWNERS.pop(jid, None)
+
+
+def room_for_another(owner_id: str) -> str:
+    """Why ``owner_id`` may not start another job now ("" when they may)."""
+    live = active_jobs()
+    if len(live) >= MAX_LIVE_JOBS:
+        return (f"{len(live)} trainings are already queued or running on this server; try again when one "
+                "has finished")
+    mine = jobs_of(owner_id, live_only=True)
+    if len(mine) >= MAX_LIVE_PER_OWNER:
+        return (f"you already have {len(mine)} trainings queued or running; stop one (3 · Train) or wait "
+                "for one to finish")
+    return ""
 
 
 def get_job(job_id: str) -> JobState | None:

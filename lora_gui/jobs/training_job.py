@@ -25,7 +25,7 @@ from ..training.yield_gate import PREDICTIONS
 from . import background_priority
 from .device_queue import DEVICE_QUEUE, DeviceQueue
 from .job_state import JobSnapshot, JobState, _one_line
-from .registry import _JOBS, _JOBS_LOCK
+from .registry import register_job
 
 # Every model the process predicts with (the app's shared adapter cache) holds the yield gate while it
 # runs, so a training job of this process steps aside for it (training/yield_gate.py says why). Wired
@@ -78,8 +78,7 @@ class TrainingJob(JobState):
         self._earlier_s = 0.0  # training time of the sessions before a resume
         self.device = "cpu"
         self.failure_kind = ""  # 'input' (bad data/model/config) or 'training'
-        with _JOBS_LOCK:
-            _JOBS[self.id] = self
+        register_job(self)
 
     @classmethod
     def resume_run(cls, run_dir: str, **kwargs) -> "TrainingJob":
@@ -264,14 +263,17 @@ class TrainingJob(JobState):
             # stays locked and a waiting CLI hangs, deaf to Ctrl-C
             try:
                 if acquired:
-                    self.queue.release(self.device, self)
+                    try:   # first: the next job in the queue must get the device whatever else fails
+                        self.queue.release(self.device, self)
+                    except Exception as exc:
+                        self._log_cleanup("releasing the device queue", exc)
                 if self.device.startswith("cuda"):
                     _empty_cuda_cache()
-                # time spent training: pauses left out, like the ETA
-                self.run.update_status(duration_s=round(self._earlier_s + time.time() - started
-                                                        - self.paused_seconds, 1))
-            except Exception:
-                pass
+                try:   # time spent training: pauses left out, like the ETA
+                    self.run.update_status(duration_s=round(self._earlier_s + time.time() - started
+                                                            - self.paused_seconds, 1))
+                except Exception as exc:
+                    self._log_cleanup("recording the training time", exc)
             finally:
                 with self._lock:  # never left 'running' (or 'queued') once the thread is over
                     if self._status not in FINAL_STATUSES:
@@ -280,6 +282,12 @@ class TrainingJob(JobState):
                 if self.failure_kind == "input" and not self.resume:
                     _remove_if_never_a_run(self.run.path)
                 self._done.set()
+
+    def _log_cleanup(self, what: str, exc: BaseException) -> None:
+        try:
+            self.run.log(f"after the run, {what} failed: {type(exc).__name__}: {exc}")
+        except Exception:
+            pass   # the run folder itself is gone or unwritable: nothing left to tell
 
     def _fail(self, kind: str, message: str) -> None:
         try:

@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 
 from ...data.corrections import add_fix, count_fixes
-from ...jobs.registry import get_job
+from ...jobs.registry import get_job, room_for_another, set_owner
 from ...jobs.retrain_job import RETRAIN_EPOCHS, retrain_with_fixes
 from .. import common
+from ..access import owner_id
 from ..common import PRIVATE, failure, hand_out, this_tab
 from ..image_input import ImageInput
 from ..run_names import run_title
@@ -104,12 +105,22 @@ def on_fix(last, true_class, session, workspace: Path):
             f"press **Retrain** to learn from them ({RETRAIN_EPOCHS} short epochs).")
 
 
-def on_retrain(session, workspace: Path):
+def on_retrain(retrain_id, session, workspace: Path, request: gr.Request | None = None):
     run = _run_dir(session)
+    earlier = get_job(retrain_id) if retrain_id else None
+    if earlier is not None and not earlier.snapshot(last_steps=0).done:
+        raise gr.Error("A retrain started here is still running: wait for it to finish (or stop it in "
+                       "3 · Train), then press Retrain again.")
+    full = room_for_another(owner_id(session, request))
+    if full:
+        raise gr.Error(f"Not started: {full}.")
     try:
         job = retrain_with_fixes(run, workspace)
     except Exception as exc:
         raise failure(exc, "starting the retrain") from None
+    # the person's run like any other: listed in their Runs tab, testable and exportable by them only
+    session.owner_id = owner_id(session, request)
+    set_owner(job, session.owner_id, session.tab_id)
     return job.id, f"Retraining from **{common.md(run_title(run))}** with your fixes…", gr.Timer(active=True)
 
 
@@ -255,7 +266,9 @@ def build_demo_tab(ctx) -> None:
     photo.change(on_photo, [photo, session], [label, answer, last], api_name="demo_photo")
     look_btn.click(on_look, [last, look_for, session], [heat, look_md], api_name="demo_look")
     fix_btn.click(lambda im, c, s: on_fix(im, c, s, workspace), [last, true_cls, session], [fix_md], **PRIVATE)
-    retrain_btn.click(lambda s: on_retrain(s, workspace), [session], [retrain_id, fix_md, timer], **PRIVATE)
+    def retrain(rid, s, request: gr.Request):   # annotated: Gradio passes the caller's request
+        return on_retrain(rid, s, workspace, request)
+    retrain_btn.click(retrain, [retrain_id, session], [retrain_id, fix_md, timer], **PRIVATE)
     timer.tick(on_retrain_poll, [retrain_id, session], [retrain_id, fix_md, timer, session],
                show_progress="hidden", **PRIVATE)
     calib_btn.click(on_calibrate, [session], [calib_md, threshold, curve, session], **PRIVATE)

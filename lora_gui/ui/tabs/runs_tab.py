@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from ...jobs.registry import active_jobs, set_owner
+from ...jobs.registry import active_jobs, room_for_another, set_owner
 from ...store.run_folder import LIVE_STATUSES, RunFolder, list_runs
 from ..access import owner_id
 from ..common import ENGINE_ERRORS, failure, md, this_tab
@@ -166,6 +166,9 @@ class RunsActions:
         from ...jobs.training_job import (
             TrainingJob,  # the training stack loads on first use (issue #15.3)
         )
+        full = room_for_another(owner_id(session, request))
+        if full:
+            raise gr.Error(f"Not resumed: {full}.")
         try:
             job = TrainingJob.resume_run(str(run.path), interactive=True).start()
         except ENGINE_ERRORS as exc:

@@ -17,7 +17,7 @@ import time
 import gradio as gr
 
 from ...errors import ConfigError, ModelError
-from ...jobs.registry import set_owner
+from ...jobs.registry import room_for_another, set_owner
 from ...store.run_folder import FINAL_STATUSES, LIVE_STATUSES, RunFolder
 from .. import attach, charts, torchrun_choice
 from ..access import owner_id
@@ -226,6 +226,9 @@ class TrainActions:
             raise gr.Error(str(exc)) from None
         except PermissionError as exc:
             raise gr.Error(str(exc)) from None
+        full = room_for_another(owner_id(session, request))
+        if full:
+            raise gr.Error(f"Not started: {full}.")
         if cfg.model.weights == "random":
             gr.Warning("Random starting weights: expect poor accuracy from a few hundred images.", title="Heads-up")
         if use_all_gpus:
