@@ -49,8 +49,8 @@ class AddedImages:
 class ClassBuilder:
     """Teachable-Machine style classes, kept under <workspace>/classes/<session_id>/<class>/.
 
-    State lives on disk, so a page reload with the same session id finds
-    the classes again, and ``dataset()`` is an ordinary folder load.
+    State lives on disk, so ``dataset()`` is an ordinary folder load. The folder is the page's
+    session's: a reloaded page is a new session and starts an empty set (the old folder stays).
     """
 
     def __init__(self, workspace, session_id: str):

@@ -143,8 +143,3 @@ def apply_fixes(ds: Dataset, workspace: str | os.PathLike) -> Dataset:
 
 def _is_count_message(text: str) -> bool:
     return text.startswith(("no usable images", "only 1 class", "class '", "classes are imbalanced"))
-
-
-def fix_counts(ds: Dataset, workspace: str | os.PathLike) -> dict[str, int]:
-    """How many files each action covers in this dataset's record."""
-    return dict(Counter(v["action"] for v in read_fixes(workspace, ds.unfixed or ds).values()))

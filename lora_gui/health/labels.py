@@ -63,11 +63,6 @@ def label_suspects(features: np.ndarray, labels: np.ndarray, seed: int = 0
     return suspects, quality, probs
 
 
-def ranked_by_quality(quality: np.ndarray, k: int) -> list[int]:
-    """The k images whose labels cleanlab trusts least (the ranking behind the suspects list)."""
-    return [int(i) for i in np.argsort(quality, kind="stable")[:k]]
-
-
 @dataclass
 class Outlier:
     index: int

@@ -86,8 +86,3 @@ def fixes_key(policy: AccessPolicy, session) -> str:
         return ""
     who = (session.owner_id if session is not None else "") or f"page:{getattr(session, 'id', '')}"
     return "p-" + hashlib.sha256(who.encode()).hexdigest()[:20]
-
-
-def client_host(request) -> str | None:
-    client = getattr(request, "client", None)
-    return getattr(client, "host", None)
