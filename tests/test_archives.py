@@ -247,3 +247,21 @@ def test_one_uploaded_file_named_by_many_paths_is_held_to_the_archive_limits(tmp
     assert not dest.exists() or not any(dest.rglob("*.png"))
     assert place_uploads([str(src)], rels[:40], dest, ArchiveLimits(max_total_bytes=10_000_000)) == []
     assert len(list(dest.rglob("x.png"))) == 40
+
+
+def test_utf8_names_of_a_zip_without_the_utf8_flag_keep_their_accents(tmp_path, workspace, make_image_folder):
+    """Info-ZIP's `zip` (Linux) and macOS write UTF-8 names without the zip's UTF-8 flag; Python
+    then reads them as cp437 ("chats é" -> "chats ├⌐"), which became the class names. Built here
+    byte by byte: placeholder names of the same length, swapped for UTF-8 bytes in both headers."""
+    src = make_image_folder([f"chats_XX/{i}.png" for i in range(3)] + [f"birds_XXX/{i}.png" for i in range(3)], "set")
+    raw = zip_folder(src, tmp_path / "linux.zip").read_bytes()
+    for placeholder, real in ((b"chats_XX", "chats é".encode()), (b"birds_XXX", "鳥 birds".encode())):
+        assert len(placeholder) == len(real)
+        raw = raw.replace(placeholder, real)
+    made = tmp_path / "linux-made.zip"
+    made.write_bytes(raw)
+    with zipfile.ZipFile(made) as zf:
+        assert not any(i.flag_bits & 0x800 for i in zf.infolist()), "no UTF-8 flag, as Info-ZIP writes it"
+        assert any("chats ├⌐" in i.filename for i in zf.infolist())   # what Python alone makes of it
+    ds = load_dataset(made, workspace)
+    assert ds.class_counts() == {"chats é": 3, "鳥 birds": 3}

@@ -136,6 +136,8 @@ def _write_member(src, target: Path, budget: _Budget, declared: int | None):
 def _extract_zip(path: Path, dest: Path, budget: _Budget) -> None:
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
+        for info in infos:
+            info.filename = _member_name(info)
         # Check every header before writing anything, so a hostile archive
         # leaves no trace at all.
         if len(infos) > budget.limits.max_members:
@@ -171,6 +173,19 @@ def _extract_zip(path: Path, dest: Path, budget: _Budget) -> None:
                 continue
             with zf.open(info) as src:
                 _write_member(src, target, budget, info.file_size)
+
+
+def _member_name(info: zipfile.ZipInfo) -> str:
+    """The member's name as its maker meant it. Without the UTF-8 flag Python reads names as cp437
+    (the zip standard's old default), but Info-ZIP's `zip` on Linux and macOS's Archive Utility
+    write UTF-8 without setting the flag: "chats é" would come out as "chats ├⌐". Like `unzip`
+    and 7-Zip, take the bytes as UTF-8 when they are valid UTF-8, else keep cp437."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return info.filename
 
 
 class _CountingReader:
