@@ -34,6 +34,24 @@ def test_class_builder_error_keeps_the_drop_zone(app):
     assert page.locator("#lg-cb-files").get_by_text("Add images to this class").is_visible()
 
 
+def test_a_wrong_file_in_an_upload_zone_gets_a_sentence_not_a_pill(app, tmp_path):
+    """Gradio's own file-type check turned the archive, adapter and weights zones into a red "Error"
+    pill with its own wording; the zones take any file now and the handler says what to drop."""
+    page = app
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a shopping list")
+    for tab, zone, expected in (("1 · Data", "#lg-archive", "unsupported file type '.txt'; give a folder, a .zip"),
+                                ("5 · Export", "#lg-adapter-upload", "Upload one adapter .safetensors file")):
+        page.get_by_role("tab", name=tab).click()
+        if tab == "1 · Data":
+            page.get_by_role("tab", name="Archive or CSV").click()
+        page.set_input_files(f"{zone} input[type=file]", str(notes))
+        page.wait_for_selector(f".toast-body:has-text(\"{expected[:30]}\")", timeout=60_000)
+        shot(page, f"wrong-file-{zone[1:]}")
+        assert page.locator(PILL).count() == 0
+        page.locator(".toast-close").first.click()
+
+
 def _rank(page, value: str) -> None:
     box = page.locator("input[aria-label='number input for Rank (r)']")
     box.fill(value)

@@ -77,7 +77,7 @@ def build_class_builder(ctx: AppContext) -> None:
         current = gr.Dropdown(label="Class", choices=[], scale=3, allow_custom_value=False)
         counts = gr.Markdown("No classes yet.")
     with gr.Row():
-        files = gr.File(file_count="multiple", file_types=["image"], label="Add images to this class",
+        files = gr.File(file_count="multiple", label="Add images to this class",   # add_images says what it left out
                         elem_id="lg-cb-files")
         cam = ImageInput(sources=["webcam", "upload", "clipboard"], type="numpy", label="Snapshot")
     snap_btn = gr.Button("Add snapshot to this class")

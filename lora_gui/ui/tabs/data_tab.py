@@ -95,8 +95,10 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
             relpaths = gr.Textbox(elem_id="lg-relpaths", elem_classes="lg-hidden", show_label=False,
                                   container=False)
         with gr.Tab("Archive or CSV"):
-            archive = gr.File(file_types=[".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".csv"],
-                              label="A .zip / .tar / .tar.gz of class folders (train/ and val/ splits are kept)")
+            # no file_types: Gradio's own check of them turns the drop zone into a red "Error" pill;
+            # the handler says what a wrong file is instead (data.load_dataset)
+            archive = gr.File(label="A .zip / .tar / .tar.gz of class folders, or a .csv of file,label "
+                                    "(train/ and val/ splits are kept)", elem_id="lg-archive")
         with gr.Tab("Path on this computer"):
             path_box = gr.Textbox(label="Folder, archive or CSV path (when the app runs on your own machine)",
                                   placeholder="/home/me/pictures/my_dataset", value=data_path or "")

@@ -201,8 +201,9 @@ def build_export_tab(ctx) -> None:
                 "`model.safetensors`, or a PEFT export (`adapter_model.safetensors` with its "
                 "`adapter_config.json`). It is checked before use; the Test tab then classifies with it.",
                 elem_classes=["lg-hint"])
-    upload = gr.File(file_types=[".safetensors", ".json"], file_count="multiple", type="filepath",
-                     label="Adapter file", elem_id="lg-adapter-upload")
+    # no file_types: Gradio's own check turns the zone into a red "Error" pill (on_upload says what is wrong)
+    upload = gr.File(file_count="multiple", type="filepath", label="Adapter file (.safetensors, with its .json for PEFT)",
+                     elem_id="lg-adapter-upload")
     upload_md = gr.Markdown(elem_id="lg-adapter-status")
     forget_btn = gr.Button("Use this session's own run again", size="sm")
 

@@ -16,6 +16,7 @@ from ..common import PRIVATE, md
 from ..context import AppContext
 from ..fields import DEFAULTS, field_problem, lenient, problems_text
 
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 TARGET_CHOICES = [
     ("auto (recommended for this model)", "auto"),
     ("attention: qkv / proj of attention blocks", "attention"),
@@ -183,6 +184,9 @@ class ModelActions:
     def upload_weights(self, file, session):
         if not file:
             return gr.skip(), session
+        if Path(str(file)).suffix.lower() not in WEIGHTS_SUFFIXES:
+            raise gr.Error(f"{Path(str(file)).name} is not a weights file: drop a "
+                           f"{', '.join(WEIGHTS_SUFFIXES[:-1])} or {WEIGHTS_SUFFIXES[-1]} file")
         # a folder per upload: two people uploading 'model.pth' never overwrite each other's file
         dest_dir = self.workspace / "weights" / f"{session.id}-{uuid.uuid4().hex[:8]}"
         dest_dir.mkdir(parents=True, exist_ok=True)
@@ -214,8 +218,8 @@ def build_model_tab(ctx: AppContext) -> None:
         weights = gr.Radio([("bundled (offline)", "bundled"), ("pretrained from the hub", "hub"),
                             ("local file", "file"), ("random (learns poorly)", "random")],
                            value=DEFAULTS["weights"], label="Starting weights")
-        weights_upload = gr.File(file_types=[".safetensors", ".pth", ".pt", ".bin"], label="Weights file",
-                                 visible=False)
+        # no file_types: Gradio's own check turns the zone into a red "Error" pill (upload_weights checks)
+        weights_upload = gr.File(label="Weights file (.safetensors, .pth, .pt or .bin)", visible=False)
         weights_file = gr.Textbox(label="Weights file path", visible=False)
     gr.Markdown(HELP, elem_classes="lg-hint")
     with gr.Row():
