@@ -119,8 +119,15 @@ def test_errors_reach_the_client_as_messages(client):
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match="Choose a dataset first"):
         client.predict(*_values(), api_name="/start_training")
-    with pytest.raises(AppError, match="does not exist"):
+    with pytest.raises(AppError, match="^'/no/such/folder' does not exist"):   # its opening quote kept
         client.predict("/no/such/folder", 0.2, api_name="/load_path")
+    # pasted as "Copy as path" gives it, or as a file manager's address: the same folder
+    example = REPO / "assets" / "example"
+    for typed in (f'"{example}"', f"'{example}'", "file://" + str(example).replace(" ", "%20")):
+        summary = client.predict(typed, 0.2, api_name="/load_path")[0]
+        assert "120" in str(summary) or "bag" in str(summary), (typed, summary)
+    with pytest.raises(AppError, match="00.png is one picture: give the folder that holds the class folders"):
+        client.predict(str(example / "bag" / "00.png"), 0.2, api_name="/load_path")
     with pytest.raises(AppError, match="Train a model first"):
         from gradio_client import handle_file
         client.predict(handle_file(str(REPO / "assets/example/bag/00.png")), api_name="/predict")

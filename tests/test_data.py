@@ -108,6 +108,18 @@ def test_imbalance_warning(tmp_path, make_image_folder):
     assert any("imbalanced" in w and "'big' has 12" in w for w in ds.report.warnings)
 
 
+def test_a_csv_saved_with_semicolons_or_tabs_is_read(tmp_path, make_image_folder):
+    """Spreadsheets in many locales save CSV with ';' between columns; the header decides."""
+    root = make_image_folder([f"img{i}.png" for i in range(4)], "semi")
+    for sep in (";", "\t"):
+        rows = ["filename", "label"], ["img0.png", "shoe"], ["img1.png", "shoe"], ["img2.png", "bag"], \
+               ["img3.png", "bag"], ["", "bag"]
+        (root / "labels.csv").write_text("\n".join(sep.join(r) for r in rows) + "\n")
+        ds = load_dataset(root, tmp_path / "ws")
+        assert ds.class_counts() == {"bag": 2, "shoe": 2}, sep
+        assert by_path(ds)["labels.csv, a line with label 'bag'"].reason == "no file name in CSV"
+
+
 def test_csv_layout(tmp_path, make_image_folder):
     root = make_image_folder([f"img{i}.png" for i in range(5)] + ["stray.png"], "flat")
     (root / "labels.csv").write_text("Image,Class\nimg0.png,shoe\nimg1.png,shoe\nimg2.png,bag\n"

@@ -126,7 +126,10 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
     """(filename, label) rows; DataError if the header names no usable columns."""
     try:
         text = read_regular(path, MAX_CSV_BYTES).decode("utf-8-sig")
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        # spreadsheets in many locales save "CSV" with ';' (or tabs) between columns
+        first = text.split("\n", 1)[0]
+        sep = next((c for c in (",", ";", "\t") if c in first), ",")
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=sep))
     except DataError as exc:
         raise DataError(f"could not read {path.name}: {str(exc).removeprefix(f'{path}: ')}") from None
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -178,7 +181,9 @@ def _plan_csv(scan: Scan, csv_file: Path, walk_rest: bool):
         parts = safe_parts(name)
         path = csv_file.parent.joinpath(*parts) if parts else None
         mentioned.add(path)
-        if path is None:
+        if not name:
+            skipped.append((f"{csv_file.name}, a line with label {label!r}", "no file name in CSV"))
+        elif path is None:
             skipped.append((name, "unsafe path in CSV"))
         elif not label:
             skipped.append((path, "no label in CSV"))

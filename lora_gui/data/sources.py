@@ -12,6 +12,7 @@ from .archives import ArchiveLimits, extract_archive, is_archive_name, place_upl
 from .bundled import source_path
 from .files import file_type
 from .fixes import apply_fixes
+from .images import EXTENSION_FOR_FORMAT, KNOWN_UNSUPPORTED
 from .scan import Dataset, FileReport, build_dataset, unwrap
 
 
@@ -48,8 +49,14 @@ def _load(source, workspace, limits: ArchiveLimits | None, scan_seconds: float |
     if is_archive_name(path):
         folder = extract_archive(path, workspace, limits)
         return build_dataset(unwrap(folder), folder, scan_seconds=scan_seconds)
+    if path.suffix.lower() in _PICTURE_SUFFIXES:
+        raise DataError(f"{path.name} is one picture: give the folder that holds the class folders "
+                        f"(perhaps {path.parent.parent}), an archive of it or a .csv file")
     raise DataError(f"{path.name}: unsupported file type '{path.suffix}'; give a folder, a "
                     f".zip/.tar/.tar.gz/.tgz archive or a .csv file")
+
+
+_PICTURE_SUFFIXES = {*EXTENSION_FOR_FORMAT.values(), ".jpeg", ".tiff", *KNOWN_UNSUPPORTED}
 
 
 def dataset_from_files(files: list[str], relative_paths: list[str], workspace, fixes_by: str = "") -> Dataset:

@@ -50,7 +50,10 @@ def failure(exc: BaseException, what: str = "") -> gr.Error:
     if isinstance(exc, gr.Error):
         return exc
     if isinstance(exc, ENGINE_ERRORS):
-        message = str(exc).strip("'\"") or type(exc).__name__
+        message = str(exc)
+        if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
+            message = message[1:-1]   # a KeyError-style message wrapped in quotes, not one that starts with one
+        message = message or type(exc).__name__
     else:
         message = f"{what or 'that'} failed unexpectedly: {type(exc).__name__}: {exc}"
     return gr.Error(message[:1000])

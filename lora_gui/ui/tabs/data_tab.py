@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 
 import gradio as gr
@@ -68,7 +69,7 @@ class DataActions:
         return self.load_source(session, str(file), f"Archive '{Path(str(file)).name}'", vf)
 
     def from_path(self, session, path, vf, request: gr.Request):
-        path = (path or "").strip()
+        path = typed_path(path)
         if not path:
             raise gr.Error("Type the path of a folder, archive or CSV file first.")
         if path != self.data_path:   # the operator's own --data needs no permission
@@ -77,6 +78,17 @@ class DataActions:
             except PermissionError as exc:
                 raise gr.Error(str(exc)) from None
         return self.load_source(session, path, f"'{path}'", vf)
+
+
+def typed_path(text) -> str:
+    """A path as people paste it: "Copy as path" wraps it in quotes, a file manager may give a
+    file:// address with %20 for spaces."""
+    path = (text or "").strip()
+    if len(path) > 1 and path[0] == path[-1] and path[0] in "'\"":
+        path = path[1:-1].strip()
+    if path.startswith("file://"):
+        path = urllib.parse.unquote(urllib.parse.urlparse(path).path)
+    return path
 
 
 def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
