@@ -25,9 +25,10 @@ def client(app_server):
     return Client(app_server[0], analytics_enabled=False, verbose=False)
 
 
-def _values():
+def _values(**over):
     from lora_gui.ui.fields import FIELD_NAMES
-    return [FIELD_VALUES[n] for n in FIELD_NAMES]
+    v = dict(FIELD_VALUES, **over)
+    return [v[n] for n in FIELD_NAMES]
 
 
 def test_endpoints_train_predict_export(client, tmp_path):
@@ -37,7 +38,8 @@ def test_endpoints_train_predict_export(client, tmp_path):
     summary, *_ = client.predict(0.2, api_name="/use_example")
     assert "120 images used in 4 classes" in summary
 
-    client.predict(*_values(), api_name="/start_training")
+    # the Resolution as the API schema lists it: a string ('96'), which was refused
+    client.predict(*_values(image_size="96"), api_name="/start_training")
     deadline = time.time() + 240
     while time.time() < deadline:
         progress, *_ = client.predict(api_name="/training_status")

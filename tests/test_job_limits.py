@@ -45,6 +45,10 @@ def test_queued_jobs_are_capped_per_person_and_in_all_and_old_finished_ones_are_
         assert all(job.wait(60) for job in started)
         queue.release("cpu", blocker)
     assert {job.status for job in started} == {"stopped"}
+    # what the Train tab then says of a job stopped while it waited: not "what it learned is saved"
+    from lora_gui.ui.tabs.train_tab import headline
+    assert headline(started[0].snapshot()) == ("Stopped before it started: nothing was trained or saved.",
+                                               "Press Start training to begin again.")
     assert room_for_another("ann") == "" and room_for_another("dan") == ""
 
     # finished jobs: the newest KEEP_FINISHED stay findable, older ones leave memory, not disk

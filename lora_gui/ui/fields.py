@@ -36,7 +36,10 @@ _FLOATS = {"alpha", "dropout", "lr", "val_fraction"}
 
 
 def _clean(name: str, value):
-    """Gradio numbers arrive as floats (or None when emptied); the config wants ints."""
+    """Gradio numbers arrive as floats (or None when emptied); the config wants ints. An API client
+    sends the Resolution dropdown's choices as the strings its schema lists ('0', '96', ...)."""
+    if name == "image_size" and isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
     if name == "image_size" and value in (None, "", 0, "model default"):
         return None
     if name == "weights_file":

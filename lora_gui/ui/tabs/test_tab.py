@@ -27,7 +27,8 @@ from ..run_names import dataset_name, run_label, run_title
 if TYPE_CHECKING:   # the engine (torch, timm) loads in the handlers, not when the page is laid out (#15.3)
     from ...inference.predict import LoadedAdapter
 
-NO_MODEL = "Train a model first (Train tab) or load an adapter in the Export tab"
+NO_MODEL = ("Train a model first (3 · Train), pick a finished run in the Runs tab (Use for testing), "
+            "or load an adapter file in 5 · Export")
 GALLERY_MAX = 48
 HEATMAP_MAX = 24   # a heatmap costs a forward and a backward pass: the most confident mistakes get one
 THUMB = 192

@@ -70,6 +70,12 @@ def headline(snap) -> tuple[str, str]:
         best = re.search(r"best validation accuracy ([\d.]+%)", snap.message)
         done = f"Finished: {best.group(1)} of the validation images recognised." if best else "Finished."
         return done, "Next: try it on your own pictures in 4 · Test, or download it in 5 · Export."
+    if snap.status == "stopped" and "before it started" in snap.message:
+        return ("Stopped before it started: nothing was trained or saved.",
+                "Press Start training to begin again.")
+    if snap.status == "stopped" and not snap.step and _first_model(snap) is None:
+        return ("Stopped while getting ready: nothing was trained or saved yet.",
+                "Press Start training to begin again.")
     if snap.status == "stopped":
         return ("Stopped. What it learned so far is saved.",
                 "Test it in 4 · Test, or continue it later with Resume training in the Runs tab.")
