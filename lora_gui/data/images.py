@@ -82,10 +82,16 @@ def _open(source) -> Image.Image:
             raise Image.DecompressionBombError(str(exc)) from None
 
 
+def too_many_pixels(pixels: int | None) -> str:
+    """The reason for a picture above MAX_IMAGE_PIXELS (a huge scan, or a few bytes claiming gigapixels)."""
+    size = f"{pixels / 1e6:,.0f} MP; " if pixels else ""
+    return f"too many pixels ({size}the limit is {MAX_IMAGE_PIXELS // 10**6} MP)"
+
+
 def _size_problem(im: Image.Image) -> str:
     w, h = im.size
     if w * h > MAX_IMAGE_PIXELS:
-        return f"decompression bomb ({w * h} pixels)"
+        return too_many_pixels(w * h)
     if min(w, h) < MIN_IMAGE_SIDE:
         return f"image too small ({w}x{h})"
     return ""
@@ -104,6 +110,8 @@ def probe_image(path: str | os.PathLike) -> ProbeResult:
     except DataError as exc:
         return ProbeResult(reason=str(exc).removeprefix(f"{path}: "))
     digest = hashlib.sha1(data).hexdigest()
+    if not data:
+        return ProbeResult(reason="empty file (0 bytes)", sha1=digest)
     try:
         im = _open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -113,8 +121,7 @@ def probe_image(path: str | os.PathLike) -> ProbeResult:
         return ProbeResult(reason="not an image", sha1=digest)
     except Image.DecompressionBombError as exc:  # Pillow's own, far above our limit
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        return ProbeResult(reason=f"decompression bomb ({pixels[1] if pixels else 'too many'} pixels)",
-                           sha1=digest)
+        return ProbeResult(reason=too_many_pixels(int(pixels[1]) if pixels else None), sha1=digest)
     except Exception:  # Pillow raises many types for broken headers
         return ProbeResult(reason="corrupt or truncated image", sha1=digest)
     result = ProbeResult(sha1=digest, size=im.size, format=im.format or "")
@@ -170,7 +177,7 @@ def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Imag
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image (supported: jpg, png, webp, bmp, gif, tiff)") from None
     except Image.DecompressionBombError:
-        raise DataError(f"{path}: decompression bomb (too many pixels); refused") from None
+        raise DataError(f"{path}: {too_many_pixels(None)}; scale it down and try again") from None
     except OSError as exc:
         raise DataError(f"{path}: unreadable ({exc})") from None
     with im:

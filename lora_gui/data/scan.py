@@ -70,8 +70,8 @@ class ValidationReport:
         counts = self.counts()
         skipped = Counter(f.reason.split(" (")[0].split(" of ")[0]
                           for f in self.files if f.status == "skipped")
-        lines = [f"{sum(counts.values())} images used in {len(counts)} classes, "
-                 f"{sum(skipped.values())} files skipped"
+        lines = [f"{_n(sum(counts.values()), 'image')} used in {_n(len(counts), 'class')}, "
+                 f"{_n(sum(skipped.values()), 'file')} skipped"
                  + (f" ({', '.join(f'{n} {r}' for r, n in skipped.most_common())})" if skipped else "")]
         if counts:
             lines.append("Classes: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -314,3 +314,5 @@ def build_dataset(root: Path, report_base: Path, csv_file: Path | None = None,
     return Dataset(classes, samples, report, str(root.resolve()), given)
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("s") else "s")

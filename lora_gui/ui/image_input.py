@@ -10,12 +10,13 @@ handler's guard, so the person gets the usual toast and the outputs keep their v
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from ..data.images import KNOWN_UNSUPPORTED, MAX_IMAGE_PIXELS, PIL_FORMATS
+from ..data.images import KNOWN_UNSUPPORTED, MAX_IMAGE_PIXELS, PIL_FORMATS, too_many_pixels
 from ..errors import DataError
 from .component_variant import component_variant
 
@@ -30,9 +31,10 @@ def check_upload(path: str, name: str = "the picture") -> UnusableUpload | None:
         # only the decoders the data layer uses: an .eps upload would otherwise reach Ghostscript
         with Image.open(path, formats=PIL_FORMATS) as im:
             w, h = im.size
-    except Image.DecompressionBombError:
-        return UnusableUpload(f"{name} has too many pixels for this app (over {2 * MAX_IMAGE_PIXELS // 10**6} MP); "
-                              f"scale it down to at most {MAX_IMAGE_PIXELS // 10**6} MP and try again")
+    except Image.DecompressionBombError as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        return UnusableUpload(f"{name} has {too_many_pixels(int(pixels[1]) if pixels else None)}; "
+                              "scale it down and try again")
     except (UnidentifiedImageError, OSError, ValueError):
         ext = Path(name if name != "the picture" else path).suffix.lower()
         if ext in KNOWN_UNSUPPORTED:
