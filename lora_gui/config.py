@@ -24,6 +24,13 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _shown(v) -> str:
+    """A bad value as a person typed it: an emptied box is 'nothing', 1e9 stays 1e9."""
+    if v is None or v == "":
+        return "nothing (the box is empty)"
+    return f"{v:g}" if isinstance(v, float) else repr(v)
+
+
 def _whole(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)  # True is an int to Python, not to a person
 
@@ -101,7 +108,7 @@ class LoraConfig(_Serialisable):
         _check(_whole(self.rank) and 1 <= self.rank <= 1024,
                f"LoRA rank must be a whole number from 1 to 1024, got {self.rank!r}")
         _check(isinstance(self.alpha, (int, float)) and self.alpha > 0 and math.isfinite(self.alpha),
-               f"LoRA alpha must be a positive number, got {self.alpha!r}")
+               f"LoRA alpha must be a positive number (typical: twice the rank), got {_shown(self.alpha)}")
         self.alpha = float(self.alpha)
         _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
                f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
@@ -227,7 +234,8 @@ class TrainConfig(_Serialisable):
         whole("dataloader_workers", -1, 64)
         _check(_whole(self.seed), f"seed must be a whole number, got {self.seed!r}")
         _check(isinstance(self.lr, (int, float)) and 0 < self.lr <= 10 and math.isfinite(self.lr),
-               f"learning rate must be a positive number (typical: 1e-4 to 1e-2), got {self.lr!r}")
+               f"learning rate must be a number above 0 and at most 10 (typical: 1e-4 to 1e-2), "
+               f"got {_shown(self.lr)}")
         self.lr = float(self.lr)
         for name, lo, hi in (("weight_decay", 0, 10), ("warmup_fraction", 0, 0.9),
                              ("label_smoothing", 0, 0.9), ("grad_clip", 0, 1e6),

@@ -247,3 +247,13 @@ def test_every_cli_flag_and_its_help_come_from_the_config_fields():
     assert actions["augmentation"].choices == ("none", "flip", "light", "strong")
     assert actions["rank"].type is int and actions["lr"].type is float
     assert p.parse_args(["--rank", "4"]).rank == 4
+
+
+def test_number_messages_state_the_real_range_and_an_empty_box():
+    from lora_gui.config import LoraConfig, TrainConfig
+    with pytest.raises(ConfigError, match=r"above 0 and at most 10 .*got 1e\+09$"):
+        TrainConfig(lr=1e9)
+    with pytest.raises(ConfigError, match=r"got nothing \(the box is empty\)$"):
+        TrainConfig(lr=None)
+    with pytest.raises(ConfigError, match=r"alpha must be a positive number .*got nothing"):
+        LoraConfig(alpha=None)
