@@ -152,8 +152,48 @@ def test_confusion_figure(run_dir):
     result = evaluate_run(run_dir)
     fig = confusion_figure(result)
     heat = fig.data[0]
-    assert heat.type == "heatmap" and list(heat.x) == CLASSES and list(heat.y) == CLASSES
+    assert heat.type == "heatmap" and list(fig.layout.xaxis.ticktext) == CLASSES == list(fig.layout.yaxis.ticktext)
     assert [list(r) for r in heat.z] == result.confusion
     norm = confusion_figure(result, normalize=True).data[0]
     assert all(abs(sum(r) - 1) < 1e-9 for r in norm.z)
     assert f"{result.accuracy:.1%}" in fig.layout.title.text
+
+
+def test_long_and_marked_up_class_names_stay_readable_on_the_charts():
+    """Long names (95 characters) squeezed the confusion matrix into a strip and '<b>' in a name
+    turned bold: the axes show cut, escaped names at fixed positions; the hover shows them whole."""
+    from types import SimpleNamespace
+
+    from lora_gui.ui.charts import class_distribution_figure
+    names = [f"A very very long class name that goes on and on describing the category number {i}"
+             for i in range(3)] + ["c00_<b>bold<", "& ampersand"]
+    k = len(names)
+    result = SimpleNamespace(classes=names, confusion=[[int(i == j) for j in range(k)] for i in range(k)],
+                             accuracy=1.0, total=k)
+    fig = confusion_figure(result)
+    ticks = list(fig.layout.xaxis.ticktext)
+    assert ticks[:3] == ["A very very long …"] * 3 and len(set(fig.layout.xaxis.tickvals)) == k   # three columns
+    assert ticks[3:] == ["c00_&lt;b&gt;bold&lt;", "&amp; ampersand"] and list(fig.layout.yaxis.ticktext) == ticks
+    assert fig.data[0].customdata[0][0][1] == names[0]   # the hover names the whole class
+    bars = class_distribution_figure(dict(zip(names, range(1, k + 1))))
+    assert list(bars.layout.xaxis.ticktext) == ticks and list(bars.data[0].customdata)[3] == "c00_&lt;b&gt;bold&lt;"
+
+
+def test_evaluate_says_why_training_scored_the_same_images_differently(tmp_path):
+    """Training scores validation in bf16 (fast), Evaluate in full precision: a borderline image
+    can flip (78.6% vs 85.7% on 14 images in the QA pass). The summary says so, once the run is over."""
+    import json
+
+    from lora_gui.store.run_folder import RunFolder
+    from lora_gui.ui.tabs.test_tab import _precision_note
+    run = RunFolder(tmp_path / "run").create()
+    run.config_file.write_text(json.dumps({"speed": {"mixed_precision": "bf16"}}))
+    run.update_status(status="finished", best_val_acc=11 / 14)
+    note = _precision_note(run.path, 12 / 14)
+    assert "Training scored these images 78.6% with bf16 arithmetic" in note and "full precision" in note
+    assert _precision_note(run.path, 11 / 14) == ""                      # the same score: nothing to explain
+    run.update_status(status="running")
+    assert _precision_note(run.path, 12 / 14) == ""                      # still training: its best may move
+    run.update_status(status="finished")
+    run.config_file.write_text(json.dumps({"speed": {"mixed_precision": "off"}}))
+    assert _precision_note(run.path, 12 / 14) == ""                      # fp32 training: no such cause

@@ -142,4 +142,5 @@ def apply_fixes(ds: Dataset, workspace: str | os.PathLike) -> Dataset:
 
 
 def _is_count_message(text: str) -> bool:
-    return text.startswith(("no usable images", "only 1 class", "class '", "classes are imbalanced"))
+    return text.startswith(("no usable images", "only 1 class", "class '", "classes are imbalanced",
+                            "classes with few images"))

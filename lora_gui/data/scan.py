@@ -250,15 +250,22 @@ def _check_counts(counts: dict[str, int], train_counts: dict[str, int] | None,
     if len(counts) < 2:
         report.errors.append(f"only 1 class ({next(iter(counts))}); training needs at least 2 "
                              f"classes: add a folder of images for another class")
+    few = []
     for name, n in counts.items():
         if n < 2:
             report.errors.append(f"class '{name}' has only {n} usable image; each class needs at "
                                  f"least 2 (one to train on, one to check against): add more")
         elif n < FEW_PER_CLASS:
-            report.warnings.append(f"class '{name}' has only {n} images; {FEW_PER_CLASS} or more "
-                                   f"per class give much better results")
+            few.append((name, n))
         if train_counts is not None and not train_counts.get(name):
             report.errors.append(f"class '{name}' has no training images: add some to train/{name}/")
+    if len(few) == 1:
+        report.warnings.append(f"class '{few[0][0]}' has only {few[0][1]} images; {FEW_PER_CLASS} or more "
+                               f"per class give much better results")
+    elif few:   # one line, not one per class (a set of 14 small classes gave 14 lines)
+        listed = ", ".join(f"'{name}' {n}" for name, n in few[:6]) + (f" and {len(few) - 6} more" if len(few) > 6 else "")
+        report.warnings.append(f"classes with few images: {listed}; {FEW_PER_CLASS} or more per class give "
+                               f"much better results")
     big, small = max(counts, key=counts.get), min(counts, key=counts.get)
     if counts[small] and counts[big] / counts[small] > IMBALANCE_RATIO:
         report.warnings.append(f"classes are imbalanced: '{big}' has {counts[big]} images, '{small}' "

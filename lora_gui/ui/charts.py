@@ -1,6 +1,8 @@
 """Plotly figures for the live training view (plain functions of metric rows)."""
 from __future__ import annotations
 
+import html
+
 import plotly.graph_objects as go
 import plotly.io as pio
 
@@ -72,19 +74,44 @@ def lr_figure(step_rows: list[dict]) -> go.Figure:
     return _live_figure(traces, title=_title("Learning rate"), xaxis=dict(title=_title("step")))
 
 
+TICK_CHARS = 18   # class names longer than this are cut on the axes (the hover shows them whole)
+
+
+def _tick(name: str) -> str:
+    """A class name as an axis label: cut to TICK_CHARS, and escaped, because Plotly reads
+    '<b>' or '&amp;' in a label as markup."""
+    name = str(name)
+    short = name if len(name) <= TICK_CHARS else name[:TICK_CHARS - 1] + "…"
+    return html.escape(short, quote=False)
+
+
+def _class_axis(names: list[str]) -> dict:
+    """Positions 0..k-1 with the cut names as their labels: two long names that start alike stay
+    two columns (as categories, cut names would merge)."""
+    return dict(tickmode="array", tickvals=list(range(len(names))), ticktext=[_tick(n) for n in names],
+                automargin=True)   # slanted labels get the room they need instead of leaving the figure
+
+
 def class_distribution_figure(counts) -> go.Figure:
     """Bar chart of images per class: a {class: count} dict, or split_counts rows (class, train, val),
     which are then stacked."""
     fig = go.Figure()
+    rows = [(k, v) for k, v in counts.items()] if isinstance(counts, dict) else list(counts)
+    names = [str(r[0]) for r in rows]
+    where = list(range(len(names)))
+    hover = [html.escape(n, quote=False) for n in names]
     if isinstance(counts, dict):
-        fig.add_bar(x=list(counts), y=list(counts.values()), name="images")
+        fig.add_bar(x=where, y=[r[1] for r in rows], name="images", customdata=hover,
+                    hovertemplate="%{customdata}: %{y} images<extra></extra>")
     else:
-        rows = list(counts)
-        fig.add_bar(x=[r[0] for r in rows], y=[r[1] for r in rows], name="train")
-        fig.add_bar(x=[r[0] for r in rows], y=[r[2] for r in rows], name="validation")
+        fig.add_bar(x=where, y=[r[1] for r in rows], name="train", customdata=hover,
+                    hovertemplate="%{customdata}: %{y} training images<extra></extra>")
+        fig.add_bar(x=where, y=[r[2] for r in rows], name="validation", customdata=hover,
+                    hovertemplate="%{customdata}: %{y} validation images<extra></extra>")
         fig.update_layout(barmode="stack")
     fig.update_layout(title="Images per class", xaxis_title="class", yaxis_title="images",
                       height=320, margin=dict(l=40, r=20, t=50, b=40))
+    fig.update_xaxes(**_class_axis(names), tickangle=-35 if len(names) > 6 else 0)
     return fig
 
 
@@ -92,18 +119,20 @@ def confusion_figure(result, normalize: bool = False) -> go.Figure:
     """Heatmap of an ``inference.evaluate.EvalResult``: rows are the true classes (top to bottom),
     columns the predictions. ``normalize`` colours by the share of each true class (recall per
     cell); the cell text always shows the image counts."""
-    classes, counts = result.classes, result.confusion
+    classes, counts = [str(c) for c in result.classes], result.confusion
     z = [[c / sum(row) if sum(row) else 0.0 for c in row] for row in counts] if normalize else counts
     k = len(classes)
+    shown = [html.escape(c, quote=False) for c in classes]
+    cells = [[[counts[i][j], shown[i], shown[j]] for j in range(k)] for i in range(k)]
     fig = go.Figure(go.Heatmap(
-        z=z, x=classes, y=classes, colorscale="Blues", customdata=counts,
+        z=z, x=list(range(k)), y=list(range(k)), colorscale="Blues", customdata=cells,
         text=counts if k <= 30 else None, texttemplate="%{text}" if k <= 30 else None,
-        hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images<extra></extra>",
+        hovertemplate="true %{customdata[1]}<br>predicted %{customdata[2]}<br>%{customdata[0]} images<extra></extra>",
         colorbar=dict(title="share" if normalize else "images")))
-    side = min(900, 260 + 28 * k)
+    side = min(900, 300 + 28 * k)
     fig.update_layout(title=f"Confusion matrix — accuracy {result.accuracy:.1%} on {result.total} images",
                       xaxis_title="predicted class", yaxis_title="true class", height=side,
                       margin=dict(l=60, r=20, t=50, b=60))
-    fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_xaxes(type="category")
+    fig.update_yaxes(autorange="reversed", **_class_axis(classes))
+    fig.update_xaxes(**_class_axis(classes), tickangle=-45 if k > 4 else 0)
     return fig

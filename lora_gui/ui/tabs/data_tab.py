@@ -126,7 +126,8 @@ def build_data_tab(ctx: AppContext, data_path: str | None = None) -> None:
     with gr.Row():
         # hidden until there is a dataset to describe
         split_table = gr.Dataframe(headers=["class", "train", "validation"], label="Images per class",
-                                   interactive=False, scale=1, visible=False)
+                                   interactive=False, scale=1, visible=False, wrap=True,
+                                   column_widths=["50%", "22%", "28%"])
         chart = gr.Plot(label="Class distribution", scale=2, visible=False)
     gallery = gr.Gallery(label="A few images per class", columns=8, height=220, object_fit="contain",
                          format="jpeg", elem_id="lg-data-gallery", visible=False)

@@ -9,6 +9,7 @@ model under test changes, so a page never shows one model's results under anothe
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ import pandas as pd
 
 from ...data.images import load_rgb
 from ...errors import DamagedRun
-from ...store.run_folder import LIVE_STATUSES, RunFolder
+from ...store.run_folder import FINAL_STATUSES, LIVE_STATUSES, RunFolder
 from ..charts import confusion_figure
 from ..common import ENGINE_ERRORS, failure, md, this_tab
 from ..image_input import ImageInput
@@ -209,6 +210,23 @@ def mistakes_gallery(loaded: LoadedAdapter, mistakes: list, progress=None) -> li
     return gallery
 
 
+def _precision_note(run_dir, accuracy: float) -> str:
+    """Why training's score of the same images can differ: it ran them in bf16/fp16 (faster, a little
+    less exact), Evaluate in full precision, and a borderline image may land on the other side."""
+    folder = RunFolder(run_dir)
+    status = folder.read_status()
+    trained = status.get("best_val_acc")
+    try:
+        precision = (json.loads(folder.config_file.read_text()).get("speed") or {}).get("mixed_precision")
+    except (OSError, ValueError):
+        return ""
+    if (status.get("status") not in FINAL_STATUSES or not isinstance(trained, (int, float))
+            or precision not in ("bf16", "fp16") or abs(trained - accuracy) < 1e-6):
+        return ""
+    return (f"\n\nTraining scored these images {trained:.1%} with {precision} arithmetic (faster, slightly less "
+            "exact); this evaluation runs in full precision, so a borderline image can land the other way.")
+
+
 def on_evaluate(session, progress=gr.Progress()):
     from ...inference.evaluate import evaluate_run, find_run_dir
     loaded = get_test_model(session)
@@ -228,6 +246,7 @@ def on_evaluate(session, progress=gr.Progress()):
                f"{md(run_title(run))}) · macro F1 {result.macro['f1']:.3f} · {len(result.misclassified)} misclassified")
     if result.skipped:
         summary += f" · {len(result.skipped)} image(s) could not be read and were left out (e.g. {result.skipped[0][1]})"
+    summary += _precision_note(run, result.accuracy)
     gallery = mistakes_gallery(loaded, result.misclassified[:GALLERY_MAX],
                                lambda done, total: progress(done / total, desc=f"where it looked: {done}/{total}"))
     if len(result.misclassified) > GALLERY_MAX:
@@ -255,8 +274,10 @@ def build_test_tab(ctx) -> None:
     eval_md = gr.Markdown(elem_id="lg-eval-summary")
     with gr.Row(equal_height=False):
         # hidden until an evaluation fills them (no "1 2 3" headers, no empty axes)
+        # fixed widths: a 95-character class name took the whole width and pushed the numbers out of view
         table = gr.Dataframe(headers=["class", "precision", "recall", "F1", "support"], label="Per class",
-                             interactive=False, wrap=True, scale=1, visible=False)
+                             interactive=False, wrap=True, scale=1, visible=False,
+                             column_widths=["30%", "20%", "17%", "15%", "18%"])
         plot = gr.Plot(label="Confusion matrix", scale=1, elem_id="lg-confusion", visible=False)
     gallery = gr.Gallery(label="Misclassified validation images (true → predicted; the heat shows where the "
                                "model looked for the class it chose)", columns=5, height="auto",
