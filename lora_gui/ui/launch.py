@@ -63,6 +63,12 @@ def free_port(host: str, preferred: int) -> int:
     and type again), else one the OS picks (Gradio refuses server_port=0)."""
     for port in (*range(preferred, min(preferred + 11, 65536)), 0):
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            if os.name == "posix":
+                # as the web server binds (uvicorn sets it too): the connections of an app that just
+                # stopped linger in TIME_WAIT for a minute, and without it a restarted app moved to
+                # the next port. A port someone listens on still refuses. (Not on Windows, where
+                # SO_REUSEADDR would let it share a port in use.)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
                 return s.getsockname()[1]

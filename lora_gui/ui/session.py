@@ -41,6 +41,7 @@ class Session:
     model_version: int = 0           # bumped on every change: outputs made from an older one are cleared
     pending_run: str | None = None   # a run started here, tested once it has saved an adapter (best/)
     shown: dict = field(default_factory=dict)   # output group -> model_version it was made from
+    resumed_job: str = ""            # a job the Runs tab just resumed: the Train tab's fields show its settings
     uploads: list = field(default_factory=list)  # folders this session uploaded into (removed on close)
     weights_upload: str | None = None  # the weights file this session uploaded (the only file path it may name)
     newest_run_listed: str | None = None  # the Runs tab selects a run newer than this one when it appears

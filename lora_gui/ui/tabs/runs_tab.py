@@ -13,6 +13,7 @@ from ...jobs.registry import active_jobs, room_for_another, set_owner
 from ...store.run_folder import LIVE_STATUSES, RunFolder, list_runs
 from ..access import owner_id
 from ..common import ENGINE_ERRORS, failure, md, this_tab
+from ..fields import FIELD_NAMES, values_from_config
 from ..run_names import dataset_name, run_label, run_title
 
 COLUMNS = ["run", "dataset", "model", "rank", "targets", "best val acc", "training time", "status", "folder"]
@@ -178,7 +179,20 @@ class RunsActions:
         session.owner_id = owner_id(session, request)
         set_owner(job, session.owner_id, session.tab_id)
         session.started(job)
+        session.resumed_job = job.id
         return session, gr.Tabs(selected="train"), f"Resumed **{md(run_title(run.path))}**."
+
+
+def resumed_settings(session, names: list[str]):
+    """The Train and Model tabs' fields after a resume: the resumed run's own settings (they showed
+    whatever the form held before, and Start would have used those)."""
+    job = session.job() if session.resumed_job else None
+    if job is None or job.id != session.resumed_job:
+        return session, *[gr.skip()] * len(names)
+    session.resumed_job = ""
+    session.base_config = job.config        # settings no field shows come from the run too
+    values = values_from_config(job.config)
+    return session, *[values[n] for n in names]
 
 
 def build_runs_tab(ctx) -> None:
@@ -227,4 +241,7 @@ def build_runs_tab(ctx) -> None:
         # ...before the tab is shown: it never shows the old model's results under the new name
         event.then(lambda t=target: gr.Tabs(selected=t), None, ctx.tabs, api_visibility="private",
                    show_progress="hidden")
-    resume_btn.click(act.resume, [pick, session], [session, ctx.tabs, status_md], api_name="resume_run")
+    names = [n for n in FIELD_NAMES if n in ctx.fields]
+    resume_btn.click(act.resume, [pick, session], [session, ctx.tabs, status_md], api_name="resume_run").then(
+        lambda s: resumed_settings(s, names), [session], [session, *[ctx.fields[n] for n in names]],
+        api_visibility="private", show_progress="hidden")
