@@ -297,7 +297,7 @@ def load_preset(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
         raise ConfigError(f"preset {path.name} is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"preset {path.name}: expected a JSON object")
-    allowed = {"name", "description", "config"}
+    allowed = {"name", "description", "config", "saved_by"}   # saved_by: the app's, in multi-user mode
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"preset {path.name}: unknown key(s) {', '.join(map(repr, unknown))}; "

@@ -11,7 +11,7 @@ from lora_gui.config import RunConfig
 from lora_gui.data.fixes import fixes_file, write_fix
 from lora_gui.data.sources import load_dataset
 from lora_gui.jobs.training_job import preflight
-from lora_gui.ui.access import AccessPolicy, fixes_key
+from lora_gui.ui.access import AccessPolicy, person_key
 from lora_gui.ui.fields import DEFAULTS, config_from_values
 from lora_gui.ui.session import Session
 from lora_gui.ui.tabs.data_tab import DataActions
@@ -22,9 +22,9 @@ def test_one_persons_fixes_never_change_what_another_trains_on(tmp_path):
     ws = tmp_path / "ws"
     multi = AccessPolicy(multi_user=True)
     ann, ben = Session(owner_id="browser:ann-0123456789abcdef"), Session(owner_id="browser:ben-0123456789abcdef")
-    key_ann, key_ben = fixes_key(multi, ann), fixes_key(multi, ben)
+    key_ann, key_ben = person_key(multi, ann), person_key(multi, ben)
     assert key_ann != key_ben and "ann" not in key_ann
-    assert fixes_key(AccessPolicy(), ann) == ""   # one user: the workspace's own record, as the CLI uses
+    assert person_key(AccessPolicy(), ann) == ""   # one user: the workspace's own record, as the CLI uses
 
     # both load the same folder through the Data tab's handler
     actions = DataActions(SimpleNamespace(workspace=ws, policy=multi))

@@ -63,7 +63,7 @@ def test_dataset_errors_are_escaped_and_said_once(tmp_path):
 @pytest.mark.parametrize("name, value, words", [
     ("rank", 0, "from 1 to 1024, got 0"), ("rank", -5.0, "got -5"), ("rank", "abc", "got 'abc'"),
     ("alpha", -1.0, "positive"), ("dropout", 0.99 + 0.01, "[0, 1)"), ("epochs", 2.5, "from 1 to 10000"),
-    ("batch_size", 0.0, "from 1 to 4096"), ("lr", None, "positive number"), ("seed", "x", "whole number"),
+    ("batch_size", 0.0, "from 1 to 4096"), ("lr", None, "above 0 and at most 10"), ("seed", "x", "whole number"),
     ("val_fraction", 1.0, "[0, 1)"), ("image_size", 20, "from 32 to 1024")])
 def test_each_bad_number_gets_one_message_from_the_config(name, value, words):
     """#12.6: the message is config.py's own (no second copy of the ranges), once, without 'config: lora:'."""
@@ -317,3 +317,26 @@ def test_each_page_gets_its_own_session_and_no_load_event_replaces_it(demo):
     pages = [copy.deepcopy(state.value), copy.deepcopy(used)]
     assert len({p.id for p in pages} | {state.value.id, used.id}) == 4
     assert all(p.owner_id == "" and p.job_id is None for p in pages)
+
+
+def test_in_multi_user_mode_nobody_replaces_anothers_saved_preset(tmp_path):
+    """Saved presets are shared (anyone may apply one); replacing one is its author's alone, once
+    the app serves several people (#15 review)."""
+    import gradio as gr
+
+    from lora_gui.config import load_preset
+    from lora_gui.ui.access import AccessPolicy, person_key
+    from lora_gui.ui.fields import DEFAULTS, FIELD_NAMES
+    from lora_gui.ui.session import Session
+    from lora_gui.ui.tabs.presets_tab import save_preset
+    multi = AccessPolicy(multi_user=True)
+    ann, ben = (person_key(multi, Session(owner_id=f"browser:{who}-0123456789abcdef")) for who in ("ann", "ben"))
+    values = [DEFAULTS[n] for n in FIELD_NAMES]
+    path = save_preset(tmp_path, "team-resnet", "Ann's", False, FIELD_NAMES, values, saved_by=ann)
+    assert load_preset(path)[1]["description"] == "Ann's"          # still an ordinary preset to apply
+    with pytest.raises(gr.Error, match="is someone else's: save yours under another name"):
+        save_preset(tmp_path, "team-resnet", "Ben's", True, FIELD_NAMES, values, saved_by=ben)
+    save_preset(tmp_path, "team-resnet", "Ann's, again", True, FIELD_NAMES, values, saved_by=ann)
+    assert load_preset(path)[1]["description"] == "Ann's, again"
+    save_preset(tmp_path, "team-resnet", "the one user", True, FIELD_NAMES, values)   # single-user mode: no owners
+    assert load_preset(path)[1]["description"] == "the one user"

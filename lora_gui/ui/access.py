@@ -78,10 +78,11 @@ def owner_id(session, request) -> str:
     return f"session:{session_hash or 'anonymous'}"
 
 
-def fixes_key(policy: AccessPolicy, session) -> str:
-    """Whose health-check record (data/fixes.py) a page's datasets use: the workspace's own for one
-    user; in multi-user mode one per person (a hash: the owner id itself stays out of file names),
-    so one person's "remove from training" never changes what another trains on."""
+def person_key(policy: AccessPolicy, session) -> str:
+    """A file-name-safe key for the person behind a page: "" for the one user; in multi-user mode a
+    hash of their owner id (the id itself stays out of files). It names whose health-check record
+    (data/fixes.py) a page's datasets use, so one person's "remove from training" never changes what
+    another trains on, and who saved a preset, so nobody replaces another's."""
     if not policy.multi_user:
         return ""
     who = (session.owner_id if session is not None else "") or f"page:{getattr(session, 'id', '')}"

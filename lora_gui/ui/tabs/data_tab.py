@@ -9,7 +9,7 @@ import gradio as gr
 
 from ... import data
 from ...data.archives import ArchiveLimits
-from ..access import fixes_key
+from ..access import person_key
 from ..common import PRIVATE, caller_host
 from ..context import MAX_UPLOAD_MB, AppContext
 from ..fields import DEFAULTS, lenient
@@ -49,7 +49,7 @@ class DataActions:
         self.ws, self.policy, self.data_path = ctx.workspace, ctx.policy, (data_path or "").strip()
 
     def load_source(self, session, source, label, vf):
-        ds = data.load_dataset(source, self.ws, fixes_by=fixes_key(self.policy, session))   # DataError: a toast
+        ds = data.load_dataset(source, self.ws, fixes_by=person_key(self.policy, session))   # DataError: a toast
         return show_dataset(session, ds, label, vf)
 
     def use_example(self, session, vf):
@@ -59,7 +59,7 @@ class DataActions:
         if not files:
             return resplit(session, vf)
         rels, folder_name, left_out = folder_meta(rel_json)
-        ds = data.dataset_from_files([str(f) for f in files], rels, self.ws, fixes_by=fixes_key(self.policy, session))
+        ds = data.dataset_from_files([str(f) for f in files], rels, self.ws, fixes_by=person_key(self.policy, session))
         top = folder_name or (rels[0].split("/")[0] if rels else "Uploaded folder")
         return show_dataset(session, ds, f"Folder '{top}'" + (f" ({left_out})" if left_out else ""), vf)
 

@@ -14,6 +14,7 @@ import gradio as gr
 from ...config import RunConfig, load_preset
 from ...data.bundled import builtin_presets_dir
 from ...errors import ConfigError
+from ..access import person_key
 from ..catalog_info import CatalogInfo
 from ..common import md, this_tab
 from ..fields import FIELD_NAMES, FIELDS, config_from_values, values_from_config
@@ -115,7 +116,9 @@ def apply_values(path: str | None, workspace, names: list[str], session) -> list
 
 
 def save_preset(workspace, name: str, description: str, replace: bool, names: list[str], values,
-                base: RunConfig | None = None) -> Path:
+                base: RunConfig | None = None, saved_by: str = "") -> Path:
+    """Save the form as a preset; ``saved_by`` (access.person_key, multi-user mode only) keeps
+    anyone but its author from replacing it (everyone may still apply it)."""
     name = (name or "").strip()
     if not NAME_RE.match(name):
         raise gr.Error("Preset name: 1 to 64 letters, digits, '-' or '_' (no spaces), e.g. my-resnet-rank16")
@@ -130,11 +133,23 @@ def save_preset(workspace, name: str, description: str, replace: bool, names: li
     path = folder / f"{name}.json"
     if path.exists() and not replace:
         raise gr.Error(f"A saved preset named {name} exists; tick 'Replace' to overwrite it, or pick another name")
+    if path.exists() and _saved_by(path) not in ("", saved_by) and saved_by:
+        raise gr.Error(f"The saved preset {name} is someone else's: save yours under another name")
     preset = {"name": name, "description": (description or "").strip(), "config": config}
+    if saved_by:
+        preset["saved_by"] = saved_by
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
     tmp.write_text(json.dumps(preset, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def _saved_by(path: Path) -> str:
+    try:
+        who = json.loads(path.read_text()).get("saved_by", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return who if isinstance(who, str) else ""
 
 
 def build_presets_tab(ctx) -> None:
@@ -162,7 +177,8 @@ def build_presets_tab(ctx) -> None:
         return gr.Dropdown(choices=choices, value=value), describe(value, workspace)
 
     def save(preset_name, desc, overwrite, session, *values):
-        path = save_preset(workspace, preset_name, desc, overwrite, names, values, session.base_config)
+        path = save_preset(workspace, preset_name, desc, overwrite, names, values, session.base_config,
+                           saved_by=person_key(ctx.policy, session))
         return (gr.Dropdown(choices=preset_choices(workspace), value=str(path)), describe(str(path), workspace),
                 f"Saved **{path.stem}** to `{path}`.")
 
