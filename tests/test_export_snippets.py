@@ -53,12 +53,26 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photo_and_label(run, tmp_path_factory):
-    """A validation photo of the run as a JPEG, and the class the app predicts for it."""
+    """A validation photo of the run as a JPEG stored on its side with an EXIF orientation (as phones
+    store them), and the class the app predicts for it (the app turns it upright: so must a snippet)."""
+    from PIL import ImageOps
     loaded = load_adapter(run)
-    path = split_samples(run, "val", loaded.classes)[0][0]
-    photo = tmp_path_factory.mktemp("photo") / "photo.jpg"
-    Image.open(path).convert("RGB").save(photo, quality=95)
-    return photo, predict(loaded, [photo], topk=1)[0][0][0]
+    folder = tmp_path_factory.mktemp("photo")
+    photo, sideways = folder / "photo.jpg", folder / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6   # Orientation: "turn 90 degrees clockwise to view"
+    # one whose class changes when read sideways, so a snippet that ignores the orientation fails
+    for path, _ in split_samples(run, "val", loaded.classes):
+        upright = Image.open(path).convert("RGB")
+        upright.rotate(90, expand=True).save(photo, quality=95, exif=exif)
+        upright.rotate(90, expand=True).save(sideways, quality=95)
+        label = predict(loaded, [photo], topk=1)[0][0][0]
+        if predict(loaded, [sideways], topk=1)[0][0][0] != label:
+            break
+    else:
+        pytest.fail("no validation photo changes class when turned on its side")
+    assert ImageOps.exif_transpose(Image.open(photo)).size == upright.size
+    return photo, label
 
 
 def _run_snippet(python: Path, out: Path, env_extra: dict | None = None) -> str:

@@ -12,11 +12,20 @@ from .parity import parity_markdown
 from .peft_format import BASE_WEIGHTS
 from .tflite_format import TFLITE_FILE
 
+# The picture is read as the app reads it: a phone photo upright by its EXIF orientation (without it,
+# a rotated trouser read as a hand bag), transparency over white.
 _PREPROCESS = """import json, timm, torch
-from PIL import Image
+from PIL import Image, ImageOps
 labels = json.load(open("labels.json"))
 transform = timm.data.create_transform(**json.load(open("preprocessing.json")), is_training=False)
-x = transform(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)   # a batch of one image"""
+
+def read_rgb(path):   # as lora_gui reads a picture: upright (EXIF), transparency over white
+    im = ImageOps.exif_transpose(Image.open(path))
+    if im.mode in ("RGBA", "LA", "P"):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+    return im.convert("RGB")
+
+x = transform(read_rgb("photo.jpg")).unsqueeze(0)   # a batch of one image"""
 
 
 def _size_arg(meta: AdapterMeta) -> str:
