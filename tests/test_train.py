@@ -636,3 +636,12 @@ def test_a_paused_job_gives_up_the_device_and_resume_waits_its_turn(data_dir, tm
     assert c.wait(120) and c.status == "finished", c.message
     assert a.wait(120) and a.status == "finished", a.message
     assert [r["step"] for r in a.snapshot().step_rows] == list(range(1, 11))
+
+
+def test_a_run_without_validation_images_says_nothing_was_measured(data_dir, tmp_path):
+    """--val-fraction 0 is allowed (train on everything); the end said "finished: finished"."""
+    cfg = make_config(data_dir, epochs=1)
+    cfg.data.val_fraction = 0.0
+    job = run_job(cfg, tmp_path, "no-val")
+    assert job.status == "finished"
+    assert job.snapshot().message.startswith("trained all its epochs; nothing was measured (no validation images")

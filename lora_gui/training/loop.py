@@ -241,7 +241,9 @@ class Trainer(CheckpointMixin):
         self.folder.update_status(best_val_acc=best.get("val_acc"), best_epoch=best.get("epoch"))
         where = "the linear probe" if best.get("epoch") == 0 else f"epoch {best.get('epoch', '?')}"
         self.reporter.report_status("finished", f"best validation accuracy {best.get('val_acc', float('nan')):.1%} "
-                                    f"({where})" if best.get("val_acc") is not None else "finished")
+                                    f"({where})" if best.get("val_acc") is not None else
+                                    "trained all its epochs; nothing was measured (no validation images: "
+                                    "set a validation fraction above 0 to see how well it does)")
 
     def _train_epoch(self) -> None:
         """The current epoch's batches (from ``batch_in_epoch`` on), an optimizer step every ``grad_accum``."""
