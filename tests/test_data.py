@@ -76,6 +76,12 @@ def test_class_folders_and_every_bad_file_reported(tmp_path, make_image_folder):
     ds_one = load_dataset(one, tmp_path / "ws")
     assert by_path(ds_one)["dog/empty.jpg"].reason == "empty file (0 bytes)"
     assert ds_one.report.summary().startswith("2 images used in 2 classes, 1 file skipped")
+    # a class folder without usable pictures is named, not silently dropped
+    (one / "trouser").mkdir()
+    (one / "broken").mkdir()
+    (one / "broken" / "x.jpg").write_bytes(b"not a jpeg")
+    assert "2 folders without usable pictures, so not classes: 'broken', 'trouser'; add pictures" in \
+        load_dataset(one, tmp_path / "ws").report.summary()
     assert ds.report.as_rows()[0] == ["README.png", "", "skipped", "not in a class folder"]
     assert 8000 * 8000 > MAX_IMAGE_PIXELS
 

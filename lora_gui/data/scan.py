@@ -318,6 +318,14 @@ def build_dataset(root: Path, report_base: Path, csv_file: Path | None = None,
             given[split_of[p]].append(s)
         train_counts = Counter(classes[s.label] for s in given["train"])
     _check_counts(report.counts(), train_counts, report)
+    if csv_file is None and not split_of:
+        # a class folder with nothing usable in it is no class: say so, or it silently vanishes
+        empty = [d.name for d in scan.entries(root)[0] if d.name not in index]
+        if empty:
+            report.warnings.append(f"{_n(len(empty), 'folder')} without usable pictures, so not "
+                                   f"{'a class' if len(empty) == 1 else 'classes'}: "
+                                   + ", ".join(f"'{name}'" for name in empty[:8])
+                                   + "; add pictures to it, or remove it")
     return Dataset(classes, samples, report, str(root.resolve()), given)
 
 
