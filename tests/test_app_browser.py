@@ -71,7 +71,9 @@ def test_first_run_flow(app_server, page):
 
     # Reloading the page must re-attach to the job running in the background.
     page.reload(wait_until="load")
-    page.wait_for_selector("#lg-use-example", timeout=60_000)
+    # laid out (not necessarily visible: a job still running brings its Train tab to the front by
+    # itself, and the example now trains in seconds, so whether it still runs here is a race)
+    page.wait_for_selector("#lg-use-example", state="attached", timeout=60_000)
     open_tab(page, "3 · Train")
     page.wait_for_function("['running','finished'].includes((document.querySelector('#lg-progress')||{dataset:{}})"
                            ".dataset.status)", timeout=60_000)
