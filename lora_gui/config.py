@@ -149,6 +149,9 @@ class ModelConfig(_Serialisable):
 AUGMENTATIONS = ("none", "flip", "light", "strong")
 
 
+FIXES_BY = r"[A-Za-z0-9_-]{1,64}"   # a health-check record's folder name (data/fixes.py)
+
+
 @dataclass
 class DataConfig(_Serialisable):
     """Where the images are and how they are split and augmented."""
@@ -175,7 +178,7 @@ class DataConfig(_Serialisable):
         _check(isinstance(self.source, str), f"data source must be a path, got {self.source!r}")
         _check(_whole(self.cache_mb) and self.cache_mb >= 0,
                f"cache_mb must be a whole number >= 0, got {self.cache_mb!r}")
-        _check(isinstance(self.fixes_by, str) and (self.fixes_by == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.fixes_by)),
+        _check(isinstance(self.fixes_by, str) and (self.fixes_by == "" or re.fullmatch(FIXES_BY, self.fixes_by)),
                f"fixes_by must be empty or up to 64 letters, digits, - or _, got {self.fixes_by!r}")
 
 

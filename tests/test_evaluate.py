@@ -182,12 +182,15 @@ def test_long_and_marked_up_class_names_stay_readable_on_the_charts():
 def test_evaluate_says_why_training_scored_the_same_images_differently(tmp_path):
     """Training scores validation in bf16 (fast), Evaluate in full precision: a borderline image
     can flip (78.6% vs 85.7% on 14 images in the QA pass). The summary says so, once the run is over."""
-    import json
-
+    from lora_gui.config import RunConfig
+    from lora_gui.store.records import RunRecord
     from lora_gui.store.run_folder import RunFolder
     from lora_gui.ui.tabs.test_tab import _precision_note
+
+    def trained_with(precision):
+        RunRecord(RunConfig(), ["a", "b"], [], {}, speed={"mixed_precision": precision}).write(run)
     run = RunFolder(tmp_path / "run").create()
-    run.config_file.write_text(json.dumps({"speed": {"mixed_precision": "bf16"}}))
+    trained_with("bf16")
     run.update_status(status="finished", best_val_acc=11 / 14)
     note = _precision_note(run.path, 12 / 14)
     assert "Training scored these images 78.6% with bf16 arithmetic" in note and "full precision" in note
@@ -195,5 +198,5 @@ def test_evaluate_says_why_training_scored_the_same_images_differently(tmp_path)
     run.update_status(status="running")
     assert _precision_note(run.path, 12 / 14) == ""                      # still training: its best may move
     run.update_status(status="finished")
-    run.config_file.write_text(json.dumps({"speed": {"mixed_precision": "off"}}))
+    trained_with("off")
     assert _precision_note(run.path, 12 / 14) == ""                      # fp32 training: no such cause

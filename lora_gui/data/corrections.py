@@ -53,9 +53,10 @@ def add_fix(workspace: str | os.PathLike, run_name: str, classes: list[str], tru
     folder = root / true_class
     # a class name is a folder name here: a model trained before CSV labels were checked (or a
     # hand-edited classes file) could carry "../x"; nothing is written outside the run's fixes
-    if class_name_problem(true_class) or folder.resolve().parent != root.resolve():
-        raise DataError(f"the class name {true_class!r} cannot be used as a folder name "
-                        f"({class_name_problem(true_class) or 'it leads out of the corrections folder'}); "
+    problem = class_name_problem(true_class) or (
+        "it leads out of the corrections folder" if folder.resolve().parent != root.resolve() else "")
+    if problem:
+        raise DataError(f"the class name {true_class!r} cannot be used as a folder name ({problem}); "
                         "retrain with that class renamed")
     data = _png_bytes(image)
     path = folder / f"{hashlib.sha256(data).hexdigest()[:20]}.png"

@@ -20,13 +20,13 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from ..config import FIXES_BY
 from ..errors import DataError
 from .scan import Dataset, FileReport, Sample, _check_counts
 
 ACTIONS = ("relabel", "exclude", "keep")
 EXCLUDED_REASON = "excluded by health check"
 _WRITING = threading.Lock()
-FIXES_BY = r"[A-Za-z0-9_-]{1,64}"
 
 
 def dataset_key(ds: Dataset) -> str:

@@ -187,9 +187,8 @@ def _plan_csv(scan: Scan, csv_file: Path, walk_rest: bool):
             skipped.append((name, "unsafe path in CSV"))
         elif not label:
             skipped.append((path, "no label in CSV"))
-        elif class_name_problem(label):
-            skipped.append((path, f"label {label!r} in CSV {class_name_problem(label)}: "
-                                  "rename that class in the CSV"))
+        elif problem := class_name_problem(label):
+            skipped.append((path, f"label {label!r} in CSV {problem}: rename that class in the CSV"))
         elif path in labels:  # listed again: one line for the file, whatever the count
             labels[path].append(label)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import time
 from dataclasses import dataclass
 
 from torch import nn
@@ -241,9 +242,7 @@ TARGET_REGEX_SECONDS = 1.0
 
 
 def _regex_picks(pattern: str, layers: list) -> list:
-    import time
-
-    import regex
+    import regex   # only for a typed pattern
     if len(pattern) > MAX_TARGET_REGEX:
         raise LoraError(f"target regex is {len(pattern)} characters long; keep it under {MAX_TARGET_REGEX} "
                         "or list the layer-name endings instead")

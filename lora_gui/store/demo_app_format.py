@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from .adapter_file import AdapterMeta, read_adapter, resolve_adapter_file
 from .calibration_file import CALIBRATION_FILE, Calibration, read_calibration
 from .export_readme import _size_arg
 from .merged_format import _write_merged
+from .zip_writer import write_zip
 
 TEMPLATE = Path(__file__).resolve().parent / "demo_app_template"
 DEMO_FILES = ("app.py", "requirements.txt", "README.md", "model.safetensors", "labels.json",
@@ -89,15 +89,5 @@ def write_demo_app(run_or_adapter: str | os.PathLike, out_dir: str | os.PathLike
     if zip_path is not None:
         zip_path = Path(zip_path)
         zip_path.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary name of its own: two builds into one folder never write one file together
-        fd, partial = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".partial", dir=zip_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
-                for name in DEMO_FILES:
-                    zf.write(out / name, arcname=name)
-            os.chmod(partial, 0o644)   # mkstemp makes it private to this user; a download is not
-            os.replace(partial, zip_path)
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
+        write_zip(zip_path, ((out / name, name) for name in DEMO_FILES))
     return out

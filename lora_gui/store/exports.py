@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 from ..errors import AdapterError, ExportError
@@ -29,6 +28,7 @@ from .openvino_format import _write_openvino, openvino_runner
 from .parity import PARITY_FILE, check_parity, measure_parity
 from .peft_format import PEFT_CONFIG, PEFT_WEIGHTS, _write_peft
 from .tflite_format import _write_tflite, tflite_runner
+from .zip_writer import write_zip
 
 
 def _write_native(file: Path, tensors: dict, meta: AdapterMeta, out: Path) -> Path:
@@ -116,20 +116,9 @@ def export_zip(source: str | os.PathLike, fmt: str, zip_path: str | os.PathLike)
     # built inside the workspace, beside the zip: an ONNX or OpenVINO build can be hundreds of MB,
     # and nothing is written outside the workspace (a small /tmp would also fail it)
     with tempfile.TemporaryDirectory(prefix=".export_", dir=zip_path.parent) as tmp:
-        export_adapter(source, fmt, Path(tmp) / "export")
-        # a temporary name of its own beside the target (same file system, so os.replace is atomic):
-        # several exports of one run into one folder each write their own, and the last one wins whole
-        fd, partial = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".partial", dir=zip_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
-                for f in sorted((Path(tmp) / "export").rglob("*")):
-                    zf.write(f, arcname=f.relative_to(Path(tmp) / "export").as_posix())
-            os.chmod(partial, 0o644)   # mkstemp makes it private to this user; a download is not
-            os.replace(partial, zip_path)
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
-    return zip_path
+        built = Path(tmp) / "export"
+        export_adapter(source, fmt, built)
+        return write_zip(zip_path, ((f, f.relative_to(built).as_posix()) for f in sorted(built.rglob("*"))))
 
 
 def locate(path: str | os.PathLike) -> tuple[str, Path]:

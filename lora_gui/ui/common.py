@@ -50,13 +50,18 @@ def failure(exc: BaseException, what: str = "") -> gr.Error:
     if isinstance(exc, gr.Error):
         return exc
     if isinstance(exc, ENGINE_ERRORS):
-        message = str(exc)
-        if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
-            message = message[1:-1]   # a KeyError-style message wrapped in quotes, not one that starts with one
-        message = message or type(exc).__name__
+        # a KeyError-style message wrapped in quotes, not one that merely starts with one
+        message = unquoted(str(exc)) or type(exc).__name__
     else:
         message = f"{what or 'that'} failed unexpectedly: {type(exc).__name__}: {exc}"
     return gr.Error(message[:1000])
+
+
+def unquoted(text: str) -> str:
+    """``text`` without one pair of quotes around the whole of it (and only then)."""
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def md(text) -> str:

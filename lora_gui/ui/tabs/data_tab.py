@@ -10,7 +10,7 @@ import gradio as gr
 from ... import data
 from ...data.archives import ArchiveLimits
 from ..access import person_key
-from ..common import PRIVATE, caller_host
+from ..common import PRIVATE, caller_host, unquoted
 from ..context import MAX_UPLOAD_MB, AppContext
 from ..fields import DEFAULTS, lenient
 from .class_builder_panel import build_class_builder
@@ -83,9 +83,7 @@ class DataActions:
 def typed_path(text) -> str:
     """A path as people paste it: "Copy as path" wraps it in quotes, a file manager may give a
     file:// address with %20 for spaces."""
-    path = (text or "").strip()
-    if len(path) > 1 and path[0] == path[-1] and path[0] in "'\"":
-        path = path[1:-1].strip()
+    path = unquoted((text or "").strip()).strip()
     if path.startswith("file://"):
         path = urllib.parse.unquote(urllib.parse.urlparse(path).path)
     return path

@@ -9,7 +9,6 @@ model under test changes, so a page never shows one model's results under anothe
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -217,8 +216,8 @@ def _precision_note(run_dir, accuracy: float) -> str:
     status = folder.read_status()
     trained = status.get("best_val_acc")
     try:
-        precision = (json.loads(folder.config_file.read_text()).get("speed") or {}).get("mixed_precision")
-    except (OSError, ValueError):
+        precision = folder.record().speed.get("mixed_precision")
+    except DamagedRun:
         return ""
     if (status.get("status") not in FINAL_STATUSES or not isinstance(trained, (int, float))
             or precision not in ("bf16", "fp16") or abs(trained - accuracy) < 1e-6):
