@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import DamagedRun
@@ -238,7 +239,11 @@ class RunFolder:
             return None
         import torch
         try:
-            state = torch.load(self.checkpoint_file, map_location="cpu", weights_only=True)
+            # a foreign file that starts like a pickle also makes torch warn about its protocol (a
+            # "UserWarning ... weights_only Unpickler" line on the console): the error below says it all
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(self.checkpoint_file, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a cut-off or foreign file
             text = str(exc).lower()
             what = ("cut off (an interrupted copy, or a full disk?)"
