@@ -12,8 +12,9 @@ one), interleaved run by run so both see the same load on a shared machine, and 
   the first click that needs the engine (the Model tab's model search, timm) has its answer
   (scripts/measure_startup.py).
 
-The floor: a bare interpreter, ``import gradio`` alone, and a one-Markdown Gradio app from start
-to its page served: what any Gradio app pays before lora_gui does anything. Nothing here asserts.
+The floor: a bare interpreter, ``import gradio`` alone (and as the app imports it, without Gradio's
+stub writer: lora_gui/ui/gradio_stubs.py), and a one-Markdown Gradio app from start to its page
+served: what any Gradio app pays before lora_gui does anything. Nothing here asserts.
 """
 from __future__ import annotations
 
@@ -107,8 +108,8 @@ def main() -> None:
     if args.before:
         checkouts = {"before": unpack(args.before), "after": REPO}
     load_start = machine()
-    floor = {"python_s": [], "import_gradio_s": [], "import_gradio_cpu_s": [], "tiny_gradio_app_page_s": [],
-             "tiny_gradio_app_page_cpu_s": []}
+    floor = {"python_s": [], "import_gradio_s": [], "import_gradio_cpu_s": [], "import_gradio_as_the_app_s": [],
+             "import_gradio_as_the_app_cpu_s": [], "tiny_gradio_app_page_s": [], "tiny_gradio_app_page_cpu_s": []}
     raw = {name: [] for name in checkouts}
     for i in range(args.runs):
         for name, repo in checkouts.items():
@@ -120,6 +121,10 @@ def main() -> None:
         wall, cpu = timed([sys.executable, "-c", "import gradio"], env, REPO)
         floor["import_gradio_s"].append(wall)
         floor["import_gradio_cpu_s"].append(cpu)
+        # as the app imports it: lora_gui.ui first, which skips Gradio's stub writer (ui/gradio_stubs.py)
+        wall, cpu = timed([sys.executable, "-c", "import lora_gui.ui, gradio"], dict(env, PYTHONPATH=str(REPO)), REPO)
+        floor["import_gradio_as_the_app_s"].append(wall)
+        floor["import_gradio_as_the_app_cpu_s"].append(cpu)
         wall, cpu = tiny_app_page()
         floor["tiny_gradio_app_page_s"].append(wall)
         floor["tiny_gradio_app_page_cpu_s"].append(cpu)

@@ -25,6 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+CONCURRENCY = 8   # events of one kind handled at once (see main)
 
 
 class BadFlag(SystemExit):
@@ -148,6 +149,16 @@ def policy_for(args, auth) -> AccessPolicy:
     return AccessPolicy(multi_user=multi, shared=bool(args.share), data_roots=check_data_roots(args.data_root))
 
 
+def served_app(workspace: Path, data: str | None, policy: AccessPolicy):
+    """The app's Blocks as ``main`` serves them (GRADIO_TEMP_DIR must already point into the workspace)."""
+    # Up to CONCURRENCY events of one kind at once (Gradio's default is 1: one person's slow prediction
+    # would make everyone wait). Gradio reads this when the Blocks are made; calling demo.queue(...)
+    # afterwards instead rebuilds its web app, ~0.2 s of the page's start. A value the person set is kept.
+    os.environ.setdefault("GRADIO_DEFAULT_CONCURRENCY_LIMIT", str(CONCURRENCY))
+    from .app import build_app
+    return build_app(workspace, data, policy)
+
+
 def main(argv=None, prog: str | None = None) -> int:
     malloc_tuning.tune()  # first, before gradio starts its threads (see malloc_tuning)
     args = parse_args(argv, prog)
@@ -165,13 +176,9 @@ def main(argv=None, prog: str | None = None) -> int:
               f"({freed / 2**20:.0f} MB) that no run uses; --keep-uploads-days 0 keeps them")
     print(f"{'multi-user' if policy.multi_user else 'single-user'} mode; workspace {workspace}")
     from . import warmup
-    from .app import (  # gradio reads GRADIO_TEMP_DIR when imported
-        build_app,
-        launch_kwargs,
-    )
+    from .app import launch_kwargs   # gradio reads GRADIO_TEMP_DIR when imported
     from .login_guard import LoginGuard
-    demo = build_app(workspace, args.data, policy)   # laid out without torch or timm: the page is up in seconds
-    demo.queue(default_concurrency_limit=8)
+    demo = served_app(workspace, args.data, policy)   # laid out without torch or timm: the page is up in seconds
     demo.launch(server_name=args.host, server_port=port, share=args.share, auth=LoginGuard(*auth) if auth else None,
                 inbrowser=args.inbrowser, prevent_thread_lock=True, quiet=True, **launch_kwargs(workspace))
     # the one line that says where the app is: the port actually bound (the next free one if --port was taken)
