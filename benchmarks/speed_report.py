@@ -1,6 +1,6 @@
 """Issue 15's one results file: the floor run, app vs CLI, scale and the ViT step rates, with the machine.
 
-``python benchmarks/speed_report.py --floor F --app A --scale S --vit V [--floor-untuned U --startup T]``
+``python benchmarks/speed_report.py --floor F --app A --scale S --vit V [--floor-untuned U --startup T --startup-change C]``
 reads the JSON files the scripts wrote (``floor.py``, the same with ``LORA_GUI_MALLOC_TUNING=0``,
 ``app_vs_cli.py``, ``scale.py``, ``train_speed.py``, ``startup.py``) and writes
 ``results/speed-<date>.json`` with the headline ratios on top.
@@ -63,9 +63,10 @@ def headline(floor: dict | None, app: dict | None, scale: dict | None, vit: dict
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    names = ("floor", "floor_untuned", "app", "scale", "vit", "startup")
+    names = ("floor", "floor_untuned", "app", "scale", "vit", "startup", "startup_change")
     for name in names:
-        p.add_argument(f"--{name.replace('_', '-')}")
+        p.add_argument(f"--{name.replace('_', '-')}", help="a later start-up change, measured against the "
+                       "commit before it (startup.py --before)" if name == "startup_change" else None)
     p.add_argument("--note", default="", help="how quiet the machine was, in words")
     p.add_argument("--out")
     a = p.parse_args(argv)
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
                                              **{k: round(r["total_s"], 2) for k, r in u["runs"].items() if "total_s" in r}}
     if parts["startup"]:
         out["headline"]["startup_median_s"] = parts["startup"]["median"]
+    if parts["startup_change"]:
+        out["headline"]["startup_change_median_s"] = parts["startup_change"]["median"]
     target = Path(a.out or HERE / "results" / f"speed-{time.strftime('%Y-%m-%d')}.json")
     target.write_text(json.dumps(out, indent=1, default=str))
     print(json.dumps(out["headline"], indent=1))
