@@ -6,7 +6,7 @@ so nothing is warm that a user's run would not have warm), on the same images an
 - ``floor``: one inference pass over the training images at the run's resolution: decode (the
   engine's own decoder, ``ImageDataset``) + transform + forward, no grad, in the fastest dtype
   the CPU has (bf16 autocast + channels_last where it has bf16 units; fp32 is measured too and
-  the faster of the two is the floor). Building the model is timed apart, not in the floor.
+  the faster of the two is the floor; without bf16 units only fp32, see ``fast_dtype``). Building the model is timed apart, not in the floor.
 - ``baseline``: the embeddings-plus-head way (Teachable Machine): pooled features of every
   training image computed once (bf16 where fast), then a linear head trained on them for 50 cheap
   epochs (Adam, lr 1e-3, batch 16), and the held-out images' features once to score it.
@@ -249,6 +249,14 @@ def tune_malloc() -> str:
     return malloc_tuning.tune()
 
 
+def fast_dtype() -> str:
+    """bf16 where the CPU has bf16 units (the engine's own test), else fp32: on a CPU without them
+    bf16 is emulated, ~11x slower than fp32 (2.7 against 30 images/s on an AVX2-only EPYC), so it is
+    neither the floor nor a fair baseline there, and measuring it would only cost minutes."""
+    from lora_gui.training.speed_levers import cpu_has_fast_bf16
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -257,10 +265,11 @@ def measure(spec: dict, engine_sets: list[list[str]], repeat: int = 1) -> dict:
     """floor (bf16 and fp32), baseline and each engine variant, ``repeat`` times interleaved;
     the fastest of each is kept (the least disturbed on a shared machine), all are recorded."""
     out: dict = {"spec": spec, "load_before": load_average(), "runs": {}}
+    fast = out["fast_dtype"] = fast_dtype()
     for _ in range(repeat):
-        for dtype in ("bf16", "fp32"):
+        for dtype in ("bf16", "fp32") if fast == "bf16" else ("fp32",):
             _keep(out["runs"], f"floor-{dtype}", launch("floor", dict(spec, dtype=dtype)), "pass_s")
-        _keep(out["runs"], "baseline", launch("baseline", dict(spec, dtype="bf16")), "total_s")
+        _keep(out["runs"], "baseline", launch("baseline", dict(spec, dtype=fast)), "total_s")
         for sets in engine_sets:
             name = "engine" + "".join(f" {s}" for s in sets)
             _keep(out["runs"], name, launch("engine", dict(spec, set=sets)), "total_s")
@@ -268,14 +277,14 @@ def measure(spec: dict, engine_sets: list[list[str]], repeat: int = 1) -> dict:
             _keep(out["runs"], "engine before", launch("engine", dict(spec, code=spec["before"])), "total_s")
         # the floor again after the engines: this VM's speed drifts by up to ~30 % between minutes, and
         # the floor is the least disturbed pass of all (as each run's figure is its least disturbed)
-        _keep(out["runs"], "floor-bf16", launch("floor", dict(spec, dtype="bf16")), "pass_s")
+        _keep(out["runs"], f"floor-{fast}", launch("floor", dict(spec, dtype=fast)), "pass_s")
     out["load_after"] = load_average()
     floors = [v for k, v in out["runs"].items() if k.startswith("floor-")]
     out["floor"] = min(floors, key=lambda r: r["pass_s"])
     f = out["floor"]["pass_s"]
     out["ratios_to_floor"] = {k: round(v["total_s"] / f, 2) for k, v in out["runs"].items() if "total_s" in v}
     # the same from every repeat's median (the least disturbed runs above can be lucky on a drifting VM)
-    mid = statistics.median(out["runs"]["floor-bf16"]["all_pass_s"])
+    mid = statistics.median(out["runs"][f"floor-{fast}"]["all_pass_s"])
     out["median_ratios_to_floor"] = {
         "floor_s": mid,
         **{k: round(statistics.median(v["all_total_s"]) / mid, 2) for k, v in out["runs"].items() if "all_total_s" in v},

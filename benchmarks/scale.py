@@ -1,8 +1,8 @@
 """Issue 15 goal 6: time and memory of the default run from 200 to 5,000 training images, and a
 plan for 50,000 measured on the way.
 
-For each size (Fashion-MNIST, 10 classes, 5 validation images per class): the floor (one bf16
-inference pass over the training images, ``floor.py``) and the default run (``floor.py``'s
+For each size (Fashion-MNIST, 10 classes, 5 validation images per class): the floor (one inference
+pass over the training images in the CPU's fastest dtype, ``floor.py``) and the default run (``floor.py``'s
 engine worker: per-phase seconds, peak RSS, RSS added by the run), each in its own process.
 At 1,000 images the run is repeated with its prefix cache forced into a file on disk
 (``data.cache_mb=1``), which is where a 50,000-image cache goes by default: the two give the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from floor import fmnist_sets, launch, load_average
+from floor import fast_dtype, fmnist_sets, launch, load_average
 
 
 def _cache_mb(result: dict) -> float | None:
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         workspace.mkdir(parents=True, exist_ok=True)
         spec = {"code": str(HERE.parent), "data": str(data), "held_out": str(held), "workspace": str(workspace),
                 "model": "tf_efficientnet_lite0", "weights": "bundled", "image_size": 224, "batch_size": 32}
-        row = {"floor": launch("floor", dict(spec, dtype="bf16")), "engine": launch("engine", spec)}
+        row = {"floor": launch("floor", dict(spec, dtype=fast_dtype())), "engine": launch("engine", spec)}
         if per_class == a.spill_at:
             row["engine_disk_cache"] = launch("engine", dict(spec, set=["data.cache_mb=1"]))
         row["cache_mb"] = _cache_mb(row["engine"])
