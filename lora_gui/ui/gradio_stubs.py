@@ -42,8 +42,11 @@ class _StubSkipper(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name != MODULE:
             return None
-        sys.meta_path.remove(self)   # once is enough, and the finders below must not see us
-        for finder in sys.meta_path:
+        # once is enough. (Python iterates sys.meta_path itself while it asks us: removing us makes it
+        # skip the next finder, which is why we ask every other finder here and answer for them.)
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in list(sys.meta_path):
             spec = getattr(finder, "find_spec", lambda *a: None)(name, path, target)
             if spec is not None:
                 break
