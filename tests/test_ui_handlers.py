@@ -340,3 +340,26 @@ def test_in_multi_user_mode_nobody_replaces_anothers_saved_preset(tmp_path):
     assert load_preset(path)[1]["description"] == "Ann's, again"
     save_preset(tmp_path, "team-resnet", "the one user", True, FIELD_NAMES, values)   # single-user mode: no owners
     assert load_preset(path)[1]["description"] == "the one user"
+
+
+@pytest.mark.parametrize("api_name", ["start_training", "resume_run"])
+def test_a_test_tab_opened_before_a_run_starts_follows_it(demo, api_name):
+    """Start waits for the engine's imports in the first seconds after launch: a person who clicks Start
+    and opens 4 · Test at once saw "No model yet" for good (the tab checked for a run before Start had
+    made one, and nothing told it later). Start and Resume now end by running the Test tab's follower,
+    which names the run and turns its timer on (seen in Chromium: "setting up", then the first model)."""
+    from lora_gui.ui.tabs.test_tab import follow_pending
+    by_id = {fn._id: fn for fn in demo.fns.values()}
+    first = next(fn for fn in demo.fns.values() if fn.api_name == api_name)
+    chain, todo = [], [first._id]
+    while todo:   # every step that runs after it (.then), however deep
+        parent = todo.pop()
+        for fn in by_id.values():
+            if fn.trigger_after == parent:
+                chain.append(fn)
+                todo.append(fn._id)
+    followers = [fn for fn in chain if getattr(fn.fn, "__wrapped__", fn.fn) is follow_pending]
+    assert followers, f"nothing after {api_name} updates the Test tab"
+    outputs = followers[0].outputs
+    assert any(getattr(o, "elem_id", None) == "lg-test-source" for o in outputs)
+    assert any(isinstance(o, gr.Timer) for o in outputs)

@@ -242,6 +242,8 @@ def build_runs_tab(ctx) -> None:
         event.then(lambda t=target: gr.Tabs(selected=t), None, ctx.tabs, api_visibility="private",
                    show_progress="hidden")
     names = [n for n in FIELD_NAMES if n in ctx.fields]
-    resume_btn.click(act.resume, [pick, session], [session, ctx.tabs, status_md], api_name="resume_run").then(
+    resumed = resume_btn.click(act.resume, [pick, session], [session, ctx.tabs, status_md], api_name="resume_run").then(
         lambda s: resumed_settings(s, names), [session], [session, *[ctx.fields[n] for n in names]],
         api_visibility="private", show_progress="hidden")
+    if "test_follow" in ctx.shared:   # a Test tab opened earlier follows the resumed run (test_tab.py)
+        resumed.then(**ctx.shared["test_follow"])

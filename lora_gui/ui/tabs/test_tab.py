@@ -317,4 +317,7 @@ def build_test_tab(ctx) -> None:
     ctx.shared["test_source_md"] = source_md
     ctx.shared["test_source_line"] = describe_source
     ctx.shared["test_sync"] = refresh
+    # for the handlers that start a run (Start, Resume): the tab follows it even when it was opened
+    # before the run existed (Start waits for the engine's imports in the first seconds after launch)
+    ctx.shared["test_follow"] = follow
     ctx.shared.setdefault("on_load", []).append(lambda demo: demo.load(**refresh))

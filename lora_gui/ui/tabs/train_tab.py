@@ -292,8 +292,10 @@ def build_train_tab(ctx: AppContext) -> None:
 
     def wire(demo):
         inputs = [ctx.fields[n] for n in FIELD_NAMES]  # every tab has added its fields by now
-        start.click(act.start_job, [ctx.session, *inputs, use_all_gpus],
-                    [ctx.session, start, pause, resume, stop, other_tab], api_name="start_training")
+        started = start.click(act.start_job, [ctx.session, *inputs, use_all_gpus],
+                              [ctx.session, start, pause, resume, stop, other_tab], api_name="start_training")
+        if "test_follow" in ctx.shared:   # a Test tab opened before Start was handled follows the run too
+            started.then(**ctx.shared["test_follow"])
         demo.load(torchrun_choice.offer, None, use_all_gpus, **PRIVATE)   # counts the GPUs (torch) after the page is up
     polled = [ctx.session, progress, loss_plot, acc_plot, acc_note, lr_plot, log, start, pause, resume, stop, other_tab]
     ctx.shared.setdefault("on_load", []).append(wire)
