@@ -363,3 +363,21 @@ def test_a_test_tab_opened_before_a_run_starts_follows_it(demo, api_name):
     outputs = followers[0].outputs
     assert any(getattr(o, "elem_id", None) == "lg-test-source" for o in outputs)
     assert any(isinstance(o, gr.Timer) for o in outputs)
+
+
+def test_a_refused_upload_is_emptied_from_its_input(demo, tmp_path):
+    """A text file named holiday.png dropped on 4 · Test (or the Demo tab's photo): the prediction says
+    why it was refused, and the input is emptied; it used to keep a broken-image icon and send the same
+    file again with every click. Checked from the file's header, without decoding it again."""
+    from pathlib import Path
+
+    from lora_gui.ui.image_input import _clear_refused
+    bad = tmp_path / "holiday.png"
+    bad.write_text("not really a picture")
+    good = next((Path(__file__).resolve().parents[1] / "assets" / "example" / "bag").iterdir())
+    assert _clear_refused({"path": str(bad), "orig_name": "holiday.png"}) is None
+    assert _clear_refused({"path": str(good), "orig_name": good.name}) == gr.skip()
+    assert _clear_refused(None) == gr.skip()
+    wired = {fn.inputs[0].elem_id for fn in demo.fns.values()
+             if fn.fn is _clear_refused and fn.preprocess is False and fn.outputs == fn.inputs}
+    assert wired == {"lg-test-image", "lg-demo-photo"}

@@ -63,3 +63,25 @@ def _preprocess(self, payload):
 
 # gr.Image whose preprocess hands the handler an UnusableUpload rather than raising
 ImageInput = component_variant(gr.Image, "ImageInput", preprocess=_preprocess)
+
+
+def _clear_refused(payload):
+    """The input emptied when its upload is refused (from the file's header only: the picture is not
+    decoded a second time). It cannot raise, so it needs no guard; the handler that uses the picture
+    says why it was refused, once."""
+    get = payload.get if isinstance(payload, dict) else lambda key: getattr(payload, key, None)
+    path = get("path") if payload is not None else None
+    if not path or str(path).lower().endswith(".svg"):
+        return gr.skip()
+    return None if check_upload(path, get("orig_name") or "the picture") is not None else gr.skip()
+
+
+_clear_refused._lg_guarded = True
+
+
+def forget_refused(image) -> None:
+    """An ``ImageInput`` that is emptied when its upload is refused: the browser otherwise kept
+    showing a broken-image icon where the picture would be, and sent the same file again with
+    every later click."""
+    image.upload(_clear_refused, image, image, preprocess=False, show_progress="hidden",
+                 api_visibility="private")

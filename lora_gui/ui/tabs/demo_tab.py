@@ -22,7 +22,7 @@ from ...jobs.retrain_job import RETRAIN_EPOCHS, retrain_with_fixes
 from .. import common
 from ..access import owner_id
 from ..common import PRIVATE, failure, hand_out, this_tab
-from ..image_input import ImageInput
+from ..image_input import ImageInput, forget_refused
 from ..run_names import run_title
 from .test_tab import describe_source, get_test_model
 
@@ -264,6 +264,7 @@ def build_demo_tab(ctx) -> None:
                time_limit=STREAM_LIMIT, concurrency_limit=LIVE_CONCURRENCY, concurrency_id="lg-demo-live",
                show_progress="hidden", api_name="demo_frame")
     photo.change(on_photo, [photo, session], [label, answer, last], api_name="demo_photo")
+    forget_refused(photo)   # on_photo says why, once
     look_btn.click(on_look, [last, look_for, session], [heat, look_md], api_name="demo_look")
     fix_btn.click(lambda im, c, s: on_fix(im, c, s, workspace), [last, true_cls, session], [fix_md], **PRIVATE)
     def retrain(rid, s, request: gr.Request):   # annotated: Gradio passes the caller's request

@@ -21,7 +21,7 @@ from ...errors import DamagedRun
 from ...store.run_folder import FINAL_STATUSES, LIVE_STATUSES, RunFolder
 from ..charts import confusion_figure
 from ..common import ENGINE_ERRORS, failure, md, this_tab
-from ..image_input import ImageInput
+from ..image_input import ImageInput, forget_refused
 from ..run_names import dataset_name, run_label, run_title
 
 if TYPE_CHECKING:   # the engine (torch, timm) loads in the handlers, not when the page is laid out (#15.3)
@@ -299,6 +299,7 @@ def build_test_tab(ctx) -> None:
         clear_eval, session, [eval_md, table, plot, gallery, session], **hidden)
     image.change(api_visibility="private", **predict_args).then(
         clear_eval, session, [eval_md, table, plot, gallery, session], **hidden)
+    forget_refused(image)   # the prediction above says why, once
     eval_btn.click(on_evaluate, [session], [eval_md, table, plot, gallery, session, source_md],
                    api_name="evaluate").then(clear_label, session, [label, session], **hidden)
     # shown once there is an evaluation (a change listener keeps the API's outputs plain values)
