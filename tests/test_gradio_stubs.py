@@ -90,7 +90,9 @@ def test_the_page_is_the_same_with_and_without_the_stubs(tmp_path):
 def test_the_served_app_handles_eight_events_of_a_kind_at_once(tmp_path, monkeypatch):
     """main() builds the app through served_app: Gradio's queue then runs up to 8 events of one kind
     at once (its default is 1), without a second build of its web app by demo.queue()."""
-    monkeypatch.delenv("GRADIO_DEFAULT_CONCURRENCY_LIMIT", raising=False)
+    # set, then removed: monkeypatch puts back the variable's absence afterwards (served_app sets it)
+    monkeypatch.setenv("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "")
+    monkeypatch.delenv("GRADIO_DEFAULT_CONCURRENCY_LIMIT")
     from lora_gui.ui.access import AccessPolicy
     from lora_gui.ui.launch import CONCURRENCY, served_app
     demo = served_app(tmp_path / "ws", None, AccessPolicy())

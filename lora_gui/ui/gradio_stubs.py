@@ -42,11 +42,11 @@ class _StubSkipper(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name != MODULE:
             return None
-        # once is enough. (Python iterates sys.meta_path itself while it asks us: removing us makes it
-        # skip the next finder, which is why we ask every other finder here and answer for them.)
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        for finder in list(sys.meta_path):
+        # once is enough. A new list rather than removing us from the old one: Python iterates the old
+        # list while it asks us (and another thread may be iterating it), and removing an entry would
+        # make that loop skip the finder after us.
+        sys.meta_path = [f for f in sys.meta_path if f is not self]
+        for finder in sys.meta_path:
             spec = getattr(finder, "find_spec", lambda *a: None)(name, path, target)
             if spec is not None:
                 break
@@ -54,14 +54,23 @@ class _StubSkipper(importlib.abc.MetaPathFinder):
             return None
         loader = spec.loader
         exec_module = getattr(loader, "exec_module", None)
-        if exec_module is None:
+        own = getattr(loader, "__dict__", None)
+        # a loader object, not a class (built-in importers), and not already wrapped; the wrapper is
+        # used once and removed, so a loader shared by several modules (a zip archive's) is left as it was
+        if exec_module is None or isinstance(loader, type) or own is None or "exec_module" in own:
             return spec
 
         def exec_then_skip(module):
-            exec_module(module)
+            try:
+                exec_module(module)
+            finally:
+                own.pop("exec_module", None)   # back to the class's own method
             _skip_stubs(module)
 
-        loader.exec_module = exec_then_skip   # this spec's own loader instance, not a shared class
+        try:
+            loader.exec_module = exec_then_skip
+        except (AttributeError, TypeError):   # a loader that takes no attributes: Gradio stays as it is
+            pass
         return spec
 
 

@@ -154,7 +154,8 @@ def served_app(workspace: Path, data: str | None, policy: AccessPolicy):
     # Up to CONCURRENCY events of one kind at once (Gradio's default is 1: one person's slow prediction
     # would make everyone wait). Gradio reads this when the Blocks are made; calling demo.queue(...)
     # afterwards instead rebuilds its web app, ~0.2 s of the page's start. A value the person set is kept.
-    os.environ.setdefault("GRADIO_DEFAULT_CONCURRENCY_LIMIT", str(CONCURRENCY))
+    if not os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT"):
+        os.environ["GRADIO_DEFAULT_CONCURRENCY_LIMIT"] = str(CONCURRENCY)
     from .app import build_app
     return build_app(workspace, data, policy)
 
