@@ -381,3 +381,16 @@ def test_a_refused_upload_is_emptied_from_its_input(demo, tmp_path):
     wired = {fn.inputs[0].elem_id for fn in demo.fns.values()
              if fn.fn is _clear_refused and fn.preprocess is False and fn.outputs == fn.inputs}
     assert wired == {"lg-test-image", "lg-demo-photo"}
+
+
+def test_predict_with_no_picture_says_so(demo):
+    """Predict pressed with an empty input (nothing dropped yet, or a refused upload that was emptied)
+    used to answer nothing at all; now one sentence says what to do. Emptying the input by hand still
+    just clears the answer (the change event keeps the silent path)."""
+    from lora_gui.ui.session import Session
+    from lora_gui.ui.tabs.test_tab import NO_PICTURE, on_predict, on_predict_click
+    with pytest.raises(gr.Error, match="No picture to classify yet"):
+        on_predict_click(None, Session())
+    assert on_predict(None, Session())[0] is None
+    by_api = {fn.api_name: getattr(fn.fn, "__wrapped__", fn.fn) for fn in demo.fns.values() if fn.api_name}
+    assert by_api["predict"] is on_predict_click and "drop one on 'Image to classify'" in NO_PICTURE

@@ -174,6 +174,18 @@ def on_predict(image, session):
     return {c: p for c, p in top}, session, describe_source(session) + f" Predicted in {ms:.0f} ms."
 
 
+NO_PICTURE = ("No picture to classify yet: drop one on 'Image to classify' (or paste one, or take one with "
+              "the webcam), then Predict.")
+
+
+def on_predict_click(image, session):
+    """Predict pressed: as ``on_predict``, but an empty input gets a sentence instead of nothing
+    (also after a refused upload, which empties the input)."""
+    if image is None:
+        raise gr.Error(NO_PICTURE)
+    return on_predict(image, session)
+
+
 def _table(result) -> pd.DataFrame:
     rows = [[r["class"], round(r["precision"], 3), round(r["recall"], 3), round(r["f1"], 3), r["support"]]
             for r in result.per_class]
@@ -295,7 +307,7 @@ def build_test_tab(ctx) -> None:
     hidden = dict(show_progress="hidden", api_visibility="private")
     predict_args = dict(fn=on_predict, inputs=[image, session], outputs=[label, session, source_md],
                         show_progress="minimal", trigger_mode="always_last")
-    predict_btn.click(api_name="predict", **predict_args).then(
+    predict_btn.click(api_name="predict", **dict(predict_args, fn=on_predict_click)).then(
         clear_eval, session, [eval_md, table, plot, gallery, session], **hidden)
     image.change(api_visibility="private", **predict_args).then(
         clear_eval, session, [eval_md, table, plot, gallery, session], **hidden)
