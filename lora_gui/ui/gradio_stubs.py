@@ -1,4 +1,4 @@
-"""Import Gradio without regenerating its type stubs: about half of ``import gradio`` on a slow CPU.
+"""Import Gradio without regenerating its type stubs: ~40 % of ``import gradio`` on a slow CPU.
 
 Gradio's component metaclass calls ``gradio.component_meta.create_or_modify_pyi`` for every
 component class it defines, at every import: it reads the component's source file, parses it with

@@ -49,12 +49,17 @@ def check_upload(path: str, name: str = "the picture") -> UnusableUpload | None:
     return None
 
 
+def _header_problem(path, orig_name) -> UnusableUpload | None:
+    """``check_upload`` for an uploaded file (an SVG is Gradio's own business: it is not decoded)."""
+    if not path or str(path).lower().endswith(".svg"):
+        return None
+    return check_upload(path, orig_name or "the picture")
+
+
 def _preprocess(self, payload):
-    path = getattr(payload, "path", None)
-    if path and not str(path).lower().endswith(".svg"):
-        problem = check_upload(path, getattr(payload, "orig_name", None) or "the picture")
-        if problem is not None:
-            return problem
+    problem = _header_problem(getattr(payload, "path", None), getattr(payload, "orig_name", None))
+    if problem is not None:
+        return problem
     try:
         return gr.Image.preprocess(self, payload)
     except Exception as exc:   # a truncated file passes the header check and fails while decoding
@@ -69,12 +74,9 @@ ImageInput = component_variant(gr.Image, "ImageInput", preprocess=_preprocess)
 def _clear_refused(payload):
     """The input emptied when its upload is refused (from the file's header only: the picture is not
     decoded a second time). It cannot raise, so it needs no guard; the handler that uses the picture
-    says why it was refused, once."""
-    get = payload.get if isinstance(payload, dict) else lambda key: getattr(payload, key, None)
-    path = get("path") if payload is not None else None
-    if not path or str(path).lower().endswith(".svg"):
-        return gr.skip()
-    return None if check_upload(path, get("orig_name") or "the picture") is not None else gr.skip()
+    says why it was refused, once. ``payload`` is the upload as Gradio sends it unprocessed: a dict."""
+    payload = payload or {}
+    return None if _header_problem(payload.get("path"), payload.get("orig_name")) is not None else gr.skip()
 
 
 _clear_refused._lg_guarded = True
